@@ -1,0 +1,2 @@
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says how to fix it."""

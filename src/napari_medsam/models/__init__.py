@@ -1,0 +1,29 @@
+"""Model families served by napari-medsam and the loaded-model bundle the predictor uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import SamModel
+
+Family = Literal["medsam", "sam", "lite-medsam"]
+FAMILIES: tuple[Family, ...] = ("medsam", "sam", "lite-medsam")
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model ready for inference.
+
+    ``encoder`` maps ``pixel_values`` (B, 3, S, S) to image embeddings (B, 256, 64, 64);
+    ``sam`` holds the prompt encoder and mask decoder used with those embeddings.
+    """
+
+    family: Family
+    sam: SamModel
+    encoder: torch.nn.Module
+    name: str
+    device: torch.device
+    dtype: torch.dtype

@@ -1,0 +1,274 @@
+"""MedSamPredictor: encode a slice once, then turn box and click prompts into masks.
+
+Qt-free and napari-free. Mirrors segment-anything's ``SamPredictor`` (``set_image``, ``predict``,
+``reset_image``) with each model family's own pre- and post-processing and an embedding cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_medsam.cache import EmbeddingCache, EmbeddingKey, data_signature
+from napari_medsam.preprocessing import (
+    PREPROCESSING_VERSION,
+    InputGeometry,
+    check_image,
+    check_window,
+    masks_from_logits,
+    model_input,
+    scale_box,
+    scale_points,
+    to_rgb_uint8,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import torch
+
+    from napari_medsam.models import Family, LoadedModel
+
+LOW_RES_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One object's mask at the image's resolution, its predicted IoU and its low-resolution logits."""
+
+    mask: np.ndarray
+    score: float
+    logits: np.ndarray
+
+
+class MedSamPredictor:
+    """Segment one 2D slice at a time with MedSAM, SAM or LiteMedSAM.
+
+    Embeddings are cached (as float16, on the CPU) under a signature of the slice's data, the
+    intensity window, the model and the preprocessing, so revisiting a slice costs no encoder work.
+    All methods are thread-safe.
+    """
+
+    def __init__(self, model: LoadedModel, cache: EmbeddingCache | None = None) -> None:
+        self.model = model
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self._lock = threading.RLock()
+        self._encode_lock = threading.Lock()
+        self._embedding: torch.Tensor | None = None
+        self._geometry: InputGeometry | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str = "lite-medsam",
+        device: str = "auto",
+        dtype: str = "auto",
+        family: Family | None = None,
+        cache: EmbeddingCache | None = None,
+    ) -> MedSamPredictor:
+        """Load (or reuse) a model: an alias, a hub id, a Hugging Face folder or a ``.pth`` file."""
+        from napari_medsam.models.loading import load_model
+
+        return cls(load_model(source, device=device, dtype=dtype, family=family), cache=cache)
+
+    @property
+    def family(self) -> Family:
+        """The model family, which decides pre- and post-processing."""
+        return self.model.family
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """(H, W) of the current image, or None before ``set_image``."""
+        return None if self._geometry is None else self._geometry.original
+
+    @property
+    def is_image_set(self) -> bool:
+        """Whether ``predict`` can run."""
+        return self._geometry is not None
+
+    def _key(self, image: np.ndarray, window: tuple[float, float] | None) -> EmbeddingKey:
+        model_id = f"{self.model.name}|{self.family}|{self.model.dtype}"
+        return EmbeddingKey(model_id, data_signature(image), window, PREPROCESSING_VERSION)
+
+    def _embedding_for(
+        self, image: object, window: object
+    ) -> tuple[torch.Tensor, InputGeometry, bool]:
+        """The cached or freshly computed (embedding, geometry, encoded) of a slice."""
+        import torch
+
+        array, limits = check_image(image), check_window(window)
+        key = self._key(array, limits)
+        entry = self.cache.get(key)
+        if entry is None:
+            # One encoder run at a time; a second caller for the same slice then finds it cached.
+            with self._encode_lock:
+                entry = self.cache.get(key)
+                if entry is None:
+                    pixels, geometry = model_input(to_rgb_uint8(array, limits), self.family)
+                    with torch.inference_mode():
+                        batch = torch.from_numpy(pixels)[None].to(self.model.device, self.model.dtype)
+                        embedding = self.model.encoder(batch)
+                    # Stored and used as float16 whether or not the cache keeps it, so a
+                    # cache hit gives exactly the masks of the first run.
+                    embedding = embedding.to("cpu", torch.float16)
+                    self.cache.put(key, embedding, geometry)
+                    return embedding, geometry, True
+        return entry[0], entry[1], False
+
+    def set_image(self, image: np.ndarray, window: Sequence[float] | None = None) -> None:
+        """Encode ``image`` (2D, or RGB (H, W, 3)) for the following ``predict`` calls.
+
+        ``window=(low, high)`` clips and scales intensities to 0..255 first (e.g. CT soft tissue
+        ``(-160, 240)``); ``None`` uses the slice's own min..max.
+        """
+        embedding, geometry, _ = self._embedding_for(image, window)
+        with self._lock:
+            self._embedding = embedding.to(self.model.device, self.model.dtype)
+            self._geometry = geometry
+
+    def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool:
+        """Fill the cache for a slice without making it current; True if the encoder ran."""
+        return self._embedding_for(image, window)[2]
+
+    def is_cached(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool:
+        """Whether ``set_image(image, window)`` would reuse a cached embedding."""
+        return self._key(check_image(image), check_window(window)) in self.cache
+
+    def reset_image(self) -> None:
+        """Forget the current image (cached embeddings stay in the cache)."""
+        with self._lock:
+            self._embedding = None
+            self._geometry = None
+
+    def predict(
+        self,
+        box: Sequence[float] | np.ndarray | None = None,
+        points: Sequence[Sequence[float]] | np.ndarray | None = None,
+        point_labels: Sequence[int] | np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = False,
+    ) -> Prediction:
+        """Segment one object on the current image.
+
+        ``box`` is (x0, y0, x1, y1) and ``points`` (N, 2) as (x, y), in pixels of the image (x is
+        the column); ``point_labels`` (N,) are 1 for foreground and 0 for background (default all 1).
+        ``mask_input`` is a previous ``Prediction.logits``. With ``multimask`` the decoder proposes
+        three masks and the one with the highest predicted IoU is returned.
+        """
+        import torch
+
+        with self._lock:
+            if self._embedding is None or self._geometry is None:
+                raise RuntimeError("no image set: call set_image(image) before predict()")
+            embedding, geometry = self._embedding, self._geometry
+            height, width = geometry.original
+            box_xyxy = None if box is None else check_box(box, width, height)
+            points_xy, labels = check_points(points, point_labels, width, height)
+            if box_xyxy is None and points_xy is None:
+                raise ValueError("no prompt given: pass a box (x0, y0, x1, y1) and/or points")
+            device, dtype = self.model.device, self.model.dtype
+            inputs: dict[str, torch.Tensor] = {}
+            if box_xyxy is not None:
+                inputs["input_boxes"] = torch.tensor(
+                    scale_box(box_xyxy, geometry)[None, None], dtype=dtype, device=device
+                )
+            if points_xy is not None:
+                inputs["input_points"] = torch.tensor(
+                    scale_points(points_xy, geometry)[None, None], dtype=dtype, device=device
+                )
+                inputs["input_labels"] = torch.tensor(labels[None, None], dtype=torch.long, device=device)
+            if mask_input is not None:
+                inputs["input_masks"] = torch.tensor(
+                    check_mask_input(mask_input)[None, None], dtype=dtype, device=device
+                )
+            with torch.inference_mode():
+                output = self.model.sam(
+                    image_embeddings=embedding, multimask_output=multimask, **inputs
+                )
+            low_res = output.pred_masks[0, 0].float()
+            scores = output.iou_scores[0, 0].float()
+            best = int(torch.argmax(scores)) if multimask else 0
+            mask = masks_from_logits(low_res[best : best + 1], geometry)[0]
+            return Prediction(
+                mask=mask.cpu().numpy(),
+                score=float(scores[best]),
+                logits=low_res[best].cpu().numpy().astype(np.float32),
+            )
+
+
+def check_box(box: object, width: int, height: int) -> np.ndarray:
+    """Validate an (x0, y0, x1, y1) box and clip it to the image; raise ValueError if unusable."""
+    try:
+        values = np.asarray(box, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), got {box!r}") from err
+    if values.shape != (4,):
+        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"box contains NaN or infinite values: {values.tolist()}")
+    x0, y0, x1, y1 = values
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(
+            f"box {values.tolist()} is empty or inverted: it needs x1 > x0 and y1 > y0"
+        )
+    if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
+        raise ValueError(
+            f"box {values.tolist()} lies wholly outside the image (width {width}, height {height})"
+        )
+    clipped = np.clip(values, 0, [width - 1, height - 1, width - 1, height - 1])
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        raise ValueError(f"box {values.tolist()} has no area inside the image")
+    return clipped
+
+
+def check_points(
+    points: object, labels: object, width: int, height: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Validate (N, 2) (x, y) points and their 0/1 labels; None, None when there are no points."""
+    if points is None:
+        if labels is not None:
+            raise ValueError("point_labels given without points")
+        return None, None
+    try:
+        coords = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"points must be an (N, 2) array of (x, y), got {points!r}") from err
+    if coords.ndim == 1 and coords.shape == (2,):
+        coords = coords[None]
+    if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) == 0:
+        raise ValueError(f"points must be an (N, 2) array of (x, y) with N >= 1, got shape {coords.shape}")
+    if not np.isfinite(coords).all():
+        raise ValueError("points contain NaN or infinite values")
+    outside = (
+        (coords[:, 0] < -0.5) | (coords[:, 0] > width - 0.5)
+        | (coords[:, 1] < -0.5) | (coords[:, 1] > height - 0.5)
+    )
+    if outside.any():
+        raise ValueError(
+            f"{int(outside.sum())} point(s) lie outside the image (width {width}, height {height}): "
+            f"{coords[outside].tolist()}"
+        )
+    if labels is None:
+        return coords, np.ones(len(coords), dtype=np.int64)
+    values = np.asarray(labels).reshape(-1) if np.ndim(labels) else np.asarray([labels])
+    if len(values) != len(coords):
+        raise ValueError(f"got {len(coords)} points but {len(values)} point_labels")
+    if not np.isin(values, (0, 1)).all():
+        raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {values.tolist()}")
+    return coords, values.astype(np.int64)
+
+
+def check_mask_input(mask_input: object) -> np.ndarray:
+    """Validate previous low-resolution logits: (256, 256), finite."""
+    array = np.asarray(mask_input, dtype=np.float32)
+    array = array.reshape(array.shape[-2:]) if array.ndim > 2 and array.size == LOW_RES_SIZE**2 else array
+    if array.shape != (LOW_RES_SIZE, LOW_RES_SIZE):
+        raise ValueError(
+            f"mask_input must be the (256, 256) logits of a previous prediction, got shape {array.shape}"
+        )
+    if not np.isfinite(array).all():
+        raise ValueError("mask_input contains NaN or infinite values")
+    return array

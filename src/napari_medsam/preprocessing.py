@@ -1,0 +1,209 @@
+"""Image checks, intensity windowing and each model family's resize, prompt scaling and mask output.
+
+The three families differ on purpose (see MEDSAM_FACTS): MedSAM stretches the slice to 1024 x 1024,
+SAM and LiteMedSAM keep the aspect and pad; MedSAM thresholds after upsampling the sigmoid, LiteMedSAM
+upsamples the logits before the sigmoid, SAM upsamples logits and thresholds them at 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_medsam.models import Family
+
+#: Bump when any step below changes, so cached embeddings of the old procedure are not reused.
+PREPROCESSING_VERSION = 1
+
+SAM_PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+SAM_PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+INPUT_SIZE: dict[str, int] = {"medsam": 1024, "sam": 1024, "lite-medsam": 256}
+
+#: CT windows as (low, high) HU, from level/width: soft tissue 40/400 (MedSAM's training window),
+#: lung -600/1500, bone 400/1800, brain 40/80.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "soft-tissue": (-160.0, 240.0),
+    "lung": (-1350.0, 150.0),
+    "bone": (-500.0, 1300.0),
+    "brain": (0.0, 80.0),
+}
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """How a slice of ``original`` (H, W) was placed in the square model input of ``input_size``."""
+
+    family: str
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    input_size: int
+
+
+def check_image(image: object) -> np.ndarray:
+    """Return ``image`` as a 2D (H, W) or RGB (H, W, 3) array, or raise a clear error."""
+    if image is None or isinstance(image, (str, bytes, list, tuple, dict)) or not hasattr(image, "shape"):
+        raise TypeError(f"image must be a numpy array (H, W) or (H, W, 3), not {type(image).__name__}")
+    array = np.asarray(image)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if np.iscomplexobj(array):
+        raise TypeError("image is complex-valued; pass a real image, e.g. np.abs(image)")
+    if array.dtype.kind not in "uif":
+        raise TypeError(f"image has dtype {array.dtype}; pass a numeric (integer or float) array")
+    if array.size == 0:
+        raise ValueError(f"image is empty (shape {array.shape})")
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        array = array[..., :3]
+    elif array.ndim == 4 and array.shape[-1] in (3, 4):
+        raise ValueError(
+            f"image of shape {array.shape} is an RGB volume; pass one slice, e.g. image[z]"
+        )
+    elif array.ndim >= 3:
+        raise ValueError(
+            f"image of shape {array.shape} has {array.ndim} dimensions; pass one 2D slice "
+            "(e.g. volume[z]) or an RGB image (H, W, 3)"
+        )
+    elif array.ndim != 2:
+        raise ValueError(f"image of shape {array.shape} is not 2D; pass (H, W) or (H, W, 3)")
+    if min(array.shape[:2]) < 2:
+        raise ValueError(f"image of shape {array.shape} is too small; both sides must be >= 2 pixels")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise ValueError(
+            f"image contains {bad} NaN or infinite value(s); replace them first, "
+            "e.g. np.nan_to_num(image, nan=image_min)"
+        )
+    return array
+
+
+def check_window(window: object) -> tuple[float, float] | None:
+    """Return ``window`` as ``(low, high)`` floats, or None."""
+    if window is None:
+        return None
+    try:
+        low, high = (float(v) for v in window)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"window must be (low, high), got {window!r}") from err
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"window bounds must be finite, got {window!r}")
+    if low >= high:
+        raise ValueError(f"window low ({low:g}) must be below high ({high:g})")
+    return low, high
+
+
+def to_rgb_uint8(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """Clip to ``window`` (or the slice's own min..max) and scale to 0..255 uint8, as (H, W, 3).
+
+    An 8-bit image with no window is taken as it is, as MedSAM's own inference does. Values are
+    truncated to uint8 after scaling, as in MedSAM's CT/MR preprocessing. A constant slice gives zeros.
+    """
+    if image.dtype == np.uint8 and window is None:
+        scaled = image
+    else:
+        data = image.astype(np.float64)
+        low, high = window if window is not None else (float(data.min()), float(data.max()))
+        if high > low:
+            scaled = ((np.clip(data, low, high) - low) / (high - low) * 255.0).astype(np.uint8)
+        else:
+            scaled = np.zeros(data.shape, dtype=np.uint8)
+    if scaled.ndim == 2:
+        scaled = np.repeat(scaled[..., None], 3, axis=-1)
+    return np.ascontiguousarray(scaled)
+
+
+def _resized_shape(original: tuple[int, int], target: int) -> tuple[int, int]:
+    scale = target / max(original)
+    return int(original[0] * scale + 0.5), int(original[1] * scale + 0.5)
+
+
+def _min_max(image: np.ndarray) -> np.ndarray:
+    image = image.astype(np.float32)
+    low = image.min()
+    return (image - low) / np.clip(image.max() - low, 1e-8, None)
+
+
+def _pad_square(image: np.ndarray, size: int) -> np.ndarray:
+    padded = np.zeros((size, size, image.shape[2]), dtype=np.float32)
+    padded[: image.shape[0], : image.shape[1]] = image
+    return padded
+
+
+def model_input(rgb: np.ndarray, family: Family) -> tuple[np.ndarray, InputGeometry]:
+    """Turn an (H, W, 3) uint8 slice into the family's (3, S, S) float32 model input."""
+    from skimage.transform import resize, resize_local_mean
+
+    original = (int(rgb.shape[0]), int(rgb.shape[1]))
+    size = INPUT_SIZE[family]
+    if family == "medsam":
+        # MedSAM: stretch to 1024 x 1024 (aspect not kept), bicubic with anti-aliasing, back to
+        # uint8, then min-max to [0, 1]; no mean/std normalisation, no padding.
+        resized = resize(rgb, (size, size), order=3, preserve_range=True, anti_aliasing=True)
+        pixels = _min_max(resized.astype(np.uint8))
+        shape = (size, size)
+    elif family == "lite-medsam":
+        # LiteMedSAM: longest side to 256 by area averaging (OpenCV INTER_AREA's equivalent),
+        # rounded to uint8, min-max to [0, 1], zero-padded bottom/right.
+        shape = _resized_shape(original, size)
+        resized = resize_local_mean(rgb, shape, preserve_range=True)
+        pixels = _pad_square(_min_max(np.round(resized).astype(np.uint8)), size)
+    elif family == "sam":
+        # SAM: longest side to 1024 (bilinear, anti-aliased), ImageNet mean/std, zero pad.
+        shape = _resized_shape(original, size)
+        resized = resize(rgb, shape, order=1, preserve_range=True, anti_aliasing=True)
+        normalised = (np.round(resized).astype(np.float32) - SAM_PIXEL_MEAN) / SAM_PIXEL_STD
+        pixels = _pad_square(normalised, size)
+    else:
+        raise ValueError(f"unknown model family {family!r}")
+    geometry = InputGeometry(family, original, shape, size)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32), geometry
+
+
+def prompt_scale(geometry: InputGeometry) -> tuple[float, float]:
+    """The (x, y) factors from image pixels to model-input pixels."""
+    (height, width), (new_h, new_w) = geometry.original, geometry.resized
+    if geometry.family == "lite-medsam":
+        ratio = geometry.input_size / max(height, width)
+        return ratio, ratio
+    return new_w / width, new_h / height
+
+
+def scale_box(box_xyxy: np.ndarray, geometry: InputGeometry) -> np.ndarray:
+    """Scale an (x0, y0, x1, y1) box to model-input pixels (LiteMedSAM truncates, as published)."""
+    sx, sy = prompt_scale(geometry)
+    scaled = np.asarray(box_xyxy, dtype=np.float64) * np.array([sx, sy, sx, sy])
+    if geometry.family == "lite-medsam":
+        scaled = np.trunc(scaled)
+    return scaled
+
+
+def scale_points(points_xy: np.ndarray, geometry: InputGeometry) -> np.ndarray:
+    """Scale (N, 2) (x, y) points to model-input pixels."""
+    sx, sy = prompt_scale(geometry)
+    return np.asarray(points_xy, dtype=np.float64) * np.array([sx, sy])
+
+
+def masks_from_logits(low_res: torch.Tensor, geometry: InputGeometry) -> torch.Tensor:
+    """Turn (M, 256, 256) low-resolution logits into (M, H, W) boolean masks, family by family."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = low_res.float()[:, None]
+    height, width = geometry.original
+    if geometry.family == "medsam":
+        probs = F.interpolate(torch.sigmoid(logits), size=(height, width), mode="bilinear", align_corners=False)
+        return probs[:, 0] > 0.5
+    side = geometry.input_size
+    if geometry.family == "sam":
+        logits = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
+        crop = logits[..., : geometry.resized[0], : geometry.resized[1]]
+        upsampled = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
+        return upsampled[:, 0] > 0.0
+    # lite-medsam: the 256 x 256 logits are at input scale already; crop the padding, upsample, sigmoid.
+    crop = logits[..., : geometry.resized[0], : geometry.resized[1]]
+    upsampled = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
+    return torch.sigmoid(upsampled)[:, 0] > 0.5

