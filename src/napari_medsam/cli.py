@@ -160,7 +160,7 @@ def _propagate(predictor, volume, args, window, key_labels) -> np.ndarray:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Segment a synthetic CT-like phantom with the bundled LiteMedSAM and report Dice and timings."""
-    from napari_medsam._sample_data import ct_phantom_slice
+    from napari_medsam.phantoms import ct_phantom_slice
     from napari_medsam.predictor import MedSamPredictor
 
     image, truth, box = ct_phantom_slice()

@@ -185,17 +185,19 @@ def _load_pretrained(
 
 def _hub_snapshot(repo_id: str) -> str:
     """The local folder of a hub model: from the cache first, downloading only if the hub answers."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
-    patterns = ["*.json", "*.safetensors"]
     try:
-        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        return snapshot_download(repo_id, local_files_only=True)
     except Exception:  # not cached (huggingface_hub raises several error types here)
         pass
     _ensure_hub_reachable(repo_id)
     logger.info("downloading %s from the Hugging Face hub", repo_id)
     try:
-        return snapshot_download(repo_id, allow_patterns=patterns)
+        files = HfApi().list_repo_files(repo_id)
+        # safetensors when the repository has them; otherwise the PyTorch weights (read weights_only)
+        weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
+        return snapshot_download(repo_id, allow_patterns=["*.json", weights])
     except Exception as err:
         raise ModelLoadError(f"could not download {repo_id!r}: {err}. {_OFFLINE_ADVICE}") from err
 
@@ -245,7 +247,8 @@ def is_available_offline(source: str | os.PathLike[str]) -> bool:
         folder = Path(snapshot_download(resolved.target, local_files_only=True))
     except Exception:
         return False
-    return any(folder.glob("*.safetensors")) and (folder / "config.json").is_file()
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    return has_weights and (folder / "config.json").is_file()
 
 
 def default_source() -> str:
