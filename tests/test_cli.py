@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-from conftest import dice, make_phantom
 from skimage.io import imread
 
+from conftest import dice, make_phantom
 from napari_medsam.cli import main
 
 
@@ -25,8 +25,18 @@ def phantom_files(tmp_path):
 def test_segment_npy_to_png_with_the_bundled_model(phantom_files, capsys):
     folder, truth, box = phantom_files
     out = folder / "mask.png"
-    code = main(["segment", str(folder / "ct.npy"), "--box", *map(str, box), "--preset", "soft-tissue",
-                 "-o", str(out)])
+    code = main(
+        [
+            "segment",
+            str(folder / "ct.npy"),
+            "--box",
+            *map(str, box),
+            "--preset",
+            "soft-tissue",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     mask = imread(out)
     assert set(np.unique(mask)) <= {0, 255}
@@ -40,11 +50,28 @@ def test_segment_tif_volume_slice_to_npy(phantom_files):
     volume = np.stack([np.zeros_like(image), image, np.zeros_like(image)])
     tifffile.imwrite(folder / "vol.tif", volume)
     out = folder / "labels.npy"
-    assert main(["segment", str(folder / "vol.tif"), "--slice", "1", "--window", "-160", "240",
-                 "--box", *map(str, box), "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(folder / "vol.tif"),
+                "--slice",
+                "1",
+                "--window",
+                "-160",
+                "240",
+                "--box",
+                *map(str, box),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     labels = np.load(out)
     assert labels.shape == volume.shape
-    assert not labels[0].any() and not labels[2].any()
+    assert not labels[0].any()
+    assert not labels[2].any()
     assert dice(labels[1] > 0, truth) >= 0.95
 
 
@@ -52,8 +79,23 @@ def test_two_boxes_give_two_label_ids(phantom_files):
     folder, _, box = phantom_files
     out = folder / "two.tif"
     second = (10, 10, 60, 50)
-    assert main(["segment", str(folder / "ct.npy"), "--box", *map(str, box), "--box", *map(str, second),
-                 "--preset", "soft-tissue", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(folder / "ct.npy"),
+                "--box",
+                *map(str, box),
+                "--box",
+                *map(str, second),
+                "--preset",
+                "soft-tissue",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert set(np.unique(tifffile.imread(out))) <= {0, 1, 2}
     assert 1 in np.unique(tifffile.imread(out))
 
@@ -73,7 +115,9 @@ def test_errors_are_one_line_without_traceback(phantom_files, capsys, args, mess
     code = main(["segment", str(folder / "ct.npy"), *args, "-o", str(folder / "x.png")])
     err = capsys.readouterr().err
     assert code == 1
-    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_missing_input_file(tmp_path, capsys):
@@ -85,8 +129,12 @@ def test_console_script_runs_the_demo(tmp_path):
     out = tmp_path / "demo.png"
     done = subprocess.run(
         [sys.executable, "-m", "napari_medsam.cli", "demo", "-o", str(out)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     reported = float(done.stdout.split("dice")[1].split()[0])
-    assert reported >= 0.95 and out.exists()
+    assert reported >= 0.95
+    assert out.exists()

@@ -77,7 +77,7 @@ def test_folder_family_follows_the_processor_config(tiny_sam_dir, tiny_medsam_di
 
 def test_folder_without_config_is_rejected(tmp_path):
     (tmp_path / "notes.json").write_text(json.dumps({}))
-    with pytest.raises(ModelLoadError, match="config.json"):
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
         load_model(tmp_path, device="cpu")
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import dice, make_phantom
 from skimage.transform import resize
 
+from conftest import dice, make_phantom
 from napari_medsam import MedSamPredictor
 from napari_medsam.models.loading import load_model
 
@@ -44,7 +44,9 @@ def medsam_reference(sam, image_uint8: np.ndarray, box) -> tuple[np.ndarray, np.
             multimask_output=False,
         )
     logits = out.pred_masks[0, 0]
-    prob = F.interpolate(torch.sigmoid(logits)[None], size=(height, width), mode="bilinear", align_corners=False)
+    prob = F.interpolate(
+        torch.sigmoid(logits)[None], size=(height, width), mode="bilinear", align_corners=False
+    )
     return (prob[0, 0] > 0.5).numpy(), logits[0].numpy()
 
 
@@ -61,10 +63,17 @@ def sam_reference(sam, image_uint8: np.ndarray, box) -> np.ndarray:
     pixels = torch.tensor(padded, dtype=torch.float32).permute(2, 0, 1)[None]
     box_in = np.asarray(box, dtype=np.float64) * np.array([new_w / width, new_h / height] * 2)
     with torch.no_grad():
-        out = sam(pixel_values=pixels, input_boxes=torch.tensor(box_in[None, None], dtype=torch.float32),
-                  multimask_output=False)
-    logits = F.interpolate(out.pred_masks[0, 0][None], size=(1024, 1024), mode="bilinear", align_corners=False)
-    logits = F.interpolate(logits[..., :new_h, :new_w], size=(height, width), mode="bilinear", align_corners=False)
+        out = sam(
+            pixel_values=pixels,
+            input_boxes=torch.tensor(box_in[None, None], dtype=torch.float32),
+            multimask_output=False,
+        )
+    logits = F.interpolate(
+        out.pred_masks[0, 0][None], size=(1024, 1024), mode="bilinear", align_corners=False
+    )
+    logits = F.interpolate(
+        logits[..., :new_h, :new_w], size=(height, width), mode="bilinear", align_corners=False
+    )
     return (logits[0, 0] > 0).numpy()
 
 
@@ -84,11 +93,15 @@ def test_medsam_matches_its_reference_inference(tiny_medsam_dir, shape):
     predictor.set_image(image)
     result = predictor.predict(box=box)
     ref_mask, ref_logits = medsam_reference(predictor.model.sam, image, box)
-    assert 0.01 < ref_mask.mean() < 0.99, "the reference mask must be non-trivial for the comparison to mean anything"
-    assert result.mask.shape == shape and result.mask.dtype == bool
+    assert 0.01 < ref_mask.mean() < 0.99, (
+        "the reference mask must be non-trivial for the comparison to mean anything"
+    )
+    assert result.mask.shape == shape
+    assert result.mask.dtype == bool
     assert iou(result.mask, ref_mask) >= 0.98
     assert correlation(result.logits, ref_logits) >= 0.995
-    assert result.logits.shape == (256, 256) and result.logits.dtype == np.float32
+    assert result.logits.shape == (256, 256)
+    assert result.logits.dtype == np.float32
 
 
 def test_medsam_window_is_clip_then_scale(tiny_medsam_dir):
@@ -117,13 +130,18 @@ def test_lite_medsam_upsamples_logits_before_the_sigmoid():
 
     geometry = InputGeometry("lite-medsam", (90, 150), (154, 256), 256)
     logits = torch.randn(1, 256, 256) * 4
-    expected = torch.sigmoid(
-        F.interpolate(logits[None, :, :154, :256], size=(90, 150), mode="bilinear", align_corners=False)
-    )[0, 0] > 0.5
+    expected = (
+        torch.sigmoid(
+            F.interpolate(logits[None, :, :154, :256], size=(90, 150), mode="bilinear", align_corners=False)
+        )[0, 0]
+        > 0.5
+    )
     assert torch.equal(masks_from_logits(logits, geometry)[0], expected)
     medsam = InputGeometry("medsam", (90, 150), (1024, 1024), 1024)
-    expected_medsam = F.interpolate(torch.sigmoid(logits)[None], size=(90, 150), mode="bilinear",
-                                    align_corners=False)[0, 0] > 0.5
+    expected_medsam = (
+        F.interpolate(torch.sigmoid(logits)[None], size=(90, 150), mode="bilinear", align_corners=False)[0, 0]
+        > 0.5
+    )
     assert torch.equal(masks_from_logits(logits, medsam)[0], expected_medsam)
 
 
@@ -143,7 +161,7 @@ def test_real_lite_medsam_segments_the_phantom(lite_predictor_model):
         image, truth, box = make_phantom(*shape)
         predictor.set_image(image, window=(-160, 240))
         result = predictor.predict(box=box)
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        x0, y0, x1, y1 = (round(v) for v in box)
         filled = np.zeros_like(truth)
         filled[y0 : y1 + 1, x0 : x1 + 1] = True
         assert dice(result.mask, truth) >= 0.95
@@ -174,7 +192,8 @@ def test_cache_hit_runs_no_encoder(tiny_sam_dir):
     predictor.set_image(image.copy())
     assert calls[0] == 1
     np.testing.assert_array_equal(predictor.predict(box=(5, 5, 60, 50)).mask, first.mask)
-    assert predictor.is_cached(image) and not predictor.is_cached(image, window=(-1, 1))
+    assert predictor.is_cached(image)
+    assert not predictor.is_cached(image, window=(-1, 1))
     predictor.set_image(image, window=(-1, 1))
     assert calls[0] == 2
     changed = image.copy()
@@ -190,7 +209,8 @@ def test_cache_is_bounded_in_bytes():
     cache = EmbeddingCache(max_bytes=3 * 1024)
     for i in range(5):
         cache.put(EmbeddingKey("m", str(i), None, 1), torch.zeros(512, dtype=torch.float16))
-    assert len(cache) == 3 and cache.nbytes <= 3 * 1024
+    assert len(cache) == 3
+    assert cache.nbytes <= 3 * 1024
     assert cache.get(EmbeddingKey("m", "0", None, 1)) is None
     assert cache.get(EmbeddingKey("m", "4", None, 1)) is not None
 

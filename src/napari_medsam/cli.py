@@ -49,7 +49,8 @@ def read_image(path: Path) -> tuple[np.ndarray, object | None]:
 
         return imread(path), None
     raise ValueError(
-        f"cannot read {path.name}: use .npy, .tif, .png, .jpg, .nii(.gz), .nrrd, .mha/.mhd, .dcm or a DICOM folder"
+        f"cannot read {path.name}: use .npy, .tif, .png, .jpg, .nii(.gz), .nrrd, .mha/.mhd, .dcm "
+        "or a DICOM folder"
     )
 
 
@@ -71,7 +72,9 @@ def write_mask(path: Path, labels: np.ndarray, geometry: object | None) -> None:
         from skimage.io import imsave
 
         if labels.ndim != 2:
-            raise ValueError(f"{path.name}: a {labels.ndim}D result needs a volume format (.nii.gz, .nrrd, .tif, .npy)")
+            raise ValueError(
+                f"{path.name}: a {labels.ndim}D result needs a volume format (.nii.gz, .nrrd, .tif, .npy)"
+            )
         if labels.max() > 255:
             raise ValueError(f"{path.name}: more than 255 labels; use .tif or .npy")
         image = (labels > 0).astype(np.uint8) * 255 if labels.max() <= 1 else labels.astype(np.uint8)
@@ -101,7 +104,9 @@ def _slice_of(image: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, 
         raise ValueError(f"the input is a volume of shape {image.shape}; pass --slice Z")
     depth = image.shape[args.axis]
     if not 0 <= args.slice < depth:
-        raise ValueError(f"--slice {args.slice} is outside the volume (0..{depth - 1} along axis {args.axis})")
+        raise ValueError(
+            f"--slice {args.slice} is outside the volume (0..{depth - 1} along axis {args.axis})"
+        )
     return np.take(image, args.slice, axis=args.axis), True
 
 
@@ -123,7 +128,9 @@ def run_segment(args: argparse.Namespace) -> int:
     points, labels = _points(args)
     if not args.box and points is None:
         raise ValueError("give at least one --box X0 Y0 X1 Y1 or --point X Y LABEL")
-    predictor = MedSamPredictor.from_pretrained(args.model, device=args.device, dtype=args.dtype, family=args.family)
+    predictor = MedSamPredictor.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, family=args.family
+    )
     start = time.perf_counter()
     predictor.set_image(plane, window=window)
     result = np.zeros(plane.shape[:2], dtype=np.uint16)
@@ -177,7 +184,10 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"model      {args.model} ({predictor.family}) on {predictor.model.device}")
     print(f"image      synthetic CT phantom {image.shape[1]} x {image.shape[0]} px, window soft tissue")
     print(f"box        x0={box[0]:.0f} y0={box[1]:.0f} x1={box[2]:.0f} y1={box[3]:.0f}")
-    print(f"timings    load {loaded - start:.2f} s, encode {encoded - loaded:.2f} s, box->mask {1000 * (decoded - encoded):.0f} ms")
+    print(
+        f"timings    load {loaded - start:.2f} s, encode {encoded - loaded:.2f} s, "
+        f"box->mask {1000 * (decoded - encoded):.0f} ms"
+    )
     print(f"dice       {dice:.3f} against the phantom's true outline")
     print(f"mask       {out}")
     return 0
@@ -189,31 +199,61 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def model_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--model", default="lite-medsam",
-                         help="lite-medsam (bundled, offline; default), medsam, sam-vit-base/-large/-huge, "
-                              "a hub id, a Hugging Face folder or a .pth file")
+        sub.add_argument(
+            "--model",
+            default="lite-medsam",
+            help="lite-medsam (bundled, offline; default), medsam, sam-vit-base/-large/-huge, "
+            "a hub id, a Hugging Face folder or a .pth file",
+        )
         sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
         sub.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16 or float16")
 
     segment = commands.add_parser("segment", help="segment objects in an image or a volume slice")
-    segment.add_argument("image", help="image (.npy .tif .png .jpg) or volume (.nii(.gz) .nrrd .mha .dcm, DICOM folder)")
-    segment.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
-                         help="box in pixels (x = column, y = row); repeat for several objects")
-    segment.add_argument("--point", nargs=3, type=float, action="append", metavar=("X", "Y", "LABEL"),
-                         help="click in pixels, LABEL 1 = foreground, 0 = background; repeatable")
+    segment.add_argument(
+        "image", help="image (.npy .tif .png .jpg) or volume (.nii(.gz) .nrrd .mha .dcm, DICOM folder)"
+    )
+    segment.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        action="append",
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="box in pixels (x = column, y = row); repeat for several objects",
+    )
+    segment.add_argument(
+        "--point",
+        nargs=3,
+        type=float,
+        action="append",
+        metavar=("X", "Y", "LABEL"),
+        help="click in pixels, LABEL 1 = foreground, 0 = background; repeatable",
+    )
     segment.add_argument("--slice", type=int, help="slice index for volumes")
     segment.add_argument("--axis", type=int, default=0, help="slice axis for volumes (default 0)")
-    segment.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"),
-                         help="intensity window, e.g. -160 240 for CT soft tissue (default: slice min..max)")
+    segment.add_argument(
+        "--window",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="intensity window, e.g. -160 240 for CT soft tissue (default: slice min..max)",
+    )
     segment.add_argument("--preset", choices=sorted(WINDOW_PRESETS), help="CT window preset")
-    segment.add_argument("--family", choices=["medsam", "sam", "lite-medsam"], help="override the model family")
+    segment.add_argument(
+        "--family", choices=["medsam", "sam", "lite-medsam"], help="override the model family"
+    )
     segment.add_argument("--propagate", action="store_true", help="propagate the object through the volume")
-    segment.add_argument("-o", "--output", required=True,
-                         help="mask file: .png .tif .npy, or .nii.gz .nrrd .mha (volume geometry kept)")
+    segment.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="mask file: .png .tif .npy, or .nii.gz .nrrd .mha (volume geometry kept)",
+    )
     model_options(segment)
     segment.set_defaults(func=run_segment)
 
-    demo = commands.add_parser("demo", help="segment a synthetic CT phantom offline and report Dice and timings")
+    demo = commands.add_parser(
+        "demo", help="segment a synthetic CT phantom offline and report Dice and timings"
+    )
     demo.add_argument("-o", "--output", default="medsam_demo_mask.png", help="where to write the mask")
     model_options(demo)
     demo.set_defaults(func=run_demo)

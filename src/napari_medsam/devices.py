@@ -52,7 +52,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """Turn ``"auto"``, ``"float32"``/``"fp32"``, ``"bfloat16"``/``"bf16"``, ``"float16"``/``"fp16"`` into a dtype.
+    """Turn ``"auto"``, ``"float32"``, ``"bfloat16"``, ``"float16"`` (or fp32/bf16/fp16) into a dtype.
 
     ``"auto"`` is float16 on CUDA and MPS and float32 on CPU.
     """

@@ -18,7 +18,9 @@ def ct_phantom_slice(
     rows, cols = np.mgrid[:height, :width].astype(np.float64)
     body = ((rows - height / 2) / (height * 0.47)) ** 2 + ((cols - width / 2) / (width * 0.47)) ** 2 <= 1
     organ = ((rows - height * 0.5) / (height * 0.2)) ** 2 + ((cols - width * 0.45) / (width * 0.16)) ** 2 <= 1
-    image = np.where(body, rng.normal(40.0, 20.0, (height, width)), -1000.0 + rng.normal(0, 5, (height, width)))
+    image = np.where(
+        body, rng.normal(40.0, 20.0, (height, width)), -1000.0 + rng.normal(0, 5, (height, width))
+    )
     image[organ] += 100.0
     ys, xs = np.nonzero(organ)
     box = (xs.min() - margin, ys.min() - margin, xs.max() + margin, ys.max() + margin)

@@ -93,9 +93,7 @@ class MedSamPredictor:
         model_id = f"{self.model.name}|{self.family}|{self.model.dtype}"
         return EmbeddingKey(model_id, data_signature(image), window, PREPROCESSING_VERSION)
 
-    def _embedding_for(
-        self, image: object, window: object
-    ) -> tuple[torch.Tensor, InputGeometry, bool]:
+    def _embedding_for(self, image: object, window: object) -> tuple[torch.Tensor, InputGeometry, bool]:
         """The cached or freshly computed (embedding, geometry, encoded) of a slice."""
         import torch
 
@@ -185,9 +183,7 @@ class MedSamPredictor:
                     check_mask_input(mask_input)[None, None], dtype=dtype, device=device
                 )
             with torch.inference_mode():
-                output = self.model.sam(
-                    image_embeddings=embedding, multimask_output=multimask, **inputs
-                )
+                output = self.model.sam(image_embeddings=embedding, multimask_output=multimask, **inputs)
             low_res = output.pred_masks[0, 0].float()
             scores = output.iou_scores[0, 0].float()
             best = int(torch.argmax(scores)) if multimask else 0
@@ -211,9 +207,7 @@ def check_box(box: object, width: int, height: int) -> np.ndarray:
         raise ValueError(f"box contains NaN or infinite values: {values.tolist()}")
     x0, y0, x1, y1 = values
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(
-            f"box {values.tolist()} is empty or inverted: it needs x1 > x0 and y1 > y0"
-        )
+        raise ValueError(f"box {values.tolist()} is empty or inverted: it needs x1 > x0 and y1 > y0")
     if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
         raise ValueError(
             f"box {values.tolist()} lies wholly outside the image (width {width}, height {height})"
@@ -243,8 +237,10 @@ def check_points(
     if not np.isfinite(coords).all():
         raise ValueError("points contain NaN or infinite values")
     outside = (
-        (coords[:, 0] < -0.5) | (coords[:, 0] > width - 0.5)
-        | (coords[:, 1] < -0.5) | (coords[:, 1] > height - 0.5)
+        (coords[:, 0] < -0.5)
+        | (coords[:, 0] > width - 0.5)
+        | (coords[:, 1] < -0.5)
+        | (coords[:, 1] > height - 0.5)
     )
     if outside.any():
         raise ValueError(

@@ -60,9 +60,7 @@ def check_image(image: object) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         array = array[..., :3]
     elif array.ndim == 4 and array.shape[-1] in (3, 4):
-        raise ValueError(
-            f"image of shape {array.shape} is an RGB volume; pass one slice, e.g. image[z]"
-        )
+        raise ValueError(f"image of shape {array.shape} is an RGB volume; pass one slice, e.g. image[z]")
     elif array.ndim >= 3:
         raise ValueError(
             f"image of shape {array.shape} has {array.ndim} dimensions; pass one 2D slice "
@@ -195,7 +193,9 @@ def masks_from_logits(low_res: torch.Tensor, geometry: InputGeometry) -> torch.T
     logits = low_res.float()[:, None]
     height, width = geometry.original
     if geometry.family == "medsam":
-        probs = F.interpolate(torch.sigmoid(logits), size=(height, width), mode="bilinear", align_corners=False)
+        probs = F.interpolate(
+            torch.sigmoid(logits), size=(height, width), mode="bilinear", align_corners=False
+        )
         return probs[:, 0] > 0.5
     side = geometry.input_size
     if geometry.family == "sam":

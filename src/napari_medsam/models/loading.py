@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -126,10 +126,13 @@ def _load_checkpoint(
         if family not in (None, "lite-medsam"):
             raise ValueError(f"{path.name} is a LiteMedSAM checkpoint; it cannot run as family {family!r}")
         logger.info("%s: LiteMedSAM checkpoint (TinyViT encoder)", path.name)
-        return load_lite_medsam(path, device=device, dtype=dtype)
-    if family == "lite-medsam":
+        model = load_lite_medsam(path, device=device, dtype=dtype)
+    elif family == "lite-medsam":
         raise ValueError(f"{path.name} is not a LiteMedSAM checkpoint (no TinyViT encoder keys)")
-    return load_segment_anything_checkpoint(path, family=family, device=device, dtype=dtype)
+    else:
+        model = load_segment_anything_checkpoint(path, family=family, device=device, dtype=dtype)
+    # The full path (not just the file name) names the model in embedding-cache keys.
+    return replace(model, name=str(path))
 
 
 def _peek_is_lite(path: Path, is_lite: object) -> bool:
@@ -214,7 +217,9 @@ def _ensure_hub_reachable(repo_id: str) -> None:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
     if constants.HF_HUB_OFFLINE or offline.strip().lower() in ("1", "true", "yes", "on"):
-        raise ModelLoadError(f"{repo_id!r} is not on this machine and HF_HUB_OFFLINE is set. {_OFFLINE_ADVICE}")
+        raise ModelLoadError(
+            f"{repo_id!r} is not on this machine and HF_HUB_OFFLINE is set. {_OFFLINE_ADVICE}"
+        )
     endpoint = urlparse(constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
