@@ -22,10 +22,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
     fi
     touch "$stamp"
 fi
-if ! command -v Xvfb >/dev/null 2>&1; then
+# Xvfb and the X/GL libraries Qt's xcb platform plugin loads (GUI tests run napari on a virtual display).
+gui_packages="xvfb xauth libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1
+    libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0
+    libfontconfig1 libdbus-1-3"
+missing=$(dpkg-query -W -f='${Package} ${Status}\n' $gui_packages 2>&1 | grep -v "install ok installed" || true)
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && apt-get install -y -qq xvfb xauth >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $gui_packages >/dev/null
     else
-        echo "setup: Xvfb not found; GUI tests need it (Debian/Ubuntu: sudo apt-get install xvfb)" >&2
+        echo "setup: GUI tests need Xvfb and Qt's X libraries (Debian/Ubuntu: sudo apt-get install $gui_packages)" >&2
     fi
 fi

@@ -1,0 +1,55 @@
+"""Sample data for napari's File > Open Sample menu; nothing is downloaded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: CT soft-tissue window (level 40, width 400): what MedSAM was trained on.
+SOFT_TISSUE = (-160.0, 240.0)
+
+#: Size and seed of the phantom sample (scripts rebuild its true outline with the same values).
+PHANTOM = {"depth": 32, "height": 160, "width": 200, "seed": 0}
+
+LayerData = tuple[np.ndarray, dict[str, Any], str]
+
+
+def ct_phantom() -> list[LayerData]:
+    """A synthetic CT volume in HU (32 x 160 x 200, 2.5 x 0.8 x 0.8 mm) with a bright organ."""
+    from napari_medsam.phantoms import ct_phantom_volume
+
+    volume, _ = ct_phantom_volume(**PHANTOM)
+    meta = {
+        "name": "CT phantom",
+        "scale": (2.5, 0.8, 0.8),
+        "units": "mm",
+        "colormap": "gray",
+        "contrast_limits": SOFT_TISSUE,
+        "metadata": {"modality": "CT", "source": "napari_medsam.phantoms.ct_phantom_volume"},
+    }
+    return [(volume, meta, "image")]
+
+
+def ct_slice() -> list[LayerData]:
+    """pydicom's ``CT_small.dcm`` test file (128 x 128 CT slice, MIT licence) in HU."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    if path is None:  # pragma: no cover - the file ships inside pydicom's wheel
+        raise FileNotFoundError("pydicom's CT_small.dcm test file is not installed")
+    ds = pydicom.dcmread(path)
+    slope = float(getattr(ds, "RescaleSlope", 1.0))
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0))
+    hu = (ds.pixel_array.astype(np.float32) * slope + intercept).astype(np.int16)
+    spacing = tuple(float(s) for s in getattr(ds, "PixelSpacing", (1.0, 1.0)))
+    meta = {
+        "name": "CT slice",
+        "scale": spacing,
+        "units": "mm",
+        "colormap": "gray",
+        "contrast_limits": SOFT_TISSUE,
+        "metadata": {"modality": "CT", "source": str(path)},
+    }
+    return [(hu, meta, "image")]
