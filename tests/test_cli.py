@@ -48,7 +48,7 @@ def test_segment_tif_volume_slice_to_npy(phantom_files):
     folder, truth, box = phantom_files
     image = tifffile.imread(folder / "ct.tif")
     volume = np.stack([np.zeros_like(image), image, np.zeros_like(image)])
-    tifffile.imwrite(folder / "vol.tif", volume)
+    tifffile.imwrite(folder / "vol.tif", volume, photometric="minisblack")
     out = folder / "labels.npy"
     assert (
         main(
