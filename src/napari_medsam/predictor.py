@@ -182,10 +182,14 @@ class MedSamPredictor:
                 inputs["input_masks"] = torch.tensor(
                     check_mask_input(mask_input)[None, None], dtype=dtype, device=device
                 )
-            with torch.inference_mode():
-                output = self.model.sam(image_embeddings=embedding, multimask_output=multimask, **inputs)
-            low_res = output.pred_masks[0, 0].float()
-            scores = output.iou_scores[0, 0].float()
+            from napari_medsam.models.fast_decoder import decode
+
+            # SamModel's prompt encoder + mask decoder, without per-prompt repeats (fast_decoder)
+            pred_masks, iou_scores = decode(
+                self.model.sam, embedding, multimask_output=multimask, **inputs
+            )
+            low_res = pred_masks[0, 0].float()
+            scores = iou_scores[0, 0].float()
             best = int(torch.argmax(scores)) if multimask else 0
             mask = masks_from_logits(low_res[best : best + 1], geometry)[0]
             return Prediction(

@@ -1,0 +1,76 @@
+"""npe2 reader: NIfTI, NRRD, MetaImage and DICOM series as napari layers (through SimpleITK)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from napari_medsam.volume_io import format_of, read_volume, volume_name
+
+LayerData = tuple[Any, dict[str, Any], str]
+#: Initial contrast limits for CT: the soft-tissue window (L 40 / W 400) MedSAM was trained on.
+CT_CONTRAST_LIMITS = (-160.0, 240.0)
+_LABEL_NAME = re.compile(r"(^|[^a-z])(seg|segmentation|label|labels|labelmap|mask)([^a-z]|$)")
+
+
+def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """Return :func:`read_layers` for a medical volume path, ``None`` for anything else."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        claimed = format_of(path) is not None
+    except Exception:  # a reader probe must never raise
+        return None
+    return read_layers if claimed else None
+
+
+def read_layers(path: str | list[str]) -> list[LayerData]:
+    """Read one volume as a napari layer: spacing as scale, origin as translate.
+
+    Slicer segmentations (``.seg.nrrd``) and integer volumes named like a mask
+    (``*_seg``, ``*label*``, ``*mask*``) open as Labels; everything else as Image. CT
+    (DICOM modality CT, or values reaching air at about -1000 HU) opens with the soft-tissue
+    window as contrast limits; the data stay in Hounsfield units.
+    """
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = os.fspath(path)
+    array, geometry = read_volume(path)
+    kwargs = geometry.layer_kwargs(source=path)
+    kwargs["name"] = volume_name(path)
+    components = array.ndim > geometry.ndim
+    if not components and _is_labels(path, array):
+        return [(array, kwargs, "labels")]
+    if components:
+        if array.shape[-1] in (3, 4) and array.dtype == np.uint8:
+            kwargs["rgb"] = True
+        else:
+            kwargs["channel_axis"] = array.ndim - 1
+    elif _is_ct(array, geometry.modality):
+        kwargs["contrast_limits"] = CT_CONTRAST_LIMITS
+    return [(array, kwargs, "image")]
+
+
+def _is_labels(path: str, array: np.ndarray) -> bool:
+    name = os.path.basename(os.path.normpath(path)).lower()
+    if name.endswith(".seg.nrrd"):
+        return True
+    if not np.issubdtype(array.dtype, np.integer) or not _LABEL_NAME.search(volume_name(name)):
+        return False
+    return array.size == 0 or int(array.min()) >= 0
+
+
+def _is_ct(array: np.ndarray, modality: str | None) -> bool:
+    if modality is not None:
+        return modality == "CT"
+    if not np.issubdtype(array.dtype, np.signedinteger) and not np.issubdtype(
+        array.dtype, np.floating
+    ):
+        return False
+    return array.size > 0 and float(array.min()) <= -900 and float(array.max()) >= 100

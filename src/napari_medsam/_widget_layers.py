@@ -1,0 +1,186 @@
+"""Prompt and output layers for the MedSAM widget: creation, click polarity, label-id features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_medsam.prompts import spatial_shape
+
+#: Boolean feature of the clicks layer: True = foreground (positive) click.
+POSITIVE = "positive"
+#: Integer feature of the boxes (and clicks) layer: the label id written for the object (0 = new).
+LABEL_ID = "label_id"
+POSITIVE_COLORS = {True: "lime", False: "magenta"}
+
+
+def image_transforms(image: Any) -> dict[str, Any]:
+    """Keyword arguments that give a new layer the image's placement in the world."""
+    return {
+        "scale": image.scale,
+        "translate": image.translate,
+        "rotate": image.rotate,
+        "shear": image.shear,
+        "affine": image.affine,
+        "units": image.units,
+    }
+
+
+def add_boxes_layer(viewer: Any, image: Any) -> Any:
+    """A Shapes layer for box prompts, each box with its ``label_id`` feature shown as text."""
+    size = min(spatial_shape(image)[-2:])
+    return viewer.add_shapes(
+        ndim=image.ndim,
+        name=f"{image.name} boxes",
+        features={LABEL_ID: np.zeros(0, dtype=int)},
+        feature_defaults={LABEL_ID: 0},
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=max(1.0, size / 256),
+        text={"string": "{label_id}", "color": "yellow", "anchor": "upper_left", "size": 9},
+        **image_transforms(image),
+    )
+
+
+def add_clicks_layer(viewer: Any, image: Any, positive: bool = True) -> Any:
+    """A Points layer for click prompts, coloured by their ``positive`` feature."""
+    size = min(spatial_shape(image)[-2:])
+    return viewer.add_points(
+        np.zeros((0, image.ndim)),
+        name=f"{image.name} clicks",
+        features={POSITIVE: np.zeros(0, dtype=bool), LABEL_ID: np.zeros(0, dtype=int)},
+        feature_defaults={POSITIVE: positive, LABEL_ID: 0},
+        face_color=POSITIVE,
+        face_color_cycle=POSITIVE_COLORS,
+        border_color="black",
+        size=max(3.0, size / 40),
+        **image_transforms(image),
+    )
+
+
+def add_labels_layer(viewer: Any, image: Any, shape: tuple[int, ...]) -> Any:
+    """An empty uint16 Labels layer over the image."""
+    return viewer.add_labels(
+        np.zeros(shape, dtype=np.uint16), name=f"{image.name} MedSAM", **image_transforms(image)
+    )
+
+
+def prepare_clicks_layer(layer: Any, positive: bool) -> None:
+    """Give any Points layer the ``positive`` feature (existing points: positive) and colours."""
+    if POSITIVE in layer.features:
+        set_click_default(layer, positive)
+        return
+    features = layer.features.copy()
+    features[POSITIVE] = np.ones(len(layer.data), dtype=bool)
+    defaults = layer.feature_defaults.copy()
+    defaults[POSITIVE] = positive
+    layer.features = features
+    layer.feature_defaults = defaults
+    layer.face_color_cycle = POSITIVE_COLORS
+    layer.face_color = POSITIVE
+
+
+def set_click_default(layer: Any, positive: bool) -> None:
+    """Polarity of the next click added to ``layer``."""
+    defaults = layer.feature_defaults.copy()
+    defaults[POSITIVE] = positive
+    layer.feature_defaults = defaults
+
+
+def flip_selected_clicks(layer: Any) -> int:
+    """Flip the polarity of the selected points; returns how many were flipped."""
+    selected = sorted(layer.selected_data)
+    if not selected or POSITIVE not in layer.features:
+        return 0
+    features = layer.features.copy()
+    values = np.asarray(features[POSITIVE], dtype=bool).copy()
+    values[selected] = ~values[selected]
+    features[POSITIVE] = values
+    set_features(layer, features)
+    layer.refresh_colors(update_color_mapping=False)
+    return len(selected)
+
+
+def feature_ids(layer: Any | None) -> np.ndarray:
+    """The ``label_id`` feature of a layer as ints (zeros when it has none)."""
+    if layer is None:
+        return np.zeros(0, dtype=np.int64)
+    if LABEL_ID not in layer.features:
+        return np.zeros(len(layer.data), dtype=np.int64)
+    values = np.asarray(layer.features[LABEL_ID], dtype=float)
+    return np.nan_to_num(values, nan=0.0).astype(np.int64)
+
+
+def store_ids(layer: Any, ids_by_row: dict[int, int]) -> None:
+    """Write label ids into rows of the layer's ``label_id`` feature (creating it if needed)."""
+    if not ids_by_row:
+        return
+    ids = feature_ids(layer)
+    for row, label_id in ids_by_row.items():
+        if row < len(ids):
+            ids[row] = label_id
+    features = layer.features.copy()
+    features[LABEL_ID] = ids
+    set_features(layer, features)
+
+
+def set_features(layer: Any, features: Any) -> None:
+    """Replace a layer's features but keep its defaults (what the next shape or point gets).
+
+    napari resets the defaults to the last row's values; a new box would then inherit the last
+    box's label id, and a new click the last click's polarity. ``label_id`` defaults to 0.
+    """
+    kept = {name: layer.feature_defaults[name].iloc[0] for name in layer.feature_defaults}
+    layer.features = features
+    defaults = layer.feature_defaults.copy()
+    for name in defaults:
+        if name in kept:
+            defaults[name] = kept[name]
+        elif name == LABEL_ID:
+            defaults[name] = 0
+    layer.feature_defaults = defaults
+
+
+class ClickPolarity:
+    """Whether the next click is positive: a checkbox, key ``key`` to toggle it, the clicks layer.
+
+    The key also flips the selected clicks when the clicks layer is in select mode. The key
+    binding is taken from the viewer on creation and given back by :meth:`release`.
+    """
+
+    def __init__(self, viewer: Any, checkbox: Any, key: str) -> None:
+        self._viewer, self._checkbox, self._key = viewer, checkbox, key
+        self.layer: Any = None
+        self.released = False
+        self._checkbox.changed.connect(self._on_checkbox)
+        self._previous = viewer.bind_key(key, self.toggle, overwrite=True)
+
+    def set_layer(self, layer: Any | None) -> None:
+        """Follow a new clicks layer (given the ``positive`` feature if it lacks it)."""
+        self.layer = layer
+        if layer is not None:
+            prepare_clicks_layer(layer, bool(self._checkbox.value))
+
+    def toggle(self, viewer: Any = None) -> None:
+        """The key: flip the selected clicks in select mode, else the polarity of the next click."""
+        layer = self.layer
+        if layer is not None and layer.mode == "select" and flip_selected_clicks(layer):
+            return
+        self._checkbox.value = not self._checkbox.value
+
+    def release(self) -> None:
+        """Give the key back to whatever held it before, unless another binding took it since."""
+        if self.released:
+            return
+        self.released = True
+        if self.toggle in self._viewer.keymap.values():
+            previous = self._previous
+            owner = getattr(previous, "__self__", None)
+            if isinstance(owner, ClickPolarity) and owner.released:
+                previous = None  # another closed widget's: do not bring it back
+            self._viewer.bind_key(self._key, previous, overwrite=True)
+
+    def _on_checkbox(self, positive: bool) -> None:
+        if self.layer is not None:
+            set_click_default(self.layer, bool(positive))

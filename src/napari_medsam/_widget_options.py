@@ -1,0 +1,120 @@
+"""The widget's choices (models, devices, windows, scopes) and its public options as attributes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+CUSTOM = "custom"
+MODELS = [
+    ("LiteMedSAM (bundled, fast)", "lite-medsam"),
+    ("MedSAM ViT-B", "medsam"),
+    ("SAM ViT-B", "sam-vit-base"),
+    ("SAM ViT-L", "sam-vit-large"),
+    ("SAM ViT-H", "sam-vit-huge"),
+    ("Custom weights…", CUSTOM),
+]
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+LAYER_WINDOW = "layer contrast limits"
+WINDOWS: dict[str, tuple[float, float] | None] = {
+    LAYER_WINDOW: None,  # replaced by the image layer's contrast limits
+    "slice min..max": None,
+    "CT soft tissue (L40 W400)": (-160.0, 240.0),
+    "CT lung (L-600 W1500)": (-1350.0, 150.0),
+    "CT bone (L400 W1800)": (-500.0, 1300.0),
+    "CT brain (L40 W80)": (0.0, 80.0),
+}
+THIS_SLICE, ALL_SLICES = "this slice", "all slices"
+TOGGLE_KEY = "t"
+#: Slices encoded ahead on each side of the one on screen.
+PREFETCH_RADIUS = 2
+CHOOSE_WEIGHTS = "Choose a weights file (.pth) or Hugging Face folder for 'Custom'."
+SWITCH_TO_2D = (
+    "MedSAM segments 2D slices: switch the viewer to 2D (the 2D/3D button at the bottom left, "
+    "or Ctrl+Y), then segment."
+)
+
+
+class PredictorLike(Protocol):
+    """What the widget needs of :class:`napari_medsam.MedSamPredictor` (``precompute`` optional)."""
+
+    family: str
+
+    def set_image(self, image: np.ndarray, window: Any = None) -> None: ...
+
+    def predict(
+        self,
+        box: Any = None,
+        points: Any = None,
+        point_labels: Any = None,
+        mask_input: Any = None,
+        multimask: bool = False,
+    ) -> Any: ...
+
+
+PredictorFactory = Callable[[str, str], PredictorLike]
+
+
+def load_predictor(source: str, device: str) -> PredictorLike:
+    """The default factory: ``MedSamPredictor.from_pretrained`` (imports torch)."""
+    from napari_medsam import MedSamPredictor
+
+    return MedSamPredictor.from_pretrained(source=source, device=device)
+
+
+def default_model() -> str:
+    """MedSAM ViT-B when its weights are on this machine, else the bundled LiteMedSAM."""
+    from napari_medsam.models.loading import default_source
+
+    return default_source()
+
+
+class Option:
+    """A public option backed by one of the widget's value widgets, so GUI and scripts agree.
+
+    Reading gives the widget's value; setting changes the widget (and fires its events), and
+    raises ValueError for a value the widget does not offer.
+    """
+
+    def __init__(self, widget: str, doc: str, convert: Callable[[Any], Any] | None = None) -> None:
+        self.widget, self.__doc__, self.convert = widget, doc, convert
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj, self.widget).value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        widget = getattr(obj, self.widget)
+        value = self.convert(value) if self.convert is not None else value
+        choices = getattr(widget, "choices", None)
+        if choices is not None and value not in choices:
+            shown = [getattr(c, "name", c) for c in choices]
+            raise ValueError(f"{self.name} must be one of {shown}, got {value!r}")
+        widget.value = value
+
+
+class ModelOption:
+    """The model: an alias of ``MODELS`` (``"lite-medsam"``, ``"sam-vit-base"``...) or a path.
+
+    Setting a path (``.pth`` file or Hugging Face folder) picks "Custom weights…" with it;
+    reading gives ``"custom"`` while no path is chosen.
+    """
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if obj._model.value != CUSTOM:
+            return str(obj._model.value)
+        path = str(obj._weights.value or "").strip()
+        return CUSTOM if path in ("", ".") else path
+
+    def __set__(self, obj: Any, value: str) -> None:
+        value = str(value)
+        if value not in [alias for _, alias in MODELS]:
+            obj._weights.value = value
+            value = CUSTOM
+        obj._model.value = value

@@ -1,0 +1,264 @@
+"""Volume actions of the widget, Qt-free: Propagate, Interpolate, and what prefetching encodes.
+
+Both actions work on a :class:`PlaneStack`: the slices of the image parallel to the one on
+screen, in the orientation the viewer shows them. They are the very arrays Segment encodes, so
+the embedding cache (and the prefetcher filling it) serves Segment, Propagate and Interpolate.
+As for Segment, a request is read on the viewer's thread, the job touches no layer, and
+:func:`write_volume` writes every object as one undo step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from napari_medsam._widget_jobs import Job
+from napari_medsam._widget_layers import feature_ids, store_ids
+from napari_medsam.prompts import (
+    Box,
+    Plane,
+    boxes_from_shapes,
+    current_plane,
+    label_changes,
+    next_label_id,
+    spatial_shape,
+)
+from napari_medsam.propagation import interpolate_boxes, propagate, segment_boxes
+
+PROPAGATE, INTERPOLATE = "Propagate", "Interpolate"
+NEEDS_3D = "Propagate and Interpolate need a 3D image (this one is 2D)."
+
+
+class PlaneStack:
+    """The slices of ``data`` parallel to ``plane`` along ``axis``, as a read-only 3D array-like.
+
+    ``stack[z]`` is the slice at index ``z`` of ``axis`` as the viewer shows it (rows, cols, and
+    channels for RGB), i.e. ``stack.plane_at(z).extract(data)``; the other fixed axes (e.g. time)
+    keep the plane's index. ``shape`` is (slices, rows, cols).
+    """
+
+    def __init__(self, data: Any, plane: Plane, axis: int) -> None:
+        fixed = dict(plane.fixed)
+        if axis not in fixed:
+            raise ValueError(f"axis {axis} is displayed, it cannot be the slice axis")
+        self.data, self.plane, self.axis = data, plane, int(axis)
+        self.index = int(fixed[axis])
+        shape = data.shape
+        self.shape = (int(shape[axis]), int(shape[plane.row_axis]), int(shape[plane.col_axis]))
+        self.ndim = 3
+
+    def plane_at(self, z: int) -> Plane:
+        """The plane of slice ``z``."""
+        fixed = tuple((a, int(z) if a == self.axis else i) for a, i in self.plane.fixed)
+        return replace(self.plane, fixed=fixed)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        z = key[0] if isinstance(key, tuple) else key
+        if isinstance(key, tuple) and any(k != slice(None) for k in key[1:]):
+            raise IndexError("a PlaneStack gives whole slices only: stack[z]")
+        return self.plane_at(int(z)).extract(self.data)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def slice_axis(plane: Plane, dims_order: Sequence[int], offset: int) -> int:
+    """The image axis the slider nearest the displayed axes moves (image axis = world axis - offset)."""
+    fixed = dict(plane.fixed)
+    for world_axis in reversed(list(dims_order)[:-2]):
+        if int(world_axis) - offset in fixed:
+            return int(world_axis) - offset
+    raise ValueError(NEEDS_3D)
+
+
+def current_stack(image: Any, world_point: Sequence[float], dims_order: Sequence[int]) -> PlaneStack:
+    """The slices of ``image`` parallel to the one shown at ``world_point``, along the nearest slider."""
+    if len(spatial_shape(image)) < 3:
+        raise ValueError(NEEDS_3D)
+    plane = current_plane(image, world_point, dims_order)
+    data = image.data[0] if image.multiscale else image.data
+    return PlaneStack(data, plane, slice_axis(plane, dims_order, len(world_point) - image.ndim))
+
+
+@dataclass
+class VolumeObject:
+    """One object of a volume run: its label id and its key mask (Propagate) or key boxes."""
+
+    label_id: int
+    key_mask: np.ndarray | None = None
+    key_boxes: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
+    box_rows: tuple[int, ...] = ()
+
+
+@dataclass
+class VolumeRequest:
+    """Everything a Propagate or Interpolate run needs, read on the viewer's thread."""
+
+    action: str
+    image: Any
+    labels: Any | None
+    boxes: Any | None
+    stack: PlaneStack
+    objects: list[VolumeObject]
+    window: tuple[float, float] | None
+    source: str
+    device: str
+    overwrite: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VolumeOutcome:
+    """Per object: a (slices, rows, cols) mask and the (first, last) slice the run covered."""
+
+    masks: list[np.ndarray]
+    spans: list[tuple[int, int]]
+
+
+def propagation_objects(labels: Any, stack: PlaneStack) -> list[VolumeObject]:
+    """One object per label id on the current slice of ``labels``, its pixels as the key mask."""
+    if labels is None:
+        raise ValueError("Propagate starts from labels on this slice: segment an object here first.")
+    current = stack.plane.extract(labels.data)
+    ids = [int(i) for i in np.unique(current) if i > 0]
+    if not ids:
+        raise ValueError(
+            f"No labels on this slice ({stack.plane.describe()}) of {labels.name!r}: "
+            "segment an object here first, then press Propagate."
+        )
+    return [VolumeObject(i, key_mask=current == i) for i in ids]
+
+
+def interpolation_objects(
+    boxes: list[Box], box_ids: np.ndarray, stack: PlaneStack, this_slice_only: bool
+) -> list[VolumeObject]:
+    """Group the boxes by their ``label_id`` (0: one new object) into objects with key slices.
+
+    Only objects with boxes on two or more slices of the stack count (with ``this_slice_only``,
+    only those with a box on the current slice). Boxes of one object on one slice are merged
+    into their common bounding box. New objects get label id 0 here.
+    """
+    others = tuple((a, i) for a, i in stack.plane.fixed if a != stack.axis)
+    groups: dict[int, dict[int, list[tuple[float, float, float, float]]]] = {}
+    rows: dict[int, list[int]] = {}
+    for box in boxes:
+        fixed = dict(box.plane.fixed)
+        same_stack = tuple((a, i) for a, i in box.plane.fixed if a != stack.axis) == others
+        if not same_stack or stack.axis not in fixed:
+            continue
+        label_id = int(box_ids[box.source_index])
+        groups.setdefault(label_id, {}).setdefault(fixed[stack.axis], []).append(box.box_xyxy)
+        rows.setdefault(label_id, []).append(box.source_index)
+    objects = []
+    for label_id, by_slice in sorted(groups.items()):
+        if len(by_slice) < 2 or (this_slice_only and stack.index not in by_slice):
+            continue
+        key_boxes = {}
+        for z, found in by_slice.items():
+            corners = np.asarray(found, dtype=float)
+            key_boxes[z] = (*corners[:, :2].min(0), *corners[:, 2:].max(0))
+        objects.append(VolumeObject(label_id, key_boxes=key_boxes, box_rows=tuple(rows[label_id])))
+    if not objects:
+        where = "with a box on this slice " if this_slice_only else ""
+        raise ValueError(
+            f"Interpolate needs an object {where}boxed on two or more slices: draw boxes on key "
+            "slices before segmenting them (new boxes form one object), or give the boxes the "
+            "same label_id in the boxes layer's features."
+        )
+    return objects
+
+
+def read_volume_request(
+    action: str,
+    image: Any,
+    labels: Any | None,
+    boxes: Any | None,
+    clicks: Any | None,
+    world_point: Sequence[float],
+    dims_order: Sequence[int],
+    *,
+    this_slice_only: bool,
+    **settings: Any,
+) -> VolumeRequest:
+    """Read a Propagate or Interpolate request from the layers (viewer's thread).
+
+    ``settings`` are the request's ``window``, ``source``, ``device``, ``overwrite`` and
+    ``options``. Interpolated objects without a label id get new ones.
+    """
+    stack = current_stack(image, world_point, dims_order)
+    if action == PROPAGATE:
+        objects = propagation_objects(labels, stack)
+    elif action == INTERPOLATE:
+        if boxes is None:
+            raise ValueError("Interpolate needs boxes: pick a Shapes layer as 'boxes'.")
+        box_prompts, _ = boxes_from_shapes(boxes, image, world_point, dims_order)
+        box_ids = feature_ids(boxes)
+        objects = interpolation_objects(box_prompts, box_ids, stack, this_slice_only)
+        taken = [int(i) for i in np.concatenate([box_ids, feature_ids(clicks)]) if i > 0]
+        for obj in objects:
+            if obj.label_id == 0:
+                obj.label_id = next_label_id(np.zeros(1, np.uint16) if labels is None else labels.data, taken)
+                taken.append(obj.label_id)
+    else:
+        raise ValueError(f"unknown volume action {action!r}")
+    return VolumeRequest(action, image, labels, boxes, stack, objects, **settings)
+
+
+def volume_steps(request: VolumeRequest, predictor_for: Callable[[str, str], Any]) -> Job[VolumeOutcome]:
+    """Run every object of a volume request through the model; yields (done, total, message)."""
+    depth = request.stack.shape[0]
+    total = 1 + depth * len(request.objects)
+    yield 0, total, f"Loading {request.source}…"
+    predictor = predictor_for(request.source, request.device)
+    masks, spans = [], []
+    for k, obj in enumerate(request.objects):
+        if request.action == PROPAGATE:
+            steps = propagate(
+                predictor, request.stack, request.stack.index, key_mask=obj.key_mask,
+                window=request.window, **request.options,
+            )  # fmt: skip
+        else:
+            boxes = interpolate_boxes(obj.key_boxes)
+            steps = segment_boxes(predictor, request.stack, boxes, window=request.window)
+        visited = []
+        title = f"{request.action} object {k + 1} of {len(request.objects)} (label {obj.label_id}): "
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration as stop:
+                masks.append(stop.value)
+                break
+            visited.append(step.slice_index)
+            yield 1 + k * depth + round(depth * step.done / max(step.total, 1)), total, title + step.message
+        spans.append((min(visited), max(visited)))
+    yield total, total, "Writing labels…"
+    return VolumeOutcome(masks, spans)
+
+
+def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) -> tuple[list[int], list[str]]:
+    """Write each object's mask into ``labels`` as one undo step; return (ids written, warnings).
+
+    On every slice a run covered, the object's earlier voxels are replaced by its new mask;
+    other objects' voxels are kept unless ``request.overwrite``. The ids are then stored in the
+    ``label_id`` feature of the key boxes (Interpolate).
+    """
+    stack, written = request.stack, []
+    with labels.block_history():
+        for obj, mask, (first, last) in zip(request.objects, outcome.masks, outcome.spans, strict=True):
+            for z in range(first, last + 1):
+                plane = stack.plane_at(z)
+                changes, values = label_changes(
+                    plane.extract(labels.data), mask[z], obj.label_id, overwrite=request.overwrite
+                )
+                if len(values):
+                    labels.data_setitem(plane.indices(*changes), values, refresh=False)
+            if mask.any():
+                written.append(obj.label_id)
+    labels.refresh()
+    if request.boxes is not None:
+        store_ids(request.boxes, {row: obj.label_id for obj in request.objects for row in obj.box_rows})
+    empty = [obj.label_id for obj in request.objects if obj.label_id not in written]
+    return written, [f"{request.action} found nothing for label(s) {empty}."] if empty else []

@@ -1,0 +1,99 @@
+"""npe2 writer: a Labels layer to NIfTI / NRRD / MetaImage with the geometry of its image."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from napari_medsam.volume_io import GEOMETRY_KEY, VolumeGeometry, write_labels
+
+
+class ImageInfo(NamedTuple):
+    """What the writer needs to know of an image layer in the viewer."""
+
+    name: str
+    metadata: Mapping[str, Any]
+    scale: Sequence[float]
+    translate: Sequence[float]
+
+
+def napari_write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """Write one Labels layer; returns the written path."""
+    geometry = labels_geometry(np.shape(data), attributes, _viewer_images())
+    return [write_labels(path, data, geometry)]
+
+
+def labels_geometry(
+    shape: Sequence[int], attributes: Mapping[str, Any], images: Sequence[ImageInfo] = ()
+) -> VolumeGeometry:
+    """Geometry to save labels of ``shape`` with.
+
+    In order: the layer's own ``metadata["geometry"]``; else that of an image in ``images``
+    with the same shape, scale and translate (a layer made with napari's "new labels" button
+    copies those but not the metadata), preferring the image the labels are named after;
+    else the layer's scale and translate, axis-aligned, with a warning.
+    """
+    shape = tuple(int(s) for s in shape)
+    if _stored(attributes.get("metadata"), shape) is not None:
+        return VolumeGeometry.from_layer(attributes, shape)
+    scale, translate = attributes.get("scale"), attributes.get("translate")
+    found = [
+        (image.name, geometry)
+        for image in images
+        if (geometry := _stored(image.metadata, shape)) is not None
+        and (scale is None or np.allclose(scale, image.scale))
+        and (translate is None or np.allclose(translate, image.translate))
+    ]
+    name = str(attributes.get("name", ""))
+    found = [f for f in found if name.startswith(f[0])] or found
+    if found:
+        if any(not _same(geometry, found[0][1]) for _, geometry in found[1:]):
+            warnings.warn(
+                f"Several images could be the one these labels belong to; saved with the "
+                f"geometry of {found[0][0]!r}.",
+                stacklevel=2,
+            )
+        return found[0][1]
+    warnings.warn(
+        "No image geometry found for these labels: saved with the layer's scale and translate "
+        "and an axis-aligned direction. Make labels from an image opened with napari-medsam to "
+        "keep its orientation.",
+        stacklevel=2,
+    )
+    return VolumeGeometry.from_layer(attributes, shape)
+
+
+def _stored(metadata: Mapping[str, Any] | None, shape: tuple[int, ...]) -> VolumeGeometry | None:
+    stored = (metadata or {}).get(GEOMETRY_KEY)
+    if isinstance(stored, Mapping):
+        stored = VolumeGeometry.from_dict(stored)
+    if isinstance(stored, VolumeGeometry) and stored.shape == shape:
+        return stored
+    return None
+
+
+def _same(a: VolumeGeometry, b: VolumeGeometry) -> bool:
+    return all(
+        np.allclose(getattr(a, field), getattr(b, field))
+        for field in ("spacing", "origin", "direction")
+    )
+
+
+def _viewer_images() -> list[ImageInfo]:
+    try:
+        import napari
+        from napari.layers import Image
+
+        viewer = napari.current_viewer()
+    except Exception:
+        return []
+    if viewer is None:
+        return []
+    return [
+        ImageInfo(layer.name, layer.metadata, layer.scale, layer.translate)
+        for layer in viewer.layers
+        if isinstance(layer, Image)
+    ]
