@@ -51,10 +51,40 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX-BF16).
+
+    Without either, PyTorch emulates bfloat16 matrix products: ~60x slower than float32 on an
+    AVX2-only AMD EPYC (measured); with them, several times faster than float32.
+    """
+    import torch
+
+    try:
+        capabilities = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # older torch: read the kernel's flags instead
+        return bool(_cpuinfo_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """Turn ``"auto"``, ``"float32"``, ``"bfloat16"``, ``"float16"`` (or fp32/bf16/fp16) into a dtype.
 
-    ``"auto"`` is float16 on CUDA and MPS and float32 on CPU.
+    ``"auto"`` is float16 on CUDA and MPS; on the CPU it is bfloat16 where the CPU has
+    bfloat16 matrix instructions (:func:`cpu_has_native_bfloat16`), float32 elsewhere.
+    Reduced precision is mixed where the masks depend on it: the ViT encoder keeps its residual
+    stream, LayerNorms, relative positions and softmax in float32, the decoder its prompt and
+    positional encodings and softmax (``models/fast_vit.py``, ``models/fast_decoder.py``).
     """
     import torch
 
@@ -66,7 +96,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise TypeError(f"dtype must be a string such as 'auto' or 'float32', not {dtype!r}")
     name = dtype.strip().lower()
     if name == "auto":
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+        if device.type in ("cuda", "mps"):
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bfloat16() else torch.float32
     if name not in _DTYPE_NAMES:
         raise ValueError(f"unknown dtype {dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'")
     return getattr(torch, _DTYPE_NAMES[name])

@@ -242,10 +242,12 @@ def _sparse_embeddings(
             coords = torch.cat([coords, coords.new_zeros(1, 2)])
             point_labels = torch.cat([point_labels, point_labels.new_full((1,), -1)])
         embedded = _fourier_features(coords, gaussian)
-        weights = [prompt_encoder.point_embed[i].weight.float() for i in (0, 1)]
-        embedded = torch.where((point_labels == -1)[:, None], prompt_encoder.not_a_point_embed.weight.float(), embedded)
-        embedded = torch.where((point_labels == -10)[:, None], torch.zeros_like(embedded), embedded)
-        embedded = embedded + (point_labels == 0)[:, None] * weights[0] + (point_labels == 1)[:, None] * weights[1]
+        label = point_labels[:, None]
+        not_a_point = prompt_encoder.not_a_point_embed.weight.float()
+        embedded = torch.where(label == -1, not_a_point, embedded)
+        embedded = torch.where(label == -10, torch.zeros_like(embedded), embedded)
+        for value in (0, 1):  # background, foreground
+            embedded = embedded + (label == value) * prompt_encoder.point_embed[value].weight.float()
         parts.append(embedded)
     if boxes is not None:
         corners = ((boxes[0, 0].float() + 0.5) / side).view(2, 2)  # (x0, y0), (x1, y1)

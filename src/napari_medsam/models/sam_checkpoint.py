@@ -389,15 +389,20 @@ def infer_family_from_checkpoint(
 
 
 class SamImageEncoder(nn.Module):
-    """``pixel_values`` (B, 3, S, S) -> image embeddings through a ``SamModel``'s ViT encoder."""
+    """``pixel_values`` (B, 3, S, S) -> image embeddings through a ``SamModel``'s ViT encoder.
+
+    Runs :func:`napari_medsam.models.fast_vit.encode_image`: ``get_image_embeddings``'s
+    mathematics with less memory traffic (and mixed precision for bfloat16/float16 models).
+    """
 
     def __init__(self, sam: SamModel) -> None:
         super().__init__()
         self.sam = sam
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        weight = self.sam.vision_encoder.patch_embed.projection.weight
-        return self.sam.get_image_embeddings(pixel_values.to(weight.device, weight.dtype))
+        from napari_medsam.models.fast_vit import encode_image
+
+        return encode_image(self.sam, pixel_values)
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:

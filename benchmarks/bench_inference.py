@@ -1,0 +1,312 @@
+"""Where napari-medsam's time goes: one table per model family, beside the plain way, in one run.
+
+    python benchmarks/bench_inference.py                  # LiteMedSAM and MedSAM ViT-B
+    python benchmarks/bench_inference.py --family lite-medsam --repeats 9
+
+Each row times napari-medsam (``MedSamPredictor`` with its defaults: fast ViT encoder, fast mask
+decoder, float16 embedding cache, ``dtype="auto"``) and the baseline (our preprocessing and
+post-processing around transformers' ``SamModel`` in float32 with default settings, no cache;
+LiteMedSAM's baseline encoder is TinyViT written as the original code is: see ``baselines.py``),
+interleaved in the same run: median over repeats after a warm-up, and the ratio of the medians.
+
+- MedSAM ViT-B uses random weights of the real architecture (``SamConfig()`` defaults; weights
+  do not change the work done); LiteMedSAM uses its real bundled weights.
+- Slices are 512 x 512 CT-like phantoms (``napari_medsam.phantoms``), masks come out at 512 x 512.
+- Peak memory is the largest RSS above the process's RSS before the call, sampled every 2 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait for the hub here
+
+import numpy as np
+import torch
+
+from napari_medsam import MedSamPredictor
+from napari_medsam.devices import cpu_has_native_bfloat16, resolve_dtype
+from napari_medsam.phantoms import ct_phantom_slice, ct_phantom_volume
+from napari_medsam.propagation import propagate, run_to_end
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baselines import PlainPredictor, PlainTinyViT, SamGetImageEmbeddings
+
+WINDOW = (-160.0, 240.0)
+SIDE = 512
+TARGETS = {
+    "embed_ratio": 0.45,  # ViT-B embedding, ratio to the baseline
+    "lite_embed_s": 0.4,
+    "box_ms": 20.0,
+    "slice_mb": 2.1,
+}
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Wall times of each function, run in turn within every repeat (so load hits them alike)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss(fn: Callable[[], object]) -> float | None:
+    """Peak RSS above the starting RSS while ``fn`` runs, in MB (None where /proc is missing)."""
+    try:
+        start = _rss()
+    except OSError:
+        return None
+    peak = [start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return (max(peak[0], _rss()) - start) / 1e6
+
+
+class Table:
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.rows: list[tuple[str, str, str, str, str]] = []
+
+    def add(
+        self, measure: str, ours: float, base: float, unit: str, fmt: str = "{:.3g}", target: str = ""
+    ) -> None:
+        ratio = f"{ours / base:.2f}x" if base else "n/a"
+        self.rows.append((measure, f"{fmt.format(ours)} {unit}", f"{fmt.format(base)} {unit}", ratio, target))
+
+    def print(self) -> None:
+        header = ("measure", "napari-medsam", "baseline", "ratio", "target")
+        widths = [max(len(r[i]) for r in [header, *self.rows]) for i in range(5)]
+        print(f"\n### {self.title}\n")
+        for i, row in enumerate([header, *self.rows]):
+            print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+            if i == 0:
+                print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        sys.stdout.flush()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ------------------------------------------------------------------------------ one family
+
+
+def bench_family(
+    title: str, fast: MedSamPredictor, plain: PlainPredictor, args: argparse.Namespace, embed_repeats: int,
+    slices: int,
+) -> None:
+    image, _, box = ct_phantom_slice(SIDE, SIDE, seed=0)
+    table = Table(title)
+    family = fast.family
+
+    # slice embedding: set_image on a slice not in the cache (preprocessing + encoder + storage)
+    def fast_miss() -> None:
+        fast.cache.clear()
+        fast.set_image(image, window=WINDOW)
+
+    def plain_set() -> None:
+        plain.set_image(image, window=WINDOW)
+
+    t = interleaved({"fast": fast_miss, "plain": plain_set}, embed_repeats, args.warmup)
+    embed_fast, embed_plain = median(t["fast"]), median(t["plain"])
+    target = (
+        f"<= {TARGETS['lite_embed_s']} s" if family == "lite-medsam" else f"<= {TARGETS['embed_ratio']}x"
+    )
+    table.add("slice embedding (set_image, not cached)", embed_fast, embed_plain, "s", target=target)
+
+    # box -> mask on the current slice (embedding cached), 512 x 512 mask out
+    fast.set_image(image, window=WINDOW)
+    plain.set_image(image, window=WINDOW)
+    t = interleaved(
+        {"fast": lambda: fast.predict(box=box), "plain": lambda: plain.predict(box=box)},
+        args.prompt_repeats,
+        3,
+    )
+    table.add(
+        "box -> mask, cached embedding", 1e3 * median(t["fast"]), 1e3 * median(t["plain"]), "ms",
+        target=f"<= {TARGETS['box_ms']:g} ms",
+    )
+    agreement = _iou(fast.predict(box=box).mask, plain.predict(box=box).mask)
+
+    # ten boxes on one slice: one at a time (ours) vs one batched call (transformers)
+    boxes = [(box[0] + d, box[1] + d, box[2] - d, box[3] - d) for d in range(0, 20, 2)]
+    t = interleaved(
+        {"fast": lambda: [fast.predict(box=b) for b in boxes], "plain": lambda: plain.predict_boxes(boxes)},
+        max(3, args.prompt_repeats // 5),
+        1,
+    )
+    table.add("10 boxes: one at a time vs batched", 1e3 * median(t["fast"]), 1e3 * median(t["plain"]), "ms")
+
+    # set_image on a cached slice; the baseline has no cache and encodes again
+    t = interleaved({"fast": lambda: fast.set_image(image, window=WINDOW)}, args.prompt_repeats, 3)
+    table.add(
+        "set_image, cached slice (baseline re-encodes)", 1e3 * median(t["fast"]), 1e3 * embed_plain, "ms"
+    )
+
+    # peak memory of one embedding
+    fast_peak = peak_rss(fast_miss)
+    plain_peak = peak_rss(plain_set)
+    if fast_peak is not None and plain_peak is not None:
+        table.add("peak memory of one embedding (RSS rise)", fast_peak, plain_peak, "MB", fmt="{:.0f}")
+
+    # bytes per cached slice
+    fast.cache.clear()
+    fast.set_image(image, window=WINDOW)
+    per_slice = fast.cache.nbytes / max(1, len(fast.cache)) / 1e6
+    assert plain.embedding is not None
+    plain_bytes = plain.embedding.element_size() * plain.embedding.nelement() / 1e6
+    table.add("bytes per cached slice", per_slice, plain_bytes, "MB", fmt="{:.2f}",
+              target=f"<= {TARGETS['slice_mb']} MB")
+
+    # propagation through a volume, empty cache: slices per second
+    if slices > 1:
+        volume, organ = ct_phantom_volume(depth=slices, height=SIDE, width=SIDE, seed=1)
+        key = slices // 2
+        ys, xs = np.nonzero(organ[key])
+        key_box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+
+        def run(predictor: object) -> float:
+            if hasattr(predictor, "cache"):
+                predictor.cache.clear()  # type: ignore[attr-defined]
+            steps: list[object] = []
+            start = time.perf_counter()
+            run_to_end(propagate(predictor, volume, key, key_box=key_box, window=WINDOW), steps.append)  # type: ignore[arg-type]
+            return len(steps) / (time.perf_counter() - start)
+
+        rates_fast, rates_plain = [], []
+        for _ in range(args.propagation_repeats):
+            rates_fast.append(run(fast))
+            rates_plain.append(run(plain))
+        table.add(
+            f"propagation, {slices}-slice volume (slices/s)", median(rates_fast), median(rates_plain), "/s"
+        )
+    table.print()
+    print(f"\nmask IoU napari-medsam vs baseline on the benchmark box: {agreement:.4f}")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+# ------------------------------------------------------------------------------ families
+
+
+def lite_medsam(args: argparse.Namespace) -> None:
+    from napari_medsam.models.lite_medsam import bundled_checkpoint_path
+    from napari_medsam.models.loading import load_model
+
+    model = load_model("lite-medsam", device="cpu", dtype=args.dtype)
+    plain_model = load_model("lite-medsam", device="cpu", dtype="float32")
+    state = torch.load(bundled_checkpoint_path(), map_location="cpu", weights_only=True)
+    plain = PlainPredictor("lite-medsam", plain_model.sam, PlainTinyViT(state))
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        gap = (plain.encoder(x) - plain_model.encoder(x)).abs().max().item()
+    print(f"\nLiteMedSAM (real weights), dtype {model.dtype}; plain vs our TinyViT max diff {gap:.1e}")
+    bench_family(
+        f"LiteMedSAM, {model.dtype} (real weights)", MedSamPredictor(model), plain, args,
+        args.repeats, args.lite_slices,
+    )
+
+
+def medsam_vit_b(args: argparse.Namespace) -> None:
+    from transformers import SamConfig, SamModel
+
+    from napari_medsam.models import LoadedModel
+    from napari_medsam.models.sam_checkpoint import SamImageEncoder
+
+    torch.manual_seed(0)
+    sam = SamModel(SamConfig()).eval().requires_grad_(False)  # SamConfig() defaults are ViT-B
+    with torch.no_grad():  # non-trivial random weights (SAM's default init is ~1e-10)
+        for name, param in sam.named_parameters():
+            if param.ndim > 1 and "layer_norm" not in name:
+                param.normal_(0.0, 0.02)
+    device = torch.device("cpu")
+    dtype = resolve_dtype(args.dtype, device)
+    fast_sam = sam if dtype == torch.float32 else _copy(sam).to(dtype)
+    model = LoadedModel("medsam", fast_sam, SamImageEncoder(fast_sam), "vit-b-random", device, dtype)
+    plain = PlainPredictor("medsam", sam, SamGetImageEmbeddings(sam))
+    print(f"\nMedSAM ViT-B: RANDOM weights of the real architecture (timing only), dtype {dtype}")
+    bench_family(
+        f"MedSAM ViT-B, {dtype} (random weights, real architecture)", MedSamPredictor(model), plain, args,
+        args.vit_repeats, args.vit_slices,
+    )
+
+
+def _copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--family", choices=["all", "lite-medsam", "medsam"], default="all")
+    parser.add_argument("--dtype", default="auto", help="napari-medsam's dtype (baseline: float32)")
+    parser.add_argument("--repeats", type=int, default=7, help="LiteMedSAM embedding repeats")
+    parser.add_argument("--vit-repeats", type=int, default=3, help="ViT-B embedding repeats")
+    parser.add_argument("--prompt-repeats", type=int, default=30, help="box -> mask repeats")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--lite-slices", type=int, default=12, help="propagation volume depth (0: skip)")
+    parser.add_argument("--vit-slices", type=int, default=3, help="propagation volume depth (0: skip)")
+    parser.add_argument("--propagation-repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import transformers
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    print(
+        f"napari-medsam inference benchmark: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}\n"
+        f"native bfloat16 matrix units: {cpu_has_native_bfloat16()}; dtype {args.dtype!r} -> "
+        f"{resolve_dtype(args.dtype, torch.device('cpu'))}; load average at start {load}\n"
+        "times are medians over repeats after a warm-up, napari-medsam and baseline interleaved"
+    )
+    if args.family in ("all", "lite-medsam"):
+        lite_medsam(args)
+    if args.family in ("all", "medsam"):
+        medsam_vit_b(args)
+
+
+if __name__ == "__main__":
+    main()
