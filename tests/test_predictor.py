@@ -222,19 +222,23 @@ def test_constant_image_is_not_an_error(tiny_sam_dir):
 
 
 def test_negative_click_reaches_the_decoder_as_background(tiny_sam_dir, monkeypatch):
+    from napari_medsam.models import fast_decoder
+
     predictor = MedSamPredictor.from_pretrained(str(tiny_sam_dir), device="cpu", dtype="float32")
     predictor.set_image(np.random.default_rng(4).normal(size=(64, 64)))
     seen = {}
-    forward = predictor.model.sam.forward
+    decode = fast_decoder.decode
 
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return forward(*args, **kwargs)
+    def spy(sam, embedding, **prompts):
+        seen.update(prompts)
+        return decode(sam, embedding, **prompts)
 
-    monkeypatch.setattr(predictor.model.sam, "forward", spy)
-    predictor.predict(points=[[10, 20], [40, 30]], point_labels=[1, 0], multimask=True)
+    monkeypatch.setattr(fast_decoder, "decode", spy)
+    negative = predictor.predict(points=[[10, 20], [40, 30]], point_labels=[1, 0], multimask=True)
     assert seen["input_labels"].tolist() == [[[1, 0]]]
     np.testing.assert_allclose(seen["input_points"][0, 0].numpy(), [[160, 320], [640, 480]])
+    positive = predictor.predict(points=[[10, 20], [40, 30]], point_labels=[1, 1], multimask=True)
+    assert not np.array_equal(negative.logits, positive.logits)
 
 
 @pytest.mark.parametrize(
