@@ -12,15 +12,20 @@ interleaved in the same run: median over repeats after a warm-up, and the ratio 
 - MedSAM ViT-B uses random weights of the real architecture (``SamConfig()`` defaults; weights
   do not change the work done); LiteMedSAM uses its real bundled weights.
 - Slices are 512 x 512 CT-like phantoms (``napari_medsam.phantoms``), masks come out at 512 x 512.
-- Peak memory is the largest RSS above the process's RSS before the call, sampled every 2 ms.
+- Peak memory: the largest RSS rise during one embedding, sampled every 2 ms, each in a fresh
+  process (a warm process reuses memory it freed earlier).
+- On a busy machine set ``OMP_WAIT_POLICY=PASSIVE``: PyTorch's two OpenMP threads otherwise spin
+  at every small operation's barrier while the other is descheduled (decoder medians 5-10x worse).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -125,9 +130,14 @@ def median(values: list[float]) -> float:
 
 
 def bench_family(
-    title: str, fast: MedSamPredictor, plain: PlainPredictor, args: argparse.Namespace, embed_repeats: int,
+    title: str,
+    fast: MedSamPredictor,
+    plain: PlainPredictor,
+    args: argparse.Namespace,
+    embed_repeats: int,
     slices: int,
 ) -> None:
+    """Measure one family and print its table."""
     image, _, box = ct_phantom_slice(SIDE, SIDE, seed=0)
     table = Table(title)
     family = fast.family
@@ -176,9 +186,9 @@ def bench_family(
         "set_image, cached slice (baseline re-encodes)", 1e3 * median(t["fast"]), 1e3 * embed_plain, "ms"
     )
 
-    # peak memory of one embedding
-    fast_peak = peak_rss(fast_miss)
-    plain_peak = peak_rss(plain_set)
+    # peak memory of one embedding, each in a fresh process
+    fast_peak = fresh_peak(args, family, "fast")
+    plain_peak = fresh_peak(args, family, "plain")
     if fast_peak is not None and plain_peak is not None:
         table.add("peak memory of one embedding (RSS rise)", fast_peak, plain_peak, "MB", fmt="{:.0f}")
 
@@ -225,7 +235,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------ families
 
 
-def lite_medsam(args: argparse.Namespace) -> None:
+def lite_medsam(args: argparse.Namespace) -> tuple[str, MedSamPredictor, PlainPredictor]:
+    """napari-medsam's LiteMedSAM and the plain way, both on the real bundled weights."""
     from napari_medsam.models.lite_medsam import bundled_checkpoint_path
     from napari_medsam.models.loading import load_model
 
@@ -233,17 +244,11 @@ def lite_medsam(args: argparse.Namespace) -> None:
     plain_model = load_model("lite-medsam", device="cpu", dtype="float32")
     state = torch.load(bundled_checkpoint_path(), map_location="cpu", weights_only=True)
     plain = PlainPredictor("lite-medsam", plain_model.sam, PlainTinyViT(state))
-    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        gap = (plain.encoder(x) - plain_model.encoder(x)).abs().max().item()
-    print(f"\nLiteMedSAM (real weights), dtype {model.dtype}; plain vs our TinyViT max diff {gap:.1e}")
-    bench_family(
-        f"LiteMedSAM, {model.dtype} (real weights)", MedSamPredictor(model), plain, args,
-        args.repeats, args.lite_slices,
-    )
+    return f"LiteMedSAM, {model.dtype} (real weights)", MedSamPredictor(model), plain
 
 
-def medsam_vit_b(args: argparse.Namespace) -> None:
+def medsam_vit_b(args: argparse.Namespace) -> tuple[str, MedSamPredictor, PlainPredictor]:
+    """MedSAM ViT-B with random weights of the real architecture, ours and the plain way."""
     from transformers import SamConfig, SamModel
 
     from napari_medsam.models import LoadedModel
@@ -257,20 +262,37 @@ def medsam_vit_b(args: argparse.Namespace) -> None:
                 param.normal_(0.0, 0.02)
     device = torch.device("cpu")
     dtype = resolve_dtype(args.dtype, device)
-    fast_sam = sam if dtype == torch.float32 else _copy(sam).to(dtype)
+    fast_sam = sam if dtype == torch.float32 else copy.deepcopy(sam).to(dtype)
     model = LoadedModel("medsam", fast_sam, SamImageEncoder(fast_sam), "vit-b-random", device, dtype)
     plain = PlainPredictor("medsam", sam, SamGetImageEmbeddings(sam))
-    print(f"\nMedSAM ViT-B: RANDOM weights of the real architecture (timing only), dtype {dtype}")
-    bench_family(
-        f"MedSAM ViT-B, {dtype} (random weights, real architecture)", MedSamPredictor(model), plain, args,
-        args.vit_repeats, args.vit_slices,
-    )
+    title = f"MedSAM ViT-B, {dtype} (RANDOM weights of the real architecture: timing only)"
+    return title, MedSamPredictor(model), plain
 
 
-def _copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
+FAMILIES = {"lite-medsam": lite_medsam, "medsam": medsam_vit_b}
 
-    return copy.deepcopy(module)
+
+def child_peak(args: argparse.Namespace) -> None:
+    """In a fresh process: the RSS rise during one embedding by ``args.peak_child`` (family, which)."""
+    family, which = args.peak_child
+    _, fast, plain = FAMILIES[family](args)
+    image, _, _ = ct_phantom_slice(SIDE, SIDE, seed=0)
+    predictor = fast if which == "fast" else plain
+    print(peak_rss(lambda: predictor.set_image(image, window=WINDOW)))
+
+
+def fresh_peak(args: argparse.Namespace, family: str, which: str) -> float | None:
+    """Peak memory of one embedding measured in a fresh process (no memory kept from earlier runs)."""
+    script = os.path.abspath(__file__)
+    command = [sys.executable, script, "--peak-child", family, which, "--dtype", args.dtype]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"peak-memory child failed: {done.stderr[-500:]}", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -287,9 +309,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vit-slices", type=int, default=3, help="propagation volume depth (0: skip)")
     parser.add_argument("--propagation-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--peak-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.peak_child:
+        child_peak(args)
+        return
 
     import transformers
 
@@ -300,12 +326,15 @@ def main(argv: list[str] | None = None) -> None:
         f"transformers {transformers.__version__}\n"
         f"native bfloat16 matrix units: {cpu_has_native_bfloat16()}; dtype {args.dtype!r} -> "
         f"{resolve_dtype(args.dtype, torch.device('cpu'))}; load average at start {load}\n"
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; "
         "times are medians over repeats after a warm-up, napari-medsam and baseline interleaved"
     )
-    if args.family in ("all", "lite-medsam"):
-        lite_medsam(args)
-    if args.family in ("all", "medsam"):
-        medsam_vit_b(args)
+    for family, setup in FAMILIES.items():
+        if args.family in ("all", family):
+            title, fast, plain = setup(args)
+            slices = args.lite_slices if family == "lite-medsam" else args.vit_slices
+            repeats = args.repeats if family == "lite-medsam" else args.vit_repeats
+            bench_family(title, fast, plain, args, repeats, slices)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import make_phantom, tiny_sam_model
 from napari_medsam import MedSamPredictor
-from napari_medsam.models import LoadedModel, fast_decoder
+from napari_medsam.models import LoadedModel
 from napari_medsam.models.fast_decoder import FastMaskDecoder
 from napari_medsam.models.fast_vit import encode_image
 from napari_medsam.models.sam_checkpoint import SamImageEncoder
@@ -106,22 +106,6 @@ def test_image_work_is_done_once_per_image():
     assert calls[0] == 3
     decoder(second, input_boxes=PROMPTS["box"]["input_boxes"])
     assert calls[0] == 3
-
-
-def test_negative_click_reaches_the_decoder_as_background(tiny_sam_dir, monkeypatch):
-    predictor = MedSamPredictor.from_pretrained(str(tiny_sam_dir), device="cpu", dtype="float32")
-    predictor.set_image(np.random.default_rng(4).normal(size=(64, 64)))
-    seen = {}
-    decode = fast_decoder.decode
-
-    def spy(sam, embedding, **kwargs):
-        seen.update(kwargs)
-        return decode(sam, embedding, **kwargs)
-
-    monkeypatch.setattr(fast_decoder, "decode", spy)
-    predictor.predict(points=[[10, 20], [40, 30]], point_labels=[1, 0], multimask=True)
-    assert seen["input_labels"].tolist() == [[[1, 0]]]
-    np.testing.assert_allclose(seen["input_points"][0, 0].numpy(), [[160, 320], [640, 480]])
 
 
 @pytest.mark.parametrize("window", [14, 8], ids=["padded-windows", "exact-windows"])

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["FastMaskDecoder", "decode", "decoder_for"]
 
 _IMAGE_STATES = 4  # per-image states kept (current slice and a few recent ones)
+#: Image tokens per chunk of the mask upscaling on the CPU (1024 x 4 x 64 float32 = 1 MB).
+UPSCALE_TOKENS_PER_CHUNK = 1024
 
 
 @dataclass
@@ -195,10 +197,10 @@ class FastMaskDecoder:
             q = queries + tokens_pe
             attn = layer.cross_attn_image_to_token
             if keys_pe is None:
-                out = _image_to_tokens(attn, None, q, queries, cached_queries=state.q0)
+                out = _image_to_tokens(attn, keys, None, q, queries, cached_queries=state.q0)
             else:
-                out = _image_to_tokens(attn, keys_pe, q, queries)
-            keys = layer.layer_norm4(out.add_(keys))
+                out = _image_to_tokens(attn, keys, keys_pe, q, queries)
+            keys = layer.layer_norm4(out)
         q = queries + tokens_pe
         out = _tokens_to_image(transformer.final_attn_token_to_image, q, keys + pe, keys)
         queries = transformer.layer_norm_final_attn(queries + out)
@@ -305,12 +307,13 @@ def _tokens_to_image(attn: torch.nn.Module, q: Tensor, keys_pe: Tensor, keys: Te
 
 def _image_to_tokens(
     attn: torch.nn.Module,
+    keys: Tensor,
     keys_pe: Tensor | None,
     q_tokens: Tensor,
     v_tokens: Tensor,
     cached_queries: Tensor | None = None,
 ) -> Tensor:
-    """The image (N, C) attends to the tokens; returns the (N, C) update, out_proj included.
+    """The image (N, C) attends to the tokens; returns ``keys`` plus the update (out_proj included).
 
     Image queries come from ``cached_queries`` (N, D) or are folded: scores =
     keys_pe (W_q^T K^T) + b_q K^T. The output projection is folded into the token values.
@@ -334,7 +337,9 @@ def _image_to_tokens(
     probs = _softmax_last(scores.float()).to(v_tokens.dtype)
     w_out = attn.out_proj.weight.view(channels, heads, dim)
     values = torch.einsum("thd,chd->htc", vh, w_out).reshape(heads * n_tokens, channels)
-    return torch.addmm(attn.out_proj.bias, probs.view(n, heads * n_tokens), values)
+    # each head's probabilities sum to 1: adding b_out / heads to every value adds b_out once
+    values = values + attn.out_proj.bias / heads
+    return torch.addmm(keys, probs.view(n, heads * n_tokens), values)
 
 
 def _softmax_last(scores: Tensor) -> Tensor:
@@ -349,19 +354,26 @@ def _upscaled_masks(
     """Low-resolution mask logits (M, 4H, 4W) from the final image tokens (N, C).
 
     Each 2 x 2 stride-2 transposed convolution is one matrix product on channels-last tokens;
-    the sub-pixel layout is unfolded once, on the final (M, 4H, 4W) logits.
+    the sub-pixel layout is unfolded once, on the final (M, 4H, 4W) logits. On the CPU the
+    tokens go through in chunks whose features stay in cache (about 2x faster than whole maps).
     """
     height, width = int(grid[0]), int(grid[1])
     conv1, conv2, norm = decoder.upscale_conv1, decoder.upscale_conv2, decoder.upscale_layer_norm
     c1, c2 = conv1.out_channels, conv2.out_channels
     # ConvTranspose2d weight (in, out, 2, 2) -> (in, 2 * 2 * out) ordered (dy, dx, out)
     w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)
-    up = (keys @ w1).view(-1, 4, c1).add_(conv1.bias)  # (N, 4, c1)
-    up = F.gelu(F.layer_norm(up, (c1,), norm.weight, norm.bias, norm.eps))
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    up = (up.view(-1, c1) @ w2).view(-1, 4, c2).add_(conv2.bias)  # (N * 4, 4, c2)
-    up = F.gelu(up)
-    masks = up.view(-1, c2) @ hyper.t().to(up.dtype)  # (N * 16, M)
+    b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
+    hyper = hyper.t().to(keys.dtype)  # (c2, M)
+    n = keys.shape[0]
+    masks = keys.new_empty(n * 16, hyper.shape[1])
+    step = UPSCALE_TOKENS_PER_CHUNK if keys.device.type == "cpu" else n
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        up = torch.addmm(b1, keys[start:stop], w1).view(-1, 4, c1)  # (n, 4, c1)
+        up = F.gelu(F.layer_norm(up, (c1,), norm.weight, norm.bias, norm.eps))
+        up = F.gelu(torch.addmm(b2, up.view(-1, c1), w2))  # (n * 4, 4 * c2)
+        torch.mm(up.view(-1, c2), hyper, out=masks[start * 16 : stop * 16])
     # (y, x, dy1, dx1, dy2, dx2, M) -> (M, y, dy1, dy2, x, dx1, dx2)
     masks = masks.view(height, width, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
     return masks.reshape(-1, 4 * height, 4 * width)

@@ -5,14 +5,17 @@ not copied) through the same mathematics as transformers, but:
 
 - the decomposed relative-position bias of the global-attention blocks is written once, in
   contiguous chunks of query rows, straight into the fused attention kernel's mask; transformers
-  materialises the full (heads, 4096, 4096) bias, then copies it through a strided reshape (about
-  half of its fp32 encoder time on a 2-core CPU, and ~1.6 GB of peak memory);
-- windowed blocks run the qkv projection on the real tokens only: a zero-padded token after the
-  LayerNorm projects to the qkv bias, so the padding is filled with the bias instead of projected;
-  the output projection runs after the windows are merged and cropped;
+  materialises the full (heads, 4096, 4096) bias and then copies it through a strided reshape
+  (a quarter of its float32 encoder time on a 2-core CPU, and ~1.6 GB of peak memory);
+- the residual stream is kept contiguous channels-last (transformers keeps the patch
+  convolution's channels-first memory, so every LayerNorm and projection first copies it);
+- windowed blocks pad and partition the 768-wide normed map in one copy (not the 2304-wide qkv),
+  q, k and v go to the attention kernel as strided views, and the output projection runs once
+  the windows are merged and cropped; the MLP runs in chunks of tokens whose hidden layer stays
+  in cache;
 - when the model is held in bfloat16/float16, the residual stream, the LayerNorms, the
-  relative-position terms and the softmax stay in float32; only the matrix products run in the
-  reduced precision (the full-bf16 model is borderline on mask agreement).
+  relative-position terms and (on the CPU) the attention bias stay in float32; only the matrix
+  products run in reduced precision (the full-bf16 model is borderline on mask agreement).
 
 Outputs equal ``SamModel.get_image_embeddings`` up to float rounding (``tests/test_fast_paths.py``).
 """
