@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from napari_medsam.models import Family
@@ -131,6 +133,20 @@ def _pad_square(image: np.ndarray, size: int) -> np.ndarray:
     return padded
 
 
+def _resize_channels(rgb: np.ndarray, resize_2d: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Resize an (H, W, 3) slice one channel at a time: (h, w, 1) when its channels are equal.
+
+    Every grey slice has three equal channels, so it is resized once. Per channel, scikit-image's
+    bilinear and area resizes give exactly what its (H, W, 3) resize gives; its bicubic resize
+    differs by float rounding (~1e-13), which moves a value that is an exact integer across the
+    uint8 truncation on ~0.03 % of pixels (by one grey level). The (H, W, 3) bicubic resize runs
+    a 3D spline over the channel axis as well: 2.6 s at 1024 x 1024 against 0.14 s for one channel.
+    """
+    if (rgb[..., 1:] == rgb[..., :1]).all():
+        return resize_2d(rgb[..., 0])[..., None]
+    return np.stack([resize_2d(rgb[..., c]) for c in range(rgb.shape[-1])], axis=-1)
+
+
 def model_input(rgb: np.ndarray, family: Family) -> tuple[np.ndarray, InputGeometry]:
     """Turn an (H, W, 3) uint8 slice into the family's (3, S, S) float32 model input."""
     from skimage.transform import resize, resize_local_mean
@@ -140,25 +156,30 @@ def model_input(rgb: np.ndarray, family: Family) -> tuple[np.ndarray, InputGeome
     if family == "medsam":
         # MedSAM: stretch to 1024 x 1024 (aspect not kept), bicubic with anti-aliasing, back to
         # uint8, then min-max to [0, 1]; no mean/std normalisation, no padding.
-        resized = resize(rgb, (size, size), order=3, preserve_range=True, anti_aliasing=True)
-        pixels = _min_max(resized.astype(np.uint8))
         shape = (size, size)
+        resized = _resize_channels(
+            rgb, lambda c: resize(c, shape, order=3, preserve_range=True, anti_aliasing=True)
+        )
+        pixels = _min_max(resized.astype(np.uint8))
     elif family == "lite-medsam":
         # LiteMedSAM: longest side to 256 by area averaging (OpenCV INTER_AREA's equivalent),
         # rounded to uint8, min-max to [0, 1], zero-padded bottom/right.
         shape = _resized_shape(original, size)
-        resized = resize_local_mean(rgb, shape, preserve_range=True)
+        resized = _resize_channels(rgb, lambda c: resize_local_mean(c, shape, preserve_range=True))
         pixels = _pad_square(_min_max(np.round(resized).astype(np.uint8)), size)
     elif family == "sam":
         # SAM: longest side to 1024 (bilinear, anti-aliased), ImageNet mean/std, zero pad.
         shape = _resized_shape(original, size)
-        resized = resize(rgb, shape, order=1, preserve_range=True, anti_aliasing=True)
+        resized = _resize_channels(
+            rgb, lambda c: resize(c, shape, order=1, preserve_range=True, anti_aliasing=True)
+        )
         normalised = (np.round(resized).astype(np.float32) - SAM_PIXEL_MEAN) / SAM_PIXEL_STD
         pixels = _pad_square(normalised, size)
     else:
         raise ValueError(f"unknown model family {family!r}")
     geometry = InputGeometry(family, original, shape, size)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32), geometry
+    channels_first = np.broadcast_to(pixels, (size, size, 3)).transpose(2, 0, 1)
+    return np.ascontiguousarray(channels_first, dtype=np.float32), geometry
 
 
 def prompt_scale(geometry: InputGeometry) -> tuple[float, float]:

@@ -1,0 +1,74 @@
+"""Per-channel resizing against scikit-image's resize of the whole (H, W, 3) slice, family by family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.transform import resize, resize_local_mean
+
+from conftest import make_phantom
+from napari_medsam.preprocessing import SAM_PIXEL_MEAN, SAM_PIXEL_STD, model_input, to_rgb_uint8
+
+
+def slices() -> dict[str, np.ndarray]:
+    """Grey slices (equal channels) with flat, saturated regions, and a colour image."""
+    image, _, _ = make_phantom(150, 210)
+    rng = np.random.default_rng(3)
+    return {
+        "soft-tissue": to_rgb_uint8(image, (-160.0, 240.0)),
+        "narrow-window": to_rgb_uint8(image, (0.0, 80.0)),  # mostly 0 and 255
+        "colour": rng.integers(0, 256, (120, 170, 3)).astype(np.uint8),
+        "large": to_rgb_uint8(np.kron(image, np.ones((8, 8), image.dtype)), (-160.0, 240.0)),  # 1200 x 1680
+    }
+
+
+def min_max(image: np.ndarray) -> np.ndarray:
+    image = image.astype(np.float64)
+    return (image - image.min()) / np.clip(image.max() - image.min(), 1e-8, None)
+
+
+def padded(image: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros((3, size, size))
+    out[:, : image.shape[0], : image.shape[1]] = image.transpose(2, 0, 1)
+    return out
+
+
+def longest_side(shape: tuple[int, ...], size: int) -> tuple[int, int]:
+    scale = size / max(shape[:2])
+    return int(shape[0] * scale + 0.5), int(shape[1] * scale + 0.5)
+
+
+@pytest.mark.parametrize("name", list(slices()))
+def test_lite_medsam_input_equals_the_three_channel_area_resize(name):
+    rgb = slices()[name]
+    small = np.round(resize_local_mean(rgb, longest_side(rgb.shape, 256), preserve_range=True))
+    want = padded(min_max(small.astype(np.uint8)), 256)
+    pixels, geometry = model_input(rgb, "lite-medsam")
+    assert pixels.shape == (3, 256, 256)
+    assert geometry.resized == small.shape[:2]
+    np.testing.assert_allclose(pixels, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(slices()))
+def test_sam_input_equals_the_three_channel_bilinear_resize(name):
+    rgb = slices()[name]
+    small = resize(rgb, longest_side(rgb.shape, 1024), order=1, preserve_range=True, anti_aliasing=True)
+    want = padded((np.round(small) - SAM_PIXEL_MEAN) / SAM_PIXEL_STD, 1024)
+    pixels, _ = model_input(rgb, "sam")
+    np.testing.assert_allclose(pixels, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(slices()))
+def test_medsam_input_matches_the_three_channel_bicubic_resize(name):
+    """Equal but for float rounding at exact integers: at most one grey level on 0.1 % of pixels."""
+    rgb = slices()[name]
+    stretched = resize(rgb, (1024, 1024), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+    pixels, _ = model_input(rgb, "medsam")
+    assert pixels.shape == (3, 1024, 1024)
+    low, high = float(stretched.min()), float(stretched.max())
+    grey = np.rint(pixels * (high - low) + low).astype(np.int16).transpose(1, 2, 0)
+    differ = grey != stretched
+    assert np.abs(grey - stretched.astype(np.int16)).max() <= 1
+    assert differ.mean() <= 1e-3
+    if name == "colour":
+        assert not np.array_equal(pixels[0], pixels[1])  # channels resized one by one, not merged
