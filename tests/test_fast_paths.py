@@ -68,6 +68,24 @@ def test_fast_decoder_equals_sam_model(prompt, multimask):
     assert iou(masks > 0, want.pred_masks > 0) >= 0.999
 
 
+@pytest.mark.parametrize("prompt", list(PROMPTS))
+def test_bfloat16_fast_decoder_tracks_float32(prompt):
+    """Prompt tokens in float32, image-side products in bfloat16: close to the float32 model."""
+    sam32, sam16 = lively_sam(), lively_sam().to(torch.bfloat16)
+    embedding = torch.randn(1, 32, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = sam32(image_embeddings=embedding, multimask_output=False, **PROMPTS[prompt]).pred_masks
+        decoder, embedding16 = FastMaskDecoder(sam16), embedding.to(torch.bfloat16)
+        first, scores = decoder(embedding16, **PROMPTS[prompt])
+        again, _ = decoder(embedding16, **PROMPTS[prompt])  # reuses the cached image state
+    assert decoder.token_decoder().iou_token.weight.dtype == torch.float32
+    assert first.dtype == torch.bfloat16
+    assert scores.dtype == torch.float32
+    assert torch.equal(first, again)  # per-prompt work never writes into the cached image state
+    assert iou(first > 0, want > 0) >= 0.98
+    assert F.cosine_similarity(first.float().flatten(), want.flatten(), dim=0) > 0.999
+
+
 def test_fast_decoder_on_real_lite_medsam(lite_predictor_model):
     predictor = MedSamPredictor(lite_predictor_model)
     image, _truth, box = make_phantom()
