@@ -119,7 +119,7 @@ class _InvertedBottleneck(nn.Module):
     three convolutions. The result is identical to the unstriped computation.
     """
 
-    STRIPE_ROWS = 16
+    STRIPE_ROWS = 32
 
     def __init__(
         self, dim: int, hidden: int, out_dim: int, kernel_size: int, stride: int, residual: bool
