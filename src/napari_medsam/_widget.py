@@ -24,8 +24,14 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_medsam import _widget_segment as seg
 from napari_medsam import _widget_volume as vol
 from napari_medsam._widget_background import AutoSegment, NeighbourPrefetch, PrefetchTarget
-from napari_medsam._widget_jobs import Job, JobRunner, run_to_end
-from napari_medsam._widget_layers import ClickPolarity, add_boxes_layer, add_clicks_layer, add_labels_layer
+from napari_medsam._widget_jobs import Job, JobRunner
+from napari_medsam._widget_layers import (
+    ClickPolarity,
+    LayerInputs,
+    add_boxes_layer,
+    add_clicks_layer,
+    add_labels_layer,
+)
 from napari_medsam._widget_options import (
     ALL_SLICES,
     CHOOSE_WEIGHTS,
@@ -47,6 +53,7 @@ from napari_medsam._widget_options import (
 )
 from napari_medsam._widget_qt import CloseWatcher
 from napari_medsam.prompts import spatial_shape
+from napari_medsam.propagation import run_to_end
 
 __all__ = ["ALL_SLICES", "MODELS", "THIS_SLICE", "TOGGLE_KEY", "WINDOWS", "MedSamWidget", "load_predictor"]
 
@@ -280,15 +287,8 @@ class MedSamWidget(Container):
         With ``box_rows`` / ``click_rows`` (auto-segment), only the objects of those boxes and
         clicks on the current slice are taken.
         """
-        problem = self._input_problem()
-        if problem:
-            raise ValueError(problem)
-        return seg.read_segment_request(
-            self._image.value, self._labels.value, self._boxes.value, self._clicks.value,
-            *self._dims(), this_slice_only=self._scope.value == THIS_SLICE, box_rows=box_rows,
-            click_rows=click_rows, window=self.intensity_window(self._image.value),
-            source=self.model_source, device=str(self.device), overwrite=bool(self.overwrite),
-        )  # fmt: skip
+        inputs, settings = self._run_inputs(self._input_problem())
+        return seg.read_segment_request(inputs, box_rows=box_rows, click_rows=click_rows, **settings)
 
     def segment_job(self, request: seg.SegmentRequest) -> Job[seg.SegmentOutcome]:
         """The model part of a Segment run (no layer access): yields (done, total, message)."""
@@ -301,15 +301,8 @@ class MedSamWidget(Container):
 
     def prepare_volume(self, action: str, **options: Any) -> vol.VolumeRequest:
         """Read a ``"Propagate"`` or ``"Interpolate"`` request (viewer's thread)."""
-        problem = self._input_problem() or self._volume_problem()
-        if problem:
-            raise ValueError(problem)
-        return vol.read_volume_request(
-            action, self._image.value, self._labels.value, self._boxes.value, self._clicks.value,
-            *self._dims(), this_slice_only=self._scope.value == THIS_SLICE,
-            window=self.intensity_window(self._image.value), source=self.model_source,
-            device=str(self.device), overwrite=bool(self.overwrite), options=options,
-        )  # fmt: skip
+        inputs, settings = self._run_inputs(self._input_problem() or self._volume_problem())
+        return vol.read_volume_request(action, inputs, options=options, **settings)
 
     def volume_job(self, request: vol.VolumeRequest) -> Job[vol.VolumeOutcome]:
         """The model part of a Propagate or Interpolate run: yields (done, total, message) per slice."""
@@ -324,6 +317,21 @@ class MedSamWidget(Container):
 
     def _dims(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
         return tuple(self._viewer.dims.point), tuple(self._viewer.dims.order)
+
+    def _run_inputs(self, problem: str | None) -> tuple[LayerInputs, dict[str, Any]]:
+        """The layers, slice and settings a run reads (viewer's thread); ValueError on ``problem``."""
+        if problem:
+            raise ValueError(problem)
+        image = self._image.value
+        inputs = LayerInputs(image, self._labels.value, self._boxes.value, self._clicks.value, *self._dims())
+        settings = {
+            "this_slice_only": self._scope.value == THIS_SLICE,
+            "window": self.intensity_window(image),
+            "source": self.model_source,
+            "device": str(self.device),
+            "overwrite": bool(self.overwrite),
+        }
+        return inputs, settings
 
     def _idle_then(self, read: Callable[[], Any]) -> Any:
         if self.jobs.busy:

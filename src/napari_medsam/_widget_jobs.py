@@ -2,8 +2,8 @@
 
 A *job* is a plain generator that yields ``(done, total, message)`` tuples and returns its
 result; it touches no napari layer (read what it needs before, write the result after).
-:func:`run_to_end` runs one synchronously (scripts, tests); :class:`JobRunner` runs one under
-``napari.qt.threading`` with a progress bar and a Cancel button.
+:func:`~napari_medsam.propagation.run_to_end` runs one synchronously (scripts, tests);
+:class:`JobRunner` runs one under ``napari.qt.threading`` with a progress bar and a Cancel button.
 """
 
 from __future__ import annotations
@@ -42,17 +42,6 @@ class JobError(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def run_to_end(job: Job[T], on_progress: Callable[[Progress], None] | None = None) -> T:
-    """Run a job synchronously, passing its progress to ``on_progress``; return its result."""
-    while True:
-        try:
-            progress = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None:
-            on_progress(progress)
 
 
 def _drive(job: Job[T]) -> Job[T]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,18 @@ POSITIVE = "positive"
 #: Integer feature of the boxes (and clicks) layer: the label id written for the object (0 = new).
 LABEL_ID = "label_id"
 POSITIVE_COLORS = {True: "lime", False: "magenta"}
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """What a run reads from the viewer (on its thread): the layers picked and the slice shown."""
+
+    image: Any
+    labels: Any | None
+    boxes: Any | None
+    clicks: Any | None
+    world_point: tuple[float, ...]
+    dims_order: tuple[int, ...]
 
 
 def image_transforms(image: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from napari_medsam._widget_jobs import Job
-from napari_medsam._widget_layers import feature_ids, store_ids
+from napari_medsam._widget_layers import LayerInputs, feature_ids, store_ids
 from napari_medsam.prompts import (
     ObjectPrompt,
     Plane,
@@ -51,12 +51,7 @@ class SegmentOutcome:
 
 
 def read_segment_request(
-    image: Any,
-    labels: Any | None,
-    boxes: Any | None,
-    clicks: Any | None,
-    world_point: Sequence[float],
-    dims_order: Sequence[int],
+    inputs: LayerInputs,
     *,
     this_slice_only: bool,
     box_rows: Collection[int] | None = None,
@@ -68,12 +63,14 @@ def read_segment_request(
     With ``box_rows`` / ``click_rows`` only the objects of those rows on the current slice are
     taken. ``settings`` are the request's ``window``, ``source``, ``device`` and ``overwrite``.
     """
+    image, labels, boxes, clicks = inputs.image, inputs.labels, inputs.boxes, inputs.clicks
+    position = (inputs.world_point, inputs.dims_order)
     box_prompts, click_prompts, notes = [], [], []
     if boxes is not None:
-        box_prompts, problems = boxes_from_shapes(boxes, image, world_point, dims_order)
+        box_prompts, problems = boxes_from_shapes(boxes, image, *position)
         notes += problems
     if clicks is not None:
-        click_prompts, problems = clicks_from_points(clicks, image, world_point, dims_order)
+        click_prompts, problems = clicks_from_points(clicks, image, *position)
         notes += problems
     objects = group_prompts(box_prompts, click_prompts)
     if box_rows is not None or click_rows is not None:
@@ -81,7 +78,7 @@ def read_segment_request(
         objects = [o for o in objects if o.box_index in rows or clicked & set(o.point_indices)]
         this_slice_only = True
     if this_slice_only:
-        plane = current_plane(image, world_point, dims_order)
+        plane = current_plane(image, *position)
         objects = [obj for obj in objects if obj.plane == plane]
     if not objects:
         raise ValueError(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_medsam._widget_jobs import Job
-from napari_medsam._widget_layers import feature_ids, store_ids
+from napari_medsam._widget_layers import LayerInputs, feature_ids, store_ids
 from napari_medsam.prompts import (
     Box,
     Plane,
@@ -172,32 +172,24 @@ def interpolation_objects(
 
 
 def read_volume_request(
-    action: str,
-    image: Any,
-    labels: Any | None,
-    boxes: Any | None,
-    clicks: Any | None,
-    world_point: Sequence[float],
-    dims_order: Sequence[int],
-    *,
-    this_slice_only: bool,
-    **settings: Any,
+    action: str, inputs: LayerInputs, *, this_slice_only: bool, **settings: Any
 ) -> VolumeRequest:
     """Read a Propagate or Interpolate request from the layers (viewer's thread).
 
     ``settings`` are the request's ``window``, ``source``, ``device``, ``overwrite`` and
     ``options``. Interpolated objects without a label id get new ones.
     """
-    stack = current_stack(image, world_point, dims_order)
+    image, labels, boxes = inputs.image, inputs.labels, inputs.boxes
+    stack = current_stack(image, inputs.world_point, inputs.dims_order)
     if action == PROPAGATE:
         objects = propagation_objects(labels, stack)
     elif action == INTERPOLATE:
         if boxes is None:
             raise ValueError("Interpolate needs boxes: pick a Shapes layer as 'boxes'.")
-        box_prompts, _ = boxes_from_shapes(boxes, image, world_point, dims_order)
+        box_prompts, _ = boxes_from_shapes(boxes, image, inputs.world_point, inputs.dims_order)
         box_ids = feature_ids(boxes)
         objects = interpolation_objects(box_prompts, box_ids, stack, this_slice_only)
-        taken = [int(i) for i in np.concatenate([box_ids, feature_ids(clicks)]) if i > 0]
+        taken = [int(i) for i in np.concatenate([box_ids, feature_ids(inputs.clicks)]) if i > 0]
         for obj in objects:
             if obj.label_id == 0:
                 obj.label_id = next_label_id(np.zeros(1, np.uint16) if labels is None else labels.data, taken)

@@ -27,6 +27,7 @@ Box = tuple[float, float, float, float]
 #: offline), so it stays off until measured.
 PREVIOUS_LOGITS_DEFAULT: dict[str, bool] = {"medsam": False, "lite-medsam": False, "sam": False}
 _T = TypeVar("_T")
+_Y = TypeVar("_Y")
 
 
 class SlicePredictor(Protocol):
@@ -83,10 +84,12 @@ def as_progress(
         yield step.done, step.total, f"{title}{step.message}"
 
 
-def run_to_end(
-    steps: Generator[SliceStep, None, _T], callback: Callable[[SliceStep], Any] | None = None
-) -> _T:
-    """Drive a propagation generator to its end and return its 3D mask."""
+def run_to_end(steps: Generator[_Y, None, _T], callback: Callable[[_Y], Any] | None = None) -> _T:
+    """Drive a generator to its end, handing each item it yields to ``callback``; return its result.
+
+    Runs a propagation (its :class:`SliceStep`s, returning the 3D mask) or a widget job (its
+    ``(done, total, message)`` progress) synchronously.
+    """
     while True:
         try:
             step = next(steps)

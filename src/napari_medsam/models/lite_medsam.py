@@ -216,26 +216,13 @@ def _build_sam(state_dict: Mapping[str, Tensor]) -> SamModel:
     """``SamModel`` with LiteMedSAM's prompt encoder and mask decoder, strictly loaded."""
     from transformers import SamModel
 
-    from napari_medsam.models.sam_checkpoint import rename_segment_anything_keys
+    from napari_medsam.models.sam_checkpoint import rename_segment_anything_keys, state_dict_mismatches
 
     originals = {k: v for k, v in state_dict.items() if k.startswith(_PROMPT_DECODER[:2])}
     renamed = rename_segment_anything_keys(originals)
     sam = SamModel(lite_medsam_sam_config(state_dict))
     expected = {k: v for k, v in sam.state_dict().items() if k.startswith(_PROMPT_DECODER)}
-    missing = sorted(k for k in expected if k not in renamed)
-    unexpected = sorted(k for k in renamed if k not in expected)
-    wrong = [
-        f"{k} {tuple(renamed[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in renamed and renamed[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing[:8]))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected[:8]))
-    if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong[:8]))
+    problems = state_dict_mismatches(renamed, expected)
     if problems:
         raise ValueError("prompt encoder / mask decoder do not match LiteMedSAM: " + "; ".join(problems))
     # strict=False only because the placeholder vision encoder is not in the checkpoint; every

@@ -435,10 +435,14 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return state_dict
 
 
-def _mismatches(
-    renamed: Mapping[str, Tensor], expected: Mapping[str, Tensor], names: Mapping[str, str]
+def state_dict_mismatches(
+    renamed: Mapping[str, Tensor], expected: Mapping[str, Tensor], names: Mapping[str, str] | None = None
 ) -> list[str]:
-    """Human-readable differences between a renamed checkpoint and a model's state dict."""
+    """Human-readable differences between a renamed checkpoint and a model's state dict.
+
+    ``names`` maps a model key to the checkpoint's original name, shown instead where given.
+    """
+    names = names or {}
 
     def listing(keys: list[str]) -> str:
         shown = ", ".join(names.get(key) or key for key in keys[:8])
@@ -504,7 +508,7 @@ def load_segment_anything_checkpoint(
     renamed = rename_segment_anything_keys(state_dict)
     names = {new: old for old, news in renamed_from.items() for new in news}
     names.update({k: v for k, v in _original_names(expected).items() if k not in names and v})
-    problems = _mismatches(renamed, expected, names)
+    problems = state_dict_mismatches(renamed, expected, names)
     if problems:
         raise ModelLoadError(
             f"{path.name} does not match a SAM ViT model ({'; '.join(problems)}). "
