@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from napari_medsam.models.tinyvit import relative_position_index
-from napari_medsam.predictor import Prediction
-from napari_medsam.preprocessing import (
+from napari_medsam.core.predictor import Prediction
+from napari_medsam.core.preprocessing import (
     check_image,
-    check_window,
     masks_from_logits,
     model_input,
     scale_box,
     to_rgb_uint8,
 )
+from napari_medsam.core.windows import check_window
+from napari_medsam.models.tinyvit import relative_position_index
 
 
 class PlainPredictor:

@@ -11,7 +11,7 @@ interleaved in the same run: median over repeats after a warm-up, and the ratio 
 
 - MedSAM ViT-B uses random weights of the real architecture (``SamConfig()`` defaults; weights
   do not change the work done); LiteMedSAM uses its real bundled weights.
-- Slices are 512 x 512 CT-like phantoms (``napari_medsam.phantoms``), masks come out at 512 x 512.
+- Slices are 512 x 512 CT-like phantoms (``napari_medsam.core.phantoms``), masks come out at 512 x 512.
 - Peak memory: the largest RSS rise during one embedding, sampled every 2 ms, each in a fresh
   process (a warm process reuses memory it freed earlier).
 - On a busy machine set ``OMP_WAIT_POLICY=PASSIVE``: PyTorch's two OpenMP threads otherwise spin
@@ -37,9 +37,10 @@ import numpy as np
 import torch
 
 from napari_medsam import MedSamPredictor
-from napari_medsam.devices import cpu_has_native_bfloat16, resolve_dtype
-from napari_medsam.phantoms import ct_phantom_slice, ct_phantom_volume
-from napari_medsam.propagation import propagate, run_to_end
+from napari_medsam.core.devices import cpu_has_native_bfloat16, resolve_dtype
+from napari_medsam.core.jobs import run_to_end
+from napari_medsam.core.phantoms import ct_phantom_slice, ct_phantom_volume
+from napari_medsam.core.propagation import propagate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import PlainPredictor, PlainTinyViT, SamGetImageEmbeddings
@@ -252,7 +253,7 @@ def medsam_vit_b(args: argparse.Namespace) -> tuple[str, MedSamPredictor, PlainP
     from transformers import SamConfig, SamModel
 
     from napari_medsam.models import LoadedModel
-    from napari_medsam.models.sam_checkpoint import SamImageEncoder
+    from napari_medsam.models.fast_vit import SamImageEncoder
 
     torch.manual_seed(0)
     sam = SamModel(SamConfig()).eval().requires_grad_(False)  # SamConfig() defaults are ViT-B

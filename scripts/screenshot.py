@@ -33,7 +33,7 @@ def main() -> None:
     from skimage.io import imsave
 
     from napari_medsam._sample_data import PHANTOM, ct_phantom
-    from napari_medsam.phantoms import ct_phantom_volume
+    from napari_medsam.core.phantoms import ct_phantom_volume
 
     viewer = napari.Viewer(show=True, title="napari-medsam")
     viewer.window._qt_window.resize(*args.size)

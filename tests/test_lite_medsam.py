@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_medsam.errors import ModelLoadError
+from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.models import LoadedModel
 from napari_medsam.models import lite_medsam as lm
 
@@ -29,11 +29,8 @@ from napari_medsam.models import lite_medsam as lm
 
 
 @pytest.fixture(scope="module")
-def checkpoint():
-    try:
-        return lm.bundled_checkpoint_path()
-    except ModelLoadError as error:
-        pytest.skip(str(error))
+def checkpoint(lite_checkpoint):
+    return lite_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from napari_medsam.errors import ModelLoadError
+from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.models import loading
 from napari_medsam.models.loading import is_available_offline, load_model, resolve_source
 

@@ -42,7 +42,7 @@ def test_every_python_name_imports(manifest):
 
 
 def test_widget_contribution_is_the_medsam_widget(manifest):
-    from napari_medsam._widget import MedSamWidget
+    from napari_medsam._qt.widget import MedSamWidget
 
     (widget,) = manifest.contributions.widgets
     command = next(c for c in manifest.contributions.commands if c.id == widget.command)
@@ -75,3 +75,13 @@ def test_plugin_modules_do_not_import_torch(manifest):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_manifest_suffixes_follow_the_format_table(manifest):
+    from napari_medsam.io.formats import READ_SUFFIXES, WRITE_SUFFIXES
+
+    (reader,) = manifest.contributions.readers
+    assert reader.filename_patterns == [f"*{suffix}" for suffix in READ_SUFFIXES]
+    assert reader.accepts_directories  # DICOM series folders
+    (writer,) = manifest.contributions.writers
+    assert tuple(writer.filename_extensions) == WRITE_SUFFIXES

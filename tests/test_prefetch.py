@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from napari_medsam.propagation import Prefetcher
+from napari_medsam.core.prefetch import Prefetcher
 
 TIMEOUT = 60.0  # only reached when something hangs
 
@@ -154,7 +154,7 @@ def test_closed_prefetcher_refuses_requests():
 
 def test_prefetch_makes_the_next_slice_decoder_only(prefetcher, tiny_sam_dir):
     """Real MedSamPredictor: after prefetching, box -> mask on the next slice does not encode."""
-    from napari_medsam.predictor import MedSamPredictor
+    from napari_medsam.core.predictor import MedSamPredictor
 
     predictor = MedSamPredictor.from_pretrained(str(tiny_sam_dir), device="cpu", dtype="float32")
     encoder_calls = []

@@ -7,7 +7,7 @@ import pytest
 from skimage.transform import resize, resize_local_mean
 
 from conftest import make_phantom
-from napari_medsam.preprocessing import SAM_PIXEL_MEAN, SAM_PIXEL_STD, model_input, to_rgb_uint8
+from napari_medsam.core.preprocessing import SAM_PIXEL_MEAN, SAM_PIXEL_STD, model_input, to_rgb_uint8
 
 
 def slices() -> dict[str, np.ndarray]:

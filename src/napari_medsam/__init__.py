@@ -12,15 +12,15 @@ __version__ = "0.1.0"
 __all__ = ["EmbeddingCache", "MedSamPredictor", "ModelLoadError", "Prediction", "__version__"]
 
 if TYPE_CHECKING:
-    from napari_medsam.cache import EmbeddingCache
-    from napari_medsam.errors import ModelLoadError
-    from napari_medsam.predictor import MedSamPredictor, Prediction
+    from napari_medsam.core.cache import EmbeddingCache
+    from napari_medsam.core.errors import ModelLoadError
+    from napari_medsam.core.predictor import MedSamPredictor, Prediction
 
 _LAZY = {
-    "MedSamPredictor": "napari_medsam.predictor",
-    "Prediction": "napari_medsam.predictor",
-    "EmbeddingCache": "napari_medsam.cache",
-    "ModelLoadError": "napari_medsam.errors",
+    "MedSamPredictor": "napari_medsam.core.predictor",
+    "Prediction": "napari_medsam.core.predictor",
+    "EmbeddingCache": "napari_medsam.core.cache",
+    "ModelLoadError": "napari_medsam.core.errors",
 }
 
 

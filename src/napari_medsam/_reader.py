@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.volume_io import format_of, read_volume, volume_name
+from napari_medsam.core.windows import SOFT_TISSUE, looks_like_ct
+from napari_medsam.io.volumes import format_of, read_volume, volume_name
 
 LayerData = tuple[Any, dict[str, Any], str]
-#: Initial contrast limits for CT: the soft-tissue window (L 40 / W 400) MedSAM was trained on.
-CT_CONTRAST_LIMITS = (-160.0, 240.0)
 _LABEL_NAME = re.compile(r"(^|[^a-z])(seg|segmentation|label|labels|labelmap|mask)([^a-z]|$)")
 
 
@@ -52,8 +51,8 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             kwargs["rgb"] = True
         else:
             kwargs["channel_axis"] = array.ndim - 1
-    elif _is_ct(array, geometry.modality):
-        kwargs["contrast_limits"] = CT_CONTRAST_LIMITS
+    elif looks_like_ct(array, geometry.modality):
+        kwargs["contrast_limits"] = SOFT_TISSUE
     return [(array, kwargs, "image")]
 
 
@@ -64,13 +63,3 @@ def _is_labels(path: str, array: np.ndarray) -> bool:
     if not np.issubdtype(array.dtype, np.integer) or not _LABEL_NAME.search(volume_name(name)):
         return False
     return array.size == 0 or int(array.min()) >= 0
-
-
-def _is_ct(array: np.ndarray, modality: str | None) -> bool:
-    if modality is not None:
-        return modality == "CT"
-    if not np.issubdtype(array.dtype, np.signedinteger) and not np.issubdtype(
-        array.dtype, np.floating
-    ):
-        return False
-    return array.size > 0 and float(array.min()) <= -900 and float(array.max()) >= 100

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from napari_medsam.volume_io import GEOMETRY_KEY, VolumeGeometry, write_labels
+from napari_medsam.io.volumes import GEOMETRY_KEY, VolumeGeometry, write_labels
 
 
 class ImageInfo(NamedTuple):

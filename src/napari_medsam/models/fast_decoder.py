@@ -24,11 +24,14 @@ Same weights and the same mathematics as transformers' ``SamModel`` called with
   image-side norms and the mask upscaling run in the model's dtype.
 
 The results equal ``SamModel``'s up to float rounding (tested in ``tests/test_fast_paths.py``).
+Where the internals it reads are missing or behave differently (another transformers release),
+:func:`decode` falls back to ``SamModel``'s own decoder (:func:`plain_decode`).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import weakref
 from dataclasses import dataclass
@@ -41,7 +44,9 @@ from torch import Tensor
 if TYPE_CHECKING:
     from transformers import SamModel
 
-__all__ = ["FastMaskDecoder", "decode", "decoder_for"]
+__all__ = ["FastMaskDecoder", "decode", "decoder_for", "plain_decode"]
+
+logger = logging.getLogger(__name__)
 
 _IMAGE_STATES = 4  # per-image states kept (current slice and a few recent ones)
 #: Image tokens per chunk of the mask upscaling on the CPU (1024 x 4 x 64 float32 = 1 MB).
@@ -410,15 +415,63 @@ _decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _decoders_lock = threading.Lock()
 
 
-def decoder_for(sam: SamModel) -> FastMaskDecoder:
-    """The shared :class:`FastMaskDecoder` of ``sam``."""
+def plain_decode(
+    sam: SamModel, image_embeddings: Tensor, multimask_output: bool = False, **prompts: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``SamModel``'s own prompt encoder and mask decoder: the path used when the fast one cannot be."""
+    given = {name: value for name, value in prompts.items() if value is not None}
+    with torch.inference_mode():
+        out = sam(image_embeddings=image_embeddings, multimask_output=multimask_output, **given)
+    return out.pred_masks, out.iou_scores
+
+
+def _fast_path_works(sam: SamModel) -> bool:
+    """Whether the fast decoder runs on this transformers version and agrees with ``SamModel``.
+
+    The fast decoder reads ``SamModel`` internals (attribute names, the attention layout); a
+    transformers release may change them. One box on a random embedding is decoded both ways
+    when a model is first used: an error or a disagreement selects the plain path.
+    """
+    weight = sam.mask_decoder.iou_token.weight
+    channels = sam.config.mask_decoder_config.hidden_size
+    size = sam.config.prompt_encoder_config.image_embedding_size
+    generator = torch.Generator().manual_seed(0)
+    embedding = torch.randn(1, channels, size, size, generator=generator).to(weight.device, weight.dtype)
+    side = sam.config.prompt_encoder_config.image_size
+    box = torch.tensor(
+        [[[0.2 * side, 0.3 * side, 0.7 * side, 0.8 * side]]], device=weight.device, dtype=weight.dtype
+    )
+    try:
+        fast_masks, fast_scores = FastMaskDecoder(sam)(embedding, input_boxes=box)
+    except Exception as err:  # any failure of the internals it relies on
+        logger.warning(
+            "fast mask decoder unavailable (%s: %s); using SamModel's decoder", type(err).__name__, err
+        )
+        return False
+    masks, scores = plain_decode(sam, embedding, input_boxes=box)
+    same_scores = bool(torch.allclose(fast_scores.float(), scores.float(), atol=0.02))
+    same_masks = (
+        fast_masks.shape == masks.shape and float(((fast_masks > 0) == (masks > 0)).float().mean()) > 0.999
+    )
+    agree = same_masks and same_scores
+    if not agree:
+        logger.warning(
+            "fast mask decoder disagrees with SamModel on this transformers version; using SamModel's"
+        )
+    return agree
+
+
+def decoder_for(sam: SamModel) -> FastMaskDecoder | None:
+    """The shared :class:`FastMaskDecoder` of ``sam``; None where only the plain decoder works."""
     with _decoders_lock:
-        decoder = _decoders.get(sam)
-        if decoder is None:
-            decoder = _decoders[sam] = FastMaskDecoder(sam)
-        return decoder
+        if sam not in _decoders:
+            _decoders[sam] = FastMaskDecoder(sam) if _fast_path_works(sam) else None
+        return _decoders[sam]
 
 
 def decode(sam: SamModel, image_embeddings: Tensor, **prompts: object) -> tuple[Tensor, Tensor]:
     """``(pred_masks, iou_scores)`` of ``sam`` for one image and one prompt (see FastMaskDecoder)."""
-    return decoder_for(sam)(image_embeddings, **prompts)  # type: ignore[arg-type]
+    decoder = decoder_for(sam)
+    if decoder is None:
+        return plain_decode(sam, image_embeddings, **prompts)  # type: ignore[arg-type]
+    return decoder(image_embeddings, **prompts)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """SAM's ViT image encoder (MedSAM / SAM ViT-B, -L, -H) with less memory traffic.
 
-:class:`FastSamVisionEncoder` runs the weights of a transformers ``SamVisionEncoder`` (shared,
+:class:`SamImageEncoder` runs the weights of a transformers ``SamVisionEncoder`` (shared,
 not copied) through the same mathematics as transformers, but:
 
 - the decomposed relative-position bias of the global-attention blocks is written once, in
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from transformers import SamModel
 
-__all__ = ["FastSamVisionEncoder", "encode_image"]
+__all__ = ["SamImageEncoder", "encode_image"]
 
 #: Query rows of the global-attention grid per chunk: 8 rows x 64 = 512 queries, whose bias for
 #: 12 heads against 4096 keys is 100 MB in float32, instead of 805 MB for all rows at once.
@@ -40,12 +40,16 @@ GLOBAL_ROWS_PER_CHUNK = 8
 MLP_TOKENS_PER_CHUNK = 512
 
 
-class FastSamVisionEncoder(nn.Module):
-    """``pixel_values`` (B, 3, S, S) -> image embeddings (B, 256, S / 16, S / 16) of a ``SamModel``."""
+class SamImageEncoder(nn.Module):
+    """``pixel_values`` (B, 3, S, S) -> image embeddings through a ``SamModel``'s ViT encoder.
+
+    Runs :func:`napari_medsam.models.fast_vit.encode_image`: ``get_image_embeddings``'s
+    mathematics with less memory traffic (and mixed precision for bfloat16/float16 models).
+    """
 
     def __init__(self, sam: SamModel) -> None:
         super().__init__()
-        self.sam = sam  # a submodule: .to() and .eval() reach the shared weights
+        self.sam = sam
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         return encode_image(self.sam, pixel_values)

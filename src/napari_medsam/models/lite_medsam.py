@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
-import re
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -27,8 +26,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from napari_medsam.errors import ModelLoadError
+from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.models import LoadedModel
+from napari_medsam.models.checkpoints import (
+    GAUSSIAN_KEY,
+    GAUSSIAN_TARGETS,
+    count_indices,
+    read_state_dict,
+    state_dict_mismatches,
+)
 from napari_medsam.models.tinyvit import TinyViT
 
 if TYPE_CHECKING:
@@ -64,11 +70,6 @@ _LITE_KEYS = (
     "image_encoder.layers.0.blocks.0.conv1.c.weight",
 )
 _PROMPT_DECODER = ("prompt_encoder.", "mask_decoder.", "shared_image_embedding.")
-_GAUSSIAN_KEY = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
-_GAUSSIAN_TARGETS = (
-    "prompt_encoder.shared_embedding.positional_embedding",
-    "shared_image_embedding.positional_embedding",
-)
 
 
 # ------------------------------------------------------------------------- the bundled file
@@ -134,11 +135,6 @@ def is_lite_medsam_state_dict(state_dict: Mapping[str, object]) -> bool:
 # ------------------------------------------------------------------------------- SamModel
 
 
-def _count(state_dict: Mapping[str, Tensor], pattern: str) -> int:
-    regex = re.compile(pattern)
-    return 1 + max((int(m[1]) for key in state_dict if (m := regex.fullmatch(key))), default=-1)
-
-
 def _shape(state_dict: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
     if key not in state_dict:
         raise ValueError(f"missing key {key}")
@@ -164,18 +160,18 @@ def lite_medsam_sam_config(state_dict: Mapping[str, Tensor] | None = None) -> Sa
     if state_dict is not None:
         sd = state_dict
         prompt_hidden = _shape(sd, "prompt_encoder.no_mask_embed.weight")[1]
-        num_pos_feats = _shape(sd, _GAUSSIAN_KEY)[1]
+        num_pos_feats = _shape(sd, GAUSSIAN_KEY)[1]
         mask_channels = _shape(sd, "prompt_encoder.mask_downscaling.3.weight")[0]
-        num_points = _count(sd, r"prompt_encoder\.point_embeddings\.(\d+)\..+")
+        num_points = count_indices(sd, r"prompt_encoder\.point_embeddings\.(\d+)\..+")
         hidden = _shape(sd, "mask_decoder.iou_token.weight")[1]
         cross_q = _shape(sd, "mask_decoder.transformer.final_attn_token_to_image.q_proj.weight")
         decoder = {
             "hidden_size": hidden,
-            "num_hidden_layers": _count(sd, r"mask_decoder\.transformer\.layers\.(\d+)\..+"),
+            "num_hidden_layers": count_indices(sd, r"mask_decoder\.transformer\.layers\.(\d+)\..+"),
             "mlp_dim": _shape(sd, "mask_decoder.transformer.layers.0.mlp.lin1.weight")[0],
             "attention_downsample_rate": hidden // cross_q[0],
             "num_multimask_outputs": _shape(sd, "mask_decoder.mask_tokens.weight")[0] - 1,
-            "iou_head_depth": _count(sd, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\..+"),
+            "iou_head_depth": count_indices(sd, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\..+"),
             "iou_head_hidden_dim": _shape(sd, "mask_decoder.iou_prediction_head.layers.0.weight")[0],
         }
     vision = SamVisionConfig(
@@ -216,7 +212,7 @@ def _build_sam(state_dict: Mapping[str, Tensor]) -> SamModel:
     """``SamModel`` with LiteMedSAM's prompt encoder and mask decoder, strictly loaded."""
     from transformers import SamModel
 
-    from napari_medsam.models.sam_checkpoint import rename_segment_anything_keys, state_dict_mismatches
+    from napari_medsam.models.sam_checkpoint import rename_segment_anything_keys
 
     originals = {k: v for k, v in state_dict.items() if k.startswith(_PROMPT_DECODER[:2])}
     renamed = rename_segment_anything_keys(originals)
@@ -228,21 +224,16 @@ def _build_sam(state_dict: Mapping[str, Tensor]) -> SamModel:
     # strict=False only because the placeholder vision encoder is not in the checkpoint; every
     # prompt-encoder and decoder key was checked above.
     result = sam.load_state_dict(renamed, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
-    gaussian = state_dict[_GAUSSIAN_KEY]
-    for name in _GAUSSIAN_TARGETS:  # tied in transformers; fill both in case they are not
+    if result.unexpected_keys:
+        raise ValueError(f"LiteMedSAM checkpoint has keys SamModel does not know: {result.unexpected_keys}")
+    gaussian = state_dict[GAUSSIAN_KEY]
+    for name in GAUSSIAN_TARGETS:  # tied in transformers; fill both in case they are not
         sam.get_parameter(name).data.copy_(gaussian)
     sam.vision_encoder.register_forward_pre_hook(_refuse_placeholder_vision_encoder)
     return sam
 
 
 # ---------------------------------------------------------------------------------- loading
-
-
-def _read(path: Path) -> dict[str, Tensor]:
-    from napari_medsam.models.sam_checkpoint import _read_state_dict
-
-    return _read_state_dict(path)
 
 
 def load_lite_medsam(
@@ -290,7 +281,7 @@ def load_lite_medsam(
                 f"LiteMedSAM checkpoint failed its integrity check ({error}); {fix}"
             ) from error
 
-    state_dict = _read(checkpoint)
+    state_dict = read_state_dict(checkpoint)
     if not is_lite_medsam_state_dict(state_dict):
         raise ModelLoadError(
             f"{checkpoint.name} is not a LiteMedSAM checkpoint (no TinyViT image_encoder keys)."

@@ -8,12 +8,13 @@ import os
 import re
 import socket
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from napari_medsam.errors import ModelLoadError
+from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.models import FAMILIES, Family, LoadedModel
 
 if TYPE_CHECKING:
@@ -35,7 +36,9 @@ HUB_TIMEOUT_S = 3.0
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
-_loaded: dict[tuple, LoadedModel] = {}
+#: Models kept loaded at once (least recently used first out); a ViT-H alone is ~2.5 GB.
+MAX_LOADED_MODELS = 2
+_loaded: OrderedDict[tuple, LoadedModel] = OrderedDict()
 _loaded_lock = threading.Lock()
 
 
@@ -86,8 +89,13 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     family: Family | None = None,
 ) -> LoadedModel:
-    """Load a model once per (source, device, dtype, family) and share it afterwards."""
-    from napari_medsam.devices import resolve_device, resolve_dtype
+    """Load a model once per (source, device, dtype, family) and share it afterwards.
+
+    At most :data:`MAX_LOADED_MODELS` stay loaded: loading another drops the least recently used
+    from the registry (its memory is freed once no predictor holds it). :func:`unload_model`
+    drops one or all explicitly.
+    """
+    from napari_medsam.core.devices import resolve_device, resolve_dtype
 
     if family is not None and family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}: use one of {', '.join(FAMILIES)}")
@@ -96,9 +104,39 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, torch_device)
     key = (resolved, family, str(torch_device), torch_dtype)
     with _loaded_lock:
-        if key not in _loaded:
-            _loaded[key] = _load(resolved, family, torch_device, torch_dtype)
-        return _loaded[key]
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]
+        model = _load(resolved, family, torch_device, torch_dtype)
+        _loaded[key] = model
+        while len(_loaded) > MAX_LOADED_MODELS:
+            _, dropped = _loaded.popitem(last=False)
+            logger.info("unloading %s to stay within %d loaded models", dropped.name, MAX_LOADED_MODELS)
+        return model
+
+
+def loaded_models() -> list[LoadedModel]:
+    """The models the registry holds, least recently used first."""
+    with _loaded_lock:
+        return list(_loaded.values())
+
+
+def unload_model(model: LoadedModel | None = None) -> int:
+    """Drop ``model`` (None: every model) from the registry; returns how many were dropped.
+
+    The memory is freed once no predictor refers to the model any more; cached CUDA blocks are
+    released too.
+    """
+    with _loaded_lock:
+        keys = [key for key, held in _loaded.items() if model is None or held is model]
+        for key in keys:
+            del _loaded[key]
+    if keys:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return len(keys)
 
 
 def _load(
@@ -169,7 +207,7 @@ def _load_pretrained(
 ) -> LoadedModel:
     from transformers import SamModel
 
-    from napari_medsam.models.sam_checkpoint import SamImageEncoder
+    from napari_medsam.models.fast_vit import SamImageEncoder
 
     if not (Path(folder) / "config.json").is_file():
         raise ModelLoadError(f"{folder} is not a Hugging Face model folder (no config.json)")

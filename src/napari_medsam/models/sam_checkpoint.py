@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from napari_medsam.errors import ModelLoadError
+from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.models import Family, LoadedModel
+from napari_medsam.models.checkpoints import (
+    GAUSSIAN_KEY,
+    GAUSSIAN_TARGETS,
+    count_indices,
+    read_state_dict,
+    state_dict_mismatches,
+)
+from napari_medsam.models.fast_vit import SamImageEncoder
 
 if TYPE_CHECKING:
     from transformers import SamConfig, SamModel
@@ -83,13 +91,6 @@ _KEY_TABLE: tuple[tuple[str, str], ...] = (
     ("mask_decoder.output_upscaling.3.{p}", "mask_decoder.upscale_conv2.{p}"),
 )
 
-# The prompt encoder's random Fourier matrix: one tensor in segment-anything, two tied copies in
-# transformers (the prompt encoder's and the image-wide positional embedding's).
-_GAUSSIAN_KEY = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
-_GAUSSIAN_TARGETS = (
-    "prompt_encoder.shared_embedding.positional_embedding",
-    "shared_image_embedding.positional_embedding",
-)
 # Feed-forward heads: original ``layers.0 .. layers.{d-1}``; transformers ``proj_in``,
 # ``layers.0 .. layers.{d-3}``, ``proj_out``.
 _MLP_HEAD = re.compile(
@@ -147,8 +148,8 @@ def _transformers_names(keys: Iterable[str]) -> dict[str, tuple[str, ...]]:
         match = _MLP_HEAD.fullmatch(key)
         if _DROPPED.fullmatch(key):
             names[key] = ()
-        elif key == _GAUSSIAN_KEY:
-            names[key] = _GAUSSIAN_TARGETS
+        elif key == GAUSSIAN_KEY:
+            names[key] = GAUSSIAN_TARGETS
         elif match and match["rest"].startswith("layers."):
             index, depth = int(match["rest"].split(".")[1]), depths[match["head"]]
             if index == 0:
@@ -170,10 +171,10 @@ def _original_names(keys: Iterable[str]) -> dict[str, str | None]:
     names: dict[str, str | None] = {}
     for key in keys:
         match = _MLP_HEAD.fullmatch(key)
-        if key == _GAUSSIAN_TARGETS[0]:
-            names[key] = _GAUSSIAN_KEY
-        elif key == _GAUSSIAN_TARGETS[1]:
-            names[key] = None if _GAUSSIAN_TARGETS[0] in keys else _GAUSSIAN_KEY
+        if key == GAUSSIAN_TARGETS[0]:
+            names[key] = GAUSSIAN_KEY
+        elif key == GAUSSIAN_TARGETS[1]:
+            names[key] = None if GAUSSIAN_TARGETS[0] in keys else GAUSSIAN_KEY
         elif match:
             rest = match["rest"]
             if rest == "proj_in":
@@ -200,9 +201,7 @@ def rename_segment_anything_keys(state_dict: Mapping[str, Tensor]) -> dict[str, 
     the ``prompt_encoder.*`` / ``mask_decoder.*`` part when the encoder is not a SAM ViT.
     """
     return {
-        new: state_dict[key]
-        for key, new_keys in _transformers_names(state_dict).items()
-        for new in new_keys
+        new: state_dict[key] for key, new_keys in _transformers_names(state_dict).items() for new in new_keys
     }
 
 
@@ -216,9 +215,7 @@ def segment_anything_state_dict(sam: SamModel) -> dict[str, Tensor]:
 
 
 def _to_original_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {
-        old: state_dict[key] for key, old in _original_names(state_dict).items() if old is not None
-    }
+    return {old: state_dict[key] for key, old in _original_names(state_dict).items() if old is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,12 +223,6 @@ def _to_original_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 _SAM_HEADS = {768: 12, 1024: 16, 1280: 16}  # ViT-B / L / H
 _SAM_DECODER_HEADS = 8  # not visible in the shapes; every SAM / MedSAM decoder uses 8
-
-
-def _count(state_dict: Mapping[str, Tensor], pattern: str) -> int:
-    """1 + the largest index captured by ``pattern`` (a gap then shows up as missing keys)."""
-    regex = re.compile(pattern)
-    return 1 + max((int(m[1]) for key in state_dict if (m := regex.fullmatch(key))), default=-1)
 
 
 def _require(state_dict: Mapping[str, Tensor], key: str) -> Tensor:
@@ -282,7 +273,7 @@ def sam_config_from_state_dict(state_dict: Mapping[str, Tensor]) -> SamConfig:
 
     patch_weight = _require(sd, "image_encoder.patch_embed.proj.weight")
     hidden_size, num_channels, patch_size = (int(n) for n in patch_weight.shape[:3])
-    depth = _count(sd, r"image_encoder\.blocks\.(\d+)\..+")
+    depth = count_indices(sd, r"image_encoder\.blocks\.(\d+)\..+")
     if depth == 0:
         raise ModelLoadError("The checkpoint's ViT image encoder has no blocks.")
     pos_embed = sd.get("image_encoder.pos_embed")
@@ -315,7 +306,7 @@ def sam_config_from_state_dict(state_dict: Mapping[str, Tensor]) -> SamConfig:
             num_heads,
             global_attn,
         )
-    gaussian = _require(sd, _GAUSSIAN_KEY)
+    gaussian = _require(sd, GAUSSIAN_KEY)
     vision = SamVisionConfig(
         hidden_size=hidden_size,
         num_hidden_layers=depth,
@@ -337,25 +328,21 @@ def sam_config_from_state_dict(state_dict: Mapping[str, Tensor]) -> SamConfig:
         image_size=grid * patch_size,
         patch_size=patch_size,
         mask_input_channels=int(_require(sd, "prompt_encoder.mask_downscaling.3.weight").shape[0]),
-        num_point_embeddings=_count(sd, r"prompt_encoder\.point_embeddings\.(\d+)\..+"),
+        num_point_embeddings=count_indices(sd, r"prompt_encoder\.point_embeddings\.(\d+)\..+"),
     )
     decoder_hidden = int(_require(sd, "mask_decoder.iou_token.weight").shape[1])
     cross_q = _require(sd, "mask_decoder.transformer.final_attn_token_to_image.q_proj.weight")
     decoder = SamMaskDecoderConfig(
         hidden_size=decoder_hidden,
-        num_hidden_layers=_count(sd, r"mask_decoder\.transformer\.layers\.(\d+)\..+"),
+        num_hidden_layers=count_indices(sd, r"mask_decoder\.transformer\.layers\.(\d+)\..+"),
         num_attention_heads=_SAM_DECODER_HEADS,
         mlp_dim=int(_require(sd, "mask_decoder.transformer.layers.0.mlp.lin1.weight").shape[0]),
         attention_downsample_rate=decoder_hidden // int(cross_q.shape[0]),
         num_multimask_outputs=int(_require(sd, "mask_decoder.mask_tokens.weight").shape[0]) - 1,
-        iou_head_depth=_count(sd, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\..+"),
-        iou_head_hidden_dim=int(
-            _require(sd, "mask_decoder.iou_prediction_head.layers.0.weight").shape[0]
-        ),
+        iou_head_depth=count_indices(sd, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\..+"),
+        iou_head_hidden_dim=int(_require(sd, "mask_decoder.iou_prediction_head.layers.0.weight").shape[0]),
     )
-    return SamConfig(
-        vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder
-    )
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,83 +375,6 @@ def infer_family_from_checkpoint(
 # Loading
 
 
-class SamImageEncoder(nn.Module):
-    """``pixel_values`` (B, 3, S, S) -> image embeddings through a ``SamModel``'s ViT encoder.
-
-    Runs :func:`napari_medsam.models.fast_vit.encode_image`: ``get_image_embeddings``'s
-    mathematics with less memory traffic (and mixed precision for bfloat16/float16 models).
-    """
-
-    def __init__(self, sam: SamModel) -> None:
-        super().__init__()
-        self.sam = sam
-
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        from napari_medsam.models.fast_vit import encode_image
-
-        return encode_image(self.sam, pixel_values)
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """``torch.load`` with ``weights_only=True``; unwrap ``model`` / ``state_dict`` nesting."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for unreadable files
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if unsafe:
-            raise ModelLoadError(
-                f"{path.name} stores Python objects ({unsafe[1]}) that only pickle can load, "
-                "and napari-medsam does not run pickle code from files. Re-save the weights "
-                "alone where the file was made: torch.save(model.state_dict(), 'weights.pth')."
-            ) from error
-        raise ModelLoadError(
-            f"{path.name} is not a readable PyTorch checkpoint (corrupt or truncated file?): "
-            f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
-        ) from error
-    for wrapper in ("model", "state_dict"):
-        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(wrapper), Mapping):
-            checkpoint = checkpoint[wrapper]
-    if not isinstance(checkpoint, Mapping) or not checkpoint:
-        raise ModelLoadError(f"{path.name} does not hold a state dict (name -> tensor).")
-    state_dict = {str(k): v for k, v in checkpoint.items() if isinstance(v, Tensor)}
-    if len(state_dict) != len(checkpoint):
-        bad = [k for k, v in checkpoint.items() if not isinstance(v, Tensor)][:5]
-        raise ModelLoadError(f"{path.name} holds entries that are not tensors: {bad}")
-    if all(key.startswith("module.") for key in state_dict):  # saved from DataParallel
-        state_dict = {key.removeprefix("module."): v for key, v in state_dict.items()}
-    return state_dict
-
-
-def state_dict_mismatches(
-    renamed: Mapping[str, Tensor], expected: Mapping[str, Tensor], names: Mapping[str, str] | None = None
-) -> list[str]:
-    """Human-readable differences between a renamed checkpoint and a model's state dict.
-
-    ``names`` maps a model key to the checkpoint's original name, shown instead where given.
-    """
-    names = names or {}
-
-    def listing(keys: list[str]) -> str:
-        shown = ", ".join(names.get(key) or key for key in keys[:8])
-        return shown + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
-    missing = [key for key in expected if key not in renamed]
-    unexpected = [key for key in renamed if key not in expected]
-    wrong = [
-        f"{names.get(key) or key} {tuple(renamed[key].shape)} (expected {tuple(value.shape)})"
-        for key, value in expected.items()
-        if key in renamed and renamed[key].shape != value.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {listing(unexpected)}")
-    if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong[:8]))
-    return problems
-
-
 def load_segment_anything_checkpoint(
     path: str | PathLike[str],
     family: Family | None = None,
@@ -490,16 +400,14 @@ def load_segment_anything_checkpoint(
         raise ModelLoadError(f"{path} is a folder; expected a segment-anything .pth file.")
     if family not in (None, "sam", "medsam"):
         raise ValueError(f"family must be 'sam', 'medsam' or None, not {family!r}")
-    state_dict = _read_state_dict(path)
+    state_dict = read_state_dict(path)
     _reject_lite_medsam(state_dict)
     state_dict = dict(_with_original_names(state_dict))
     if config is None:
         config = sam_config_from_state_dict(state_dict)
     if family is None:
         family = infer_family_from_checkpoint(config.vision_config.hidden_size, path)
-        logger.info(
-            "%s: ViT width %d -> family %r", path.name, config.vision_config.hidden_size, family
-        )
+        logger.info("%s: ViT width %d -> family %r", path.name, config.vision_config.hidden_size, family)
 
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
         sam = SamModel(config)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from operator import attrgetter
+from typing import Any
 
-import numpy as np
+from napari_medsam.core.windows import PRESET_TITLES, WINDOW_PRESETS
 
 CUSTOM = "custom"
 MODELS = [
@@ -18,50 +19,18 @@ MODELS = [
 ]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 LAYER_WINDOW = "layer contrast limits"
+#: The window menu: the layer's contrast limits, each slice's min..max, then the CT presets.
 WINDOWS: dict[str, tuple[float, float] | None] = {
     LAYER_WINDOW: None,  # replaced by the image layer's contrast limits
     "slice min..max": None,
-    "CT soft tissue (L40 W400)": (-160.0, 240.0),
-    "CT lung (L-600 W1500)": (-1350.0, 150.0),
-    "CT bone (L400 W1800)": (-500.0, 1300.0),
-    "CT brain (L40 W80)": (0.0, 80.0),
+    **{PRESET_TITLES[name]: window for name, window in WINDOW_PRESETS.items()},
 }
 THIS_SLICE, ALL_SLICES = "this slice", "all slices"
 TOGGLE_KEY = "t"
 #: Slices encoded ahead on each side of the one on screen.
 PREFETCH_RADIUS = 2
 CHOOSE_WEIGHTS = "Choose a weights file (.pth) or Hugging Face folder for 'Custom'."
-SWITCH_TO_2D = (
-    "MedSAM segments 2D slices: switch the viewer to 2D (the 2D/3D button at the bottom left, "
-    "or Ctrl+Y), then segment."
-)
 
-
-class PredictorLike(Protocol):
-    """What the widget needs of :class:`napari_medsam.MedSamPredictor` (``precompute`` optional)."""
-
-    family: str
-
-    def set_image(self, image: np.ndarray, window: Any = None) -> None: ...
-
-    def predict(
-        self,
-        box: Any = None,
-        points: Any = None,
-        point_labels: Any = None,
-        mask_input: Any = None,
-        multimask: bool = False,
-    ) -> Any: ...
-
-
-PredictorFactory = Callable[[str, str], PredictorLike]
-
-
-def load_predictor(source: str, device: str) -> PredictorLike:
-    """The default factory: ``MedSamPredictor.from_pretrained`` (imports torch)."""
-    from napari_medsam import MedSamPredictor
-
-    return MedSamPredictor.from_pretrained(source=source, device=device)
 
 
 def default_model() -> str:
@@ -85,10 +54,10 @@ class Option:
         self.name = name
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        return self if obj is None else getattr(obj, self.widget).value
+        return self if obj is None else attrgetter(self.widget)(obj).value
 
     def __set__(self, obj: Any, value: Any) -> None:
-        widget = getattr(obj, self.widget)
+        widget = attrgetter(self.widget)(obj)
         value = self.convert(value) if self.convert is not None else value
         choices = getattr(widget, "choices", None)
         if choices is not None and value not in choices:
@@ -107,14 +76,14 @@ class ModelOption:
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        if obj._model.value != CUSTOM:
-            return str(obj._model.value)
-        path = str(obj._weights.value or "").strip()
+        if obj.controls.model.value != CUSTOM:
+            return str(obj.controls.model.value)
+        path = str(obj.controls.weights.value or "").strip()
         return CUSTOM if path in ("", ".") else path
 
     def __set__(self, obj: Any, value: str) -> None:
         value = str(value)
         if value not in [alias for _, alias in MODELS]:
-            obj._weights.value = value
+            obj.controls.weights.value = value
             value = CUSTOM
-        obj._model.value = value
+        obj.controls.model.value = value

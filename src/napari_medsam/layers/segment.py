@@ -9,35 +9,32 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam._widget_jobs import Job
-from napari_medsam._widget_layers import LayerInputs, feature_ids, store_ids
-from napari_medsam.prompts import (
+from napari_medsam.core.jobs import Job
+from napari_medsam.layers.labels import assign_label_ids, write_planes
+from napari_medsam.layers.prompt_layers import feature_ids, store_ids
+from napari_medsam.layers.prompts import (
     ObjectPrompt,
     Plane,
     boxes_from_shapes,
     clicks_from_points,
     current_plane,
     group_prompts,
-    label_changes,
-    next_label_id,
 )
+from napari_medsam.layers.requests import LayerInputs, RunSettings
+
+#: Loads (or reuses) the predictor for a model source and device; called inside the job.
+PredictorFor = Callable[[str, str], Any]
 
 
 @dataclass
 class SegmentRequest:
     """Everything one Segment run needs, read from the layers on the viewer's thread."""
 
-    image: Any
-    labels: Any | None
-    boxes: Any | None
-    clicks: Any | None
+    inputs: LayerInputs
+    settings: RunSettings
     objects: list[ObjectPrompt]
     label_ids: list[int]
     slices: dict[Plane, np.ndarray]
-    window: tuple[float, float] | None
-    source: str
-    device: str
-    overwrite: bool
     notes: list[str] = field(default_factory=list)
 
 
@@ -52,16 +49,15 @@ class SegmentOutcome:
 
 def read_segment_request(
     inputs: LayerInputs,
+    settings: RunSettings,
     *,
-    this_slice_only: bool,
     box_rows: Collection[int] | None = None,
     click_rows: Collection[int] | None = None,
-    **settings: Any,
 ) -> SegmentRequest:
     """Read a Segment request from the layers (viewer's thread); ValueError if there is nothing.
 
     With ``box_rows`` / ``click_rows`` only the objects of those rows on the current slice are
-    taken. ``settings`` are the request's ``window``, ``source``, ``device`` and ``overwrite``.
+    taken.
     """
     image, labels, boxes, clicks = inputs.image, inputs.labels, inputs.boxes, inputs.clicks
     position = (inputs.world_point, inputs.dims_order)
@@ -73,6 +69,7 @@ def read_segment_request(
         click_prompts, problems = clicks_from_points(clicks, image, *position)
         notes += problems
     objects = group_prompts(box_prompts, click_prompts)
+    this_slice_only = settings.this_slice_only
     if box_rows is not None or click_rows is not None:
         rows, clicked = set(box_rows or ()), set(click_rows or ())
         objects = [o for o in objects if o.box_index in rows or clicked & set(o.point_indices)]
@@ -88,38 +85,27 @@ def read_segment_request(
         )
     data = image.data[0] if image.multiscale else image.data
     return SegmentRequest(
-        image=image,
-        labels=labels,
-        boxes=boxes,
-        clicks=clicks,
+        inputs=inputs,
+        settings=settings,
         objects=objects,
-        label_ids=assign_ids(objects, None if labels is None else labels.data, boxes, clicks),
+        label_ids=object_ids(objects, None if labels is None else labels.data, boxes, clicks),
         slices={obj.plane: obj.plane.extract(data) for obj in objects},
         notes=notes,
-        **settings,
     )
 
 
-def assign_ids(objects: list[ObjectPrompt], labels_data: Any | None, boxes: Any, clicks: Any) -> list[int]:
+def object_ids(objects: list[ObjectPrompt], labels_data: Any | None, boxes: Any, clicks: Any) -> list[int]:
     """Each object's label id: its box's ``label_id`` feature, else its clicks', else a new id."""
     box_ids, click_ids = feature_ids(boxes), feature_ids(clicks)
-    taken = [int(i) for i in np.concatenate([box_ids, click_ids]) if i > 0]
-    data = labels_data if labels_data is not None else np.zeros(1, np.uint16)
-    ids = []
+    known = []
     for obj in objects:
-        if obj.box_index is not None:
-            known = [box_ids[obj.box_index]]
-        else:
-            known = [click_ids[i] for i in obj.point_indices]
-        label_id = next((int(i) for i in known if i > 0), 0)
-        if label_id == 0:
-            label_id = next_label_id(data, taken)
-            taken.append(label_id)
-        ids.append(label_id)
-    return ids
+        boxed = obj.box_index is not None
+        ids = [box_ids[obj.box_index]] if boxed else [click_ids[i] for i in obj.point_indices]
+        known.append(next((int(i) for i in ids if i > 0), 0))
+    return assign_label_ids(known, labels_data, np.concatenate([box_ids, click_ids]))
 
 
-def segment_steps(request: SegmentRequest, predictor_for: Callable[[str, str], Any]) -> Job[SegmentOutcome]:
+def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[SegmentOutcome]:
     """Encode each slice once and predict each object; yields (done, total, message).
 
     MedSAM-family models get clicks as they are but with a warning when there is no box;
@@ -127,15 +113,15 @@ def segment_steps(request: SegmentRequest, predictor_for: Callable[[str, str], A
     """
     planes = [(p, list(objs)) for p, objs in groupby(request.objects, key=lambda o: o.plane)]
     total = 1 + len(planes) + len(request.objects)
-    yield 0, total, f"Loading {request.source}…"
-    predictor = predictor_for(request.source, request.device)
+    yield 0, total, f"Loading {request.settings.source}…"
+    predictor = predictor_for(request.settings.source, request.settings.device)
     family = str(predictor.family)
     masks: list[np.ndarray] = []
     notes: list[str] = []
     done = 1
     for plane, objects in planes:
         yield done, total, f"Encoding slice {plane.describe()}…"
-        predictor.set_image(request.slices[plane], window=request.window)
+        predictor.set_image(request.slices[plane], window=request.settings.window)
         done += 1
         for obj in objects:
             yield done, total, f"Segmenting object {len(masks) + 1} of {len(request.objects)}…"
@@ -167,17 +153,8 @@ def write_masks(labels: Any, request: SegmentRequest, outcome: SegmentOutcome) -
     for obj, label_id, mask in zip(request.objects, request.label_ids, outcome.masks, strict=True):
         key = (obj.plane, label_id)
         merged[key] = merged[key] | mask if key in merged else mask
-    written: list[int] = []
-    with labels.block_history():
-        for (plane, label_id), mask in merged.items():
-            changes, values = label_changes(
-                plane.extract(labels.data), mask, label_id, overwrite=request.overwrite
-            )
-            if len(values):
-                labels.data_setitem(plane.indices(*changes), values, refresh=False)
-            if mask.any() and label_id not in written:
-                written.append(label_id)
-    labels.refresh()
+    writes = [(plane, label_id, mask) for (plane, label_id), mask in merged.items()]
+    written = write_planes(labels, writes, overwrite=request.settings.overwrite)
     _store_request_ids(request)
     notes = request.notes + outcome.notes
     empty = sorted({i for (_, i), m in merged.items() if not m.any()} - set(written))
@@ -194,7 +171,7 @@ def _store_request_ids(request: SegmentRequest) -> None:
             box_rows[obj.box_index] = label_id
         else:
             click_rows.update(dict.fromkeys(obj.point_indices, label_id))
-    if request.boxes is not None:
-        store_ids(request.boxes, box_rows)
-    if request.clicks is not None:
-        store_ids(request.clicks, click_rows)
+    if request.inputs.boxes is not None:
+        store_ids(request.inputs.boxes, box_rows)
+    if request.inputs.clicks is not None:
+        store_ids(request.inputs.clicks, click_rows)

@@ -9,24 +9,21 @@ As for Segment, a request is read on the viewer's thread, the job touches no lay
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from napari_medsam._widget_jobs import Job
-from napari_medsam._widget_layers import LayerInputs, feature_ids, store_ids
-from napari_medsam.prompts import (
-    Box,
-    Plane,
-    boxes_from_shapes,
-    current_plane,
-    label_changes,
-    next_label_id,
-    spatial_shape,
-)
-from napari_medsam.propagation import interpolate_boxes, propagate, segment_boxes
+from napari_medsam.core.boxes import BoxXYXY
+from napari_medsam.core.jobs import Job, relay
+from napari_medsam.core.propagation import SliceStep, interpolate_boxes, propagate, segment_boxes
+from napari_medsam.layers.labels import assign_label_ids, write_planes
+from napari_medsam.layers.prompt_layers import feature_ids, store_ids
+from napari_medsam.layers.prompts import BoxPrompt, Plane, boxes_from_shapes, current_plane, spatial_shape
+from napari_medsam.layers.requests import LayerInputs, RunSettings
+from napari_medsam.layers.segment import PredictorFor
 
 PROPAGATE, INTERPOLATE = "Propagate", "Interpolate"
 NEEDS_3D = "Propagate and Interpolate need a 3D image (this one is 2D)."
@@ -89,7 +86,7 @@ class VolumeObject:
 
     label_id: int
     key_mask: np.ndarray | None = None
-    key_boxes: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
+    key_boxes: dict[int, BoxXYXY] = field(default_factory=dict)
     box_rows: tuple[int, ...] = ()
 
 
@@ -98,15 +95,10 @@ class VolumeRequest:
     """Everything a Propagate or Interpolate run needs, read on the viewer's thread."""
 
     action: str
-    image: Any
-    labels: Any | None
-    boxes: Any | None
+    inputs: LayerInputs
+    settings: RunSettings
     stack: PlaneStack
     objects: list[VolumeObject]
-    window: tuple[float, float] | None
-    source: str
-    device: str
-    overwrite: bool
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,7 +125,7 @@ def propagation_objects(labels: Any, stack: PlaneStack) -> list[VolumeObject]:
 
 
 def interpolation_objects(
-    boxes: list[Box], box_ids: np.ndarray, stack: PlaneStack, this_slice_only: bool
+    boxes: list[BoxPrompt], box_ids: np.ndarray, stack: PlaneStack, this_slice_only: bool
 ) -> list[VolumeObject]:
     """Group the boxes by their ``label_id`` (0: one new object) into objects with key slices.
 
@@ -142,7 +134,7 @@ def interpolation_objects(
     into their common bounding box. New objects get label id 0 here.
     """
     others = tuple((a, i) for a, i in stack.plane.fixed if a != stack.axis)
-    groups: dict[int, dict[int, list[tuple[float, float, float, float]]]] = {}
+    groups: dict[int, dict[int, list[BoxXYXY]]] = {}
     rows: dict[int, list[int]] = {}
     for box in boxes:
         fixed = dict(box.plane.fixed)
@@ -172,12 +164,12 @@ def interpolation_objects(
 
 
 def read_volume_request(
-    action: str, inputs: LayerInputs, *, this_slice_only: bool, **settings: Any
+    action: str, inputs: LayerInputs, settings: RunSettings, options: dict[str, Any] | None = None
 ) -> VolumeRequest:
     """Read a Propagate or Interpolate request from the layers (viewer's thread).
 
-    ``settings`` are the request's ``window``, ``source``, ``device``, ``overwrite`` and
-    ``options``. Interpolated objects without a label id get new ones.
+    ``options`` go to :func:`~napari_medsam.core.propagation.propagate`. Interpolated objects
+    without a label id get new ones.
     """
     image, labels, boxes = inputs.image, inputs.labels, inputs.boxes
     stack = current_stack(image, inputs.world_point, inputs.dims_order)
@@ -188,46 +180,51 @@ def read_volume_request(
             raise ValueError("Interpolate needs boxes: pick a Shapes layer as 'boxes'.")
         box_prompts, _ = boxes_from_shapes(boxes, image, inputs.world_point, inputs.dims_order)
         box_ids = feature_ids(boxes)
-        objects = interpolation_objects(box_prompts, box_ids, stack, this_slice_only)
-        taken = [int(i) for i in np.concatenate([box_ids, feature_ids(inputs.clicks)]) if i > 0]
-        for obj in objects:
-            if obj.label_id == 0:
-                obj.label_id = next_label_id(np.zeros(1, np.uint16) if labels is None else labels.data, taken)
-                taken.append(obj.label_id)
+        objects = interpolation_objects(box_prompts, box_ids, stack, settings.this_slice_only)
+        ids = assign_label_ids(
+            [obj.label_id for obj in objects],
+            None if labels is None else labels.data,
+            np.concatenate([box_ids, feature_ids(inputs.clicks)]),
+        )
+        for obj, label_id in zip(objects, ids, strict=True):
+            obj.label_id = label_id
     else:
         raise ValueError(f"unknown volume action {action!r}")
-    return VolumeRequest(action, image, labels, boxes, stack, objects, **settings)
+    return VolumeRequest(action, inputs, settings, stack, objects, dict(options or {}))
 
 
-def volume_steps(request: VolumeRequest, predictor_for: Callable[[str, str], Any]) -> Job[VolumeOutcome]:
+def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[VolumeOutcome]:
     """Run every object of a volume request through the model; yields (done, total, message)."""
     depth = request.stack.shape[0]
     total = 1 + depth * len(request.objects)
-    yield 0, total, f"Loading {request.source}…"
-    predictor = predictor_for(request.source, request.device)
+    settings = request.settings
+    yield 0, total, f"Loading {settings.source}…"
+    predictor = predictor_for(settings.source, settings.device)
     masks, spans = [], []
     for k, obj in enumerate(request.objects):
         if request.action == PROPAGATE:
             steps = propagate(
                 predictor, request.stack, request.stack.index, key_mask=obj.key_mask,
-                window=request.window, **request.options,
+                window=settings.window, **request.options,
             )  # fmt: skip
         else:
             boxes = interpolate_boxes(obj.key_boxes)
-            steps = segment_boxes(predictor, request.stack, boxes, window=request.window)
-        visited = []
+            steps = segment_boxes(predictor, request.stack, boxes, window=settings.window)
+        visited: list[int] = []
         title = f"{request.action} object {k + 1} of {len(request.objects)} (label {obj.label_id}): "
-        while True:
-            try:
-                step = next(steps)
-            except StopIteration as stop:
-                masks.append(stop.value)
-                break
-            visited.append(step.slice_index)
-            yield 1 + k * depth + round(depth * step.done / max(step.total, 1)), total, title + step.message
+        progress = partial(_object_progress, visited, 1 + k * depth, depth, total, title)
+        masks.append((yield from relay(steps, progress)))
         spans.append((min(visited), max(visited)))
     yield total, total, "Writing labels…"
     return VolumeOutcome(masks, spans)
+
+
+def _object_progress(
+    visited: list[int], start: int, depth: int, total: int, title: str, step: SliceStep
+) -> tuple[int, int, str]:
+    """One object's slice step as the run's progress; records the slice visited."""
+    visited.append(step.slice_index)
+    return start + round(depth * step.done / max(step.total, 1)), total, title + step.message
 
 
 def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) -> tuple[list[int], list[str]]:
@@ -237,20 +234,15 @@ def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) ->
     other objects' voxels are kept unless ``request.overwrite``. The ids are then stored in the
     ``label_id`` feature of the key boxes (Interpolate).
     """
-    stack, written = request.stack, []
-    with labels.block_history():
-        for obj, mask, (first, last) in zip(request.objects, outcome.masks, outcome.spans, strict=True):
-            for z in range(first, last + 1):
-                plane = stack.plane_at(z)
-                changes, values = label_changes(
-                    plane.extract(labels.data), mask[z], obj.label_id, overwrite=request.overwrite
-                )
-                if len(values):
-                    labels.data_setitem(plane.indices(*changes), values, refresh=False)
-            if mask.any():
-                written.append(obj.label_id)
-    labels.refresh()
-    if request.boxes is not None:
-        store_ids(request.boxes, {row: obj.label_id for obj in request.objects for row in obj.box_rows})
+    stack = request.stack
+    writes = [
+        (stack.plane_at(z), obj.label_id, mask[z])
+        for obj, mask, (first, last) in zip(request.objects, outcome.masks, outcome.spans, strict=True)
+        for z in range(first, last + 1)
+    ]
+    written = write_planes(labels, writes, overwrite=request.settings.overwrite)
+    if request.inputs.boxes is not None:
+        rows = {row: obj.label_id for obj in request.objects for row in obj.box_rows}
+        store_ids(request.inputs.boxes, rows)
     empty = [obj.label_id for obj in request.objects if obj.label_id not in written]
     return written, [f"{request.action} found nothing for label(s) {empty}."] if empty else []

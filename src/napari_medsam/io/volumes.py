@@ -19,10 +19,11 @@ import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from napari_medsam.io.formats import READ_SUFFIXES, VOLUME_FORMATS, WRITE_SUFFIXES, stem_of, suffix_of
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GEOMETRY_KEY",
-    "READ_SUFFIXES",
-    "WRITE_SUFFIXES",
     "VolumeGeometry",
     "format_of",
     "is_dicom_file",
@@ -45,20 +44,6 @@ __all__ = [
 #: Key under which a layer's ``metadata`` holds ``VolumeGeometry.to_dict()``.
 GEOMETRY_KEY = "geometry"
 
-_FORMATS = {
-    ".nii.gz": "NIfTI",
-    ".nii": "NIfTI",
-    ".seg.nrrd": "NRRD",
-    ".nrrd": "NRRD",
-    ".nhdr": "NRRD",
-    ".mha": "MetaImage",
-    ".mhd": "MetaImage",
-    ".dcm": "DICOM",
-}
-#: File name endings :func:`read_volume` claims (folders of DICOM files are claimed too).
-READ_SUFFIXES: tuple[str, ...] = tuple(_FORMATS)
-#: File name endings :func:`write_labels` writes.
-WRITE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
 _DICOM_PROBE_FILES = 20  # files looked at before deciding a folder holds no DICOM
 
 
@@ -214,10 +199,9 @@ def format_of(path: str | os.PathLike) -> str | None:
     path = os.fspath(path)
     if os.path.isdir(path):
         return "DICOM" if is_dicom_folder(path) else None
-    name = os.path.basename(path).lower()
-    for suffix, fmt in _FORMATS.items():
-        if name.endswith(suffix):
-            return fmt
+    fmt = VOLUME_FORMATS.get(suffix_of(path))
+    if fmt is not None:
+        return fmt
     if os.path.isfile(path) and is_dicom_file(path):
         return "DICOM"
     return None
@@ -245,12 +229,7 @@ def is_dicom_folder(path: str | os.PathLike) -> bool:
 
 def volume_name(path: str | os.PathLike) -> str:
     """A layer name for ``path``: the file name without its (double) suffix."""
-    name = Path(path).name
-    lower = name.lower()
-    for suffix in READ_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)] or name
-    return name
+    return stem_of(path)
 
 
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry]:

@@ -26,16 +26,6 @@ SAM_PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 SAM_PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 INPUT_SIZE: dict[str, int] = {"medsam": 1024, "sam": 1024, "lite-medsam": 256}
 
-#: CT windows as (low, high) HU, from level/width: soft tissue 40/400 (MedSAM's training window),
-#: lung -600/1500, bone 400/1800, brain 40/80.
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "soft-tissue": (-160.0, 240.0),
-    "lung": (-1350.0, 150.0),
-    "bone": (-500.0, 1300.0),
-    "brain": (0.0, 80.0),
-}
-
-
 @dataclass(frozen=True)
 class InputGeometry:
     """How a slice of ``original`` (H, W) was placed in the square model input of ``input_size``."""
@@ -54,9 +44,9 @@ def check_image(image: object) -> np.ndarray:
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if np.iscomplexobj(array):
-        raise TypeError("image is complex-valued; pass a real image, e.g. np.abs(image)")
+        raise ValueError("image is complex-valued; pass a real image, e.g. np.abs(image)")
     if array.dtype.kind not in "uif":
-        raise TypeError(f"image has dtype {array.dtype}; pass a numeric (integer or float) array")
+        raise ValueError(f"image has dtype {array.dtype}; pass a numeric (integer or float) array")
     if array.size == 0:
         raise ValueError(f"image is empty (shape {array.shape})")
     if array.ndim == 3 and array.shape[-1] in (3, 4):
@@ -79,21 +69,6 @@ def check_image(image: object) -> np.ndarray:
             "e.g. np.nan_to_num(image, nan=image_min)"
         )
     return array
-
-
-def check_window(window: object) -> tuple[float, float] | None:
-    """Return ``window`` as ``(low, high)`` floats, or None."""
-    if window is None:
-        return None
-    try:
-        low, high = (float(v) for v in window)  # type: ignore[union-attr]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"window must be (low, high), got {window!r}") from err
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"window bounds must be finite, got {window!r}")
-    if low >= high:
-        raise ValueError(f"window low ({low:g}) must be below high ({high:g})")
-    return low, high
 
 
 def to_rgb_uint8(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:

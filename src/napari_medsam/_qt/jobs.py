@@ -1,35 +1,23 @@
-"""Run long computations off the viewer's thread: progress, cancel, notifications.
+"""Run jobs (``core.jobs``) off the viewer's thread: progress bar, Cancel, notifications.
 
-A *job* is a plain generator that yields ``(done, total, message)`` tuples and returns its
-result; it touches no napari layer (read what it needs before, write the result after).
-:func:`~napari_medsam.propagation.run_to_end` runs one synchronously (scripts, tests);
-:class:`JobRunner` runs one under ``napari.qt.threading`` with a progress bar and a Cancel button.
+Errors a user can fix (``core.jobs.user_message``) are shown with their message; any other
+error is a bug: it is logged with its traceback and shown as "internal error, see the log",
+and the viewer keeps running.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from magicgui.widgets import Label, ProgressBar, PushButton
 from psygnal import Signal
 
+from napari_medsam.core.jobs import Job, Progress, user_message
+
 T = TypeVar("T")
-Progress = tuple[int, int, str]
-Job = Generator[Progress, None, T]
-
 logger = logging.getLogger(__name__)
-
-#: Errors a user can fix: shown as their message alone.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    MemoryError,
-    RuntimeError,
-)
-
 
 class JobError(Exception):
     """Carries an exception out of a worker thread.
@@ -50,12 +38,6 @@ def _drive(job: Job[T]) -> Job[T]:
     except Exception as err:
         raise JobError(err) from err
 
-
-def describe_error(error: BaseException) -> str:
-    """Message for a notification: the text of errors users can fix, the type otherwise."""
-    if isinstance(error, USER_ERRORS) and str(error):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
 
 
 class JobRunner:
@@ -137,9 +119,11 @@ class JobRunner:
 
     def _fail(self, error: BaseException) -> None:
         self._outcome = "failed"
-        if not isinstance(error, USER_ERRORS):
-            logger.error("%s failed", self._title, exc_info=error)
-        message = f"{self._title} failed: {describe_error(error)}"
+        shown = user_message(error)
+        if shown is None:
+            logger.error("%s failed with an internal error", self._title, exc_info=error)
+            shown = f"internal error ({type(error).__name__}), see the log"
+        message = f"{self._title} failed: {shown}"
         self._status.value = message
         self._notify("error", message)
 

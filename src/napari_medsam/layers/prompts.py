@@ -1,4 +1,4 @@
-"""napari prompt layers -> per-slice model prompts, and how masks are written into labels.
+"""napari prompt layers -> per-slice model prompts: the one home of the coordinate conversions.
 
 Qt-free and napari-free: layers are used through their public methods only (``data``,
 ``features``, ``data_to_world``, ``world_to_data``), so plain stand-ins work too.
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from napari_medsam.core.boxes import BoxXYXY
 
 #: Half a pixel: prompt vertices further than this off a slice lie outside it.
 _SLICE_TOLERANCE = 0.5
@@ -68,16 +70,16 @@ class Plane:
 
 
 @dataclass(frozen=True)
-class Box:
+class BoxPrompt:
     """A box prompt on one plane, ``box_xyxy`` in pixels of that plane."""
 
     plane: Plane
-    box_xyxy: tuple[float, float, float, float]
+    box_xyxy: BoxXYXY
     source_index: int
 
 
 @dataclass(frozen=True)
-class Click:
+class ClickPrompt:
     """A click prompt on one plane, ``xy`` in pixels of that plane."""
 
     plane: Plane
@@ -91,7 +93,7 @@ class ObjectPrompt:
     """Everything the model gets for one object on one plane."""
 
     plane: Plane
-    box_xyxy: tuple[float, float, float, float] | None = None
+    box_xyxy: BoxXYXY | None = None
     points_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     box_index: int | None = None
@@ -189,7 +191,7 @@ def boxes_from_shapes(
     image_layer: Any,
     world_point: Sequence[float],
     dims_order: Sequence[int],
-) -> tuple[list[Box], list[str]]:
+) -> tuple[list[BoxPrompt], list[str]]:
     """Bounding boxes of every shape, per plane, in image pixels; plus problems found.
 
     Each shape's vertices are mapped into the image; its bounding box on the displayed axes,
@@ -199,7 +201,7 @@ def boxes_from_shapes(
     row, col = plane_axes(dims_order, len(world_point), image_layer.ndim)
     shape = spatial_shape(image_layer)
     height, width = shape[row], shape[col]
-    boxes: list[Box] = []
+    boxes: list[BoxPrompt] = []
     problems: list[str] = []
     for k, verts in enumerate(shapes_layer.data):
         img = layer_to_image(shapes_layer, verts, image_layer, world_point)
@@ -216,7 +218,7 @@ def boxes_from_shapes(
         if x1 - x0 < 1 or y1 - y0 < 1:
             problems.append(f"box {k} skipped: it is less than one pixel wide or high")
             continue
-        boxes.append(Box(plane, (x0, y0, x1, y1), k))
+        boxes.append(BoxPrompt(plane, (x0, y0, x1, y1), k))
     return boxes, problems
 
 
@@ -226,7 +228,7 @@ def clicks_from_points(
     world_point: Sequence[float],
     dims_order: Sequence[int],
     positive_feature: str = "positive",
-) -> tuple[list[Click], list[str]]:
+) -> tuple[list[ClickPrompt], list[str]]:
     """Every point as a click on its plane, in image pixels; plus problems found.
 
     Polarity comes from the boolean feature ``positive_feature`` (all positive without it).
@@ -239,7 +241,7 @@ def clicks_from_points(
         positive = np.asarray(features[positive_feature], dtype=bool)
     else:
         positive = np.ones(len(data), dtype=bool)
-    clicks: list[Click] = []
+    clicks: list[ClickPrompt] = []
     problems: list[str] = []
     if len(data) == 0:
         return clicks, problems
@@ -252,19 +254,19 @@ def clicks_from_points(
             continue
         r, c = np.clip(r, 0, shape[row] - 1), np.clip(c, 0, shape[col] - 1)
         x, y = rowcol_to_xy(np.array([r, c]))
-        clicks.append(Click(plane, (float(x), float(y)), bool(positive[k]), k))
+        clicks.append(ClickPrompt(plane, (float(x), float(y)), bool(positive[k]), k))
     return clicks, problems
 
 
-def _inside(xy: tuple[float, float], box: tuple[float, float, float, float]) -> bool:
+def _inside(xy: tuple[float, float], box: BoxXYXY) -> bool:
     return box[0] - 0.5 <= xy[0] <= box[2] + 0.5 and box[1] - 0.5 <= xy[1] <= box[3] + 0.5
 
 
-def _area(box: tuple[float, float, float, float]) -> float:
+def _area(box: BoxXYXY) -> float:
     return (box[2] - box[0]) * (box[3] - box[1])
 
 
-def group_prompts(boxes: Iterable[Box], clicks: Iterable[Click]) -> list[ObjectPrompt]:
+def group_prompts(boxes: Iterable[BoxPrompt], clicks: Iterable[ClickPrompt]) -> list[ObjectPrompt]:
     """One object per box; a click joins the smallest box around it on its plane.
 
     Clicks outside every box of their plane form one click-only object for that plane.
@@ -275,7 +277,7 @@ def group_prompts(boxes: Iterable[Box], clicks: Iterable[Click]) -> list[ObjectP
         objects.setdefault(b.plane, []).append(
             ObjectPrompt(b.plane, box_xyxy=b.box_xyxy, box_index=b.source_index)
         )
-    members: dict[tuple[Plane, int], list[Click]] = {}
+    members: dict[tuple[Plane, int], list[ClickPrompt]] = {}
     for c in clicks:
         on_plane = objects.setdefault(c.plane, [])
         hosts = [i for i, o in enumerate(on_plane) if o.box_xyxy and _inside(c.xy, o.box_xyxy)]
@@ -292,50 +294,3 @@ def group_prompts(boxes: Iterable[Box], clicks: Iterable[Click]) -> list[ObjectP
         obj.point_labels = np.array([int(c.positive) for c in cs], dtype=np.int64)
         obj.point_indices = tuple(c.source_index for c in cs)
     return [obj for plane in sorted(objects) for obj in objects[plane]]
-
-
-# --------------------------------------------------------------------------- labels policy
-
-
-def next_label_id(labels_data: Any, taken: Iterable[int] = ()) -> int:
-    """Smallest id above every id in ``labels_data`` and in ``taken``."""
-    arr = np.asarray(labels_data)
-    top = max([int(arr.max()) if arr.size else 0, *(int(t) for t in taken)])
-    new = top + 1
-    if np.issubdtype(arr.dtype, np.integer) and new > np.iinfo(arr.dtype).max:
-        raise ValueError(f"no free label id left in a {arr.dtype} labels layer; use a wider dtype")
-    return new
-
-
-def label_changes(
-    current: np.ndarray, mask: np.ndarray, label_id: int, *, overwrite: bool = False
-) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Pixels of a labels plane to change so ``mask`` becomes object ``label_id``.
-
-    Policy: the object's earlier pixels on this plane that the new mask no longer covers are
-    cleared to 0 (re-segmenting replaces, it does not accumulate); mask pixels are painted
-    ``label_id`` where the plane is background or already ``label_id``, and over other labels
-    only when ``overwrite`` is true. Returns ``(index arrays, new values)`` of changed pixels.
-    """
-    current = np.asarray(current)
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != current.shape:
-        raise ValueError(f"mask shape {mask.shape} does not match labels {current.shape}")
-    if label_id <= 0:
-        raise ValueError(f"label id must be positive, got {label_id}")
-    new = current.copy()
-    new[(current == label_id) & ~mask] = 0
-    writable = mask if overwrite else mask & ((current == 0) | (current == label_id))
-    new[writable] = label_id
-    changed = new != current
-    return np.nonzero(changed), new[changed]
-
-
-def paint_mask(labels: np.ndarray, mask: np.ndarray, label_id: int, *, overwrite: bool = False) -> int:
-    """Write ``mask`` into the 2D array ``labels`` in place by the :func:`label_changes` policy.
-
-    Returns the number of pixels changed.
-    """
-    idx, values = label_changes(labels, mask, label_id, overwrite=overwrite)
-    labels[idx] = values
-    return len(values)

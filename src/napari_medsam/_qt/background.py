@@ -6,7 +6,7 @@ change) as one ``CHANGED`` when the drag ends. Only ``ADDED`` and ``CHANGED`` co
 still being dragged out never runs the model, and a short quiet time merges a burst of events
 into one run.
 
-Prefetch. While the user looks at a slice, a :class:`~napari_medsam.propagation.Prefetcher`
+Prefetch. While the user looks at a slice, a :class:`~napari_medsam.core.propagation.Prefetcher`
 encodes it and its neighbours with the widget's predictor, so that drawing a box there needs
 only the decoder. Requests wait for a quiet time too, so scrolling through slices or dragging
 the contrast slider does not start the encoder on every step.
@@ -19,8 +19,8 @@ from typing import Any
 
 from napari.layers.base import ActionType
 
-from napari_medsam._widget_qt import Debouncer
-from napari_medsam.propagation import Prefetcher
+from napari_medsam._qt.watchers import Debouncer
+from napari_medsam.core.prefetch import Prefetcher
 
 KINDS = ("boxes", "clicks")
 #: Quiet time (ms) after the last drawing event before the run starts.

@@ -1,31 +1,20 @@
-"""Prompt and output layers for the MedSAM widget: creation, click polarity, label-id features."""
+"""The widget's prompt and output layers: creation, click polarity, the ``label_id`` feature."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from napari_medsam.prompts import spatial_shape
+from napari_medsam.layers.prompts import spatial_shape
 
 #: Boolean feature of the clicks layer: True = foreground (positive) click.
 POSITIVE = "positive"
 #: Integer feature of the boxes (and clicks) layer: the label id written for the object (0 = new).
 LABEL_ID = "label_id"
 POSITIVE_COLORS = {True: "lime", False: "magenta"}
-
-
-@dataclass(frozen=True)
-class LayerInputs:
-    """What a run reads from the viewer (on its thread): the layers picked and the slice shown."""
-
-    image: Any
-    labels: Any | None
-    boxes: Any | None
-    clicks: Any | None
-    world_point: tuple[float, ...]
-    dims_order: tuple[int, ...]
+#: What the widget's layers are called after their image: ``"<image> boxes"`` and so on.
+LAYER_SUFFIXES = {"boxes": "boxes", "clicks": "clicks", "labels": "MedSAM"}
 
 
 def image_transforms(image: Any) -> dict[str, Any]:
@@ -45,7 +34,7 @@ def add_boxes_layer(viewer: Any, image: Any) -> Any:
     size = min(spatial_shape(image)[-2:])
     return viewer.add_shapes(
         ndim=image.ndim,
-        name=f"{image.name} boxes",
+        name=f"{image.name} {LAYER_SUFFIXES['boxes']}",
         features={LABEL_ID: np.zeros(0, dtype=int)},
         feature_defaults={LABEL_ID: 0},
         edge_color="yellow",
@@ -61,7 +50,7 @@ def add_clicks_layer(viewer: Any, image: Any, positive: bool = True) -> Any:
     size = min(spatial_shape(image)[-2:])
     return viewer.add_points(
         np.zeros((0, image.ndim)),
-        name=f"{image.name} clicks",
+        name=f"{image.name} {LAYER_SUFFIXES['clicks']}",
         features={POSITIVE: np.zeros(0, dtype=bool), LABEL_ID: np.zeros(0, dtype=int)},
         feature_defaults={POSITIVE: positive, LABEL_ID: 0},
         face_color=POSITIVE,
@@ -75,7 +64,9 @@ def add_clicks_layer(viewer: Any, image: Any, positive: bool = True) -> Any:
 def add_labels_layer(viewer: Any, image: Any, shape: tuple[int, ...]) -> Any:
     """An empty uint16 Labels layer over the image."""
     return viewer.add_labels(
-        np.zeros(shape, dtype=np.uint16), name=f"{image.name} MedSAM", **image_transforms(image)
+        np.zeros(shape, dtype=np.uint16),
+        name=f"{image.name} {LAYER_SUFFIXES['labels']}",
+        **image_transforms(image),
     )
 
 
@@ -197,3 +188,31 @@ class ClickPolarity:
     def _on_checkbox(self, positive: bool) -> None:
         if self.layer is not None:
             set_click_default(self.layer, bool(positive))
+
+
+def fits_image(layer: Any, image: Any) -> bool:
+    """Whether ``layer`` could belong to ``image``: the same dimensions and its data in the image.
+
+    A Labels layer must have the image's spatial shape and transform. A Shapes or Points layer
+    (whose own extent is only the bounding box of its data) must have the image's number of
+    dimensions and every vertex inside the image's world extent; an empty one fits.
+    """
+    if layer.ndim != image.ndim:
+        return False
+    from napari.layers import Labels
+
+    if isinstance(layer, Labels):
+        same_transform = np.allclose(layer.affine.affine_matrix, image.affine.affine_matrix) and all(
+            np.allclose(getattr(layer, name), getattr(image, name)) for name in ("scale", "translate")
+        )
+        return tuple(layer.data.shape) == spatial_shape(image) and same_transform
+    vertices = layer.data if isinstance(layer.data, np.ndarray) else [np.asarray(v) for v in layer.data]
+    points = (
+        np.concatenate([np.atleast_2d(v) for v in vertices]) if len(vertices) else np.zeros((0, layer.ndim))
+    )
+    if len(points) == 0:
+        return True
+    world = np.array([layer.data_to_world(p) for p in points])
+    inside = np.array([image.world_to_data(w) for w in world])
+    shape = np.asarray(spatial_shape(image))
+    return bool(((inside >= -0.5) & (inside <= shape - 0.5)).all())

@@ -7,32 +7,51 @@ Qt-free and napari-free. Mirrors segment-anything's ``SamPredictor`` (``set_imag
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from napari_medsam.cache import EmbeddingCache, EmbeddingKey, data_signature
-from napari_medsam.preprocessing import (
+from napari_medsam.core.boxes import check_box
+from napari_medsam.core.cache import EmbeddingCache, EmbeddingKey, data_signature
+from napari_medsam.core.preprocessing import (
     PREPROCESSING_VERSION,
     InputGeometry,
     check_image,
-    check_window,
     masks_from_logits,
     model_input,
     scale_box,
     scale_points,
     to_rgb_uint8,
 )
+from napari_medsam.core.windows import check_window
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import torch
 
     from napari_medsam.models import Family, LoadedModel
 
 LOW_RES_SIZE = 256
+
+
+class SlicePredictor(Protocol):
+    """What propagation, prefetching and the widget need of a predictor (``MedSamPredictor`` or a spy)."""
+
+    family: str
+
+    def set_image(self, image: np.ndarray, window: Sequence[float] | None = None) -> None: ...
+
+    def predict(
+        self,
+        box: Any = None,
+        points: Any = None,
+        point_labels: Any = None,
+        mask_input: Any = None,
+        multimask: bool = False,
+    ) -> Any: ...
+
+    def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -197,29 +216,6 @@ class MedSamPredictor:
                 score=float(scores[best]),
                 logits=low_res[best].cpu().numpy().astype(np.float32),
             )
-
-
-def check_box(box: object, width: int, height: int) -> np.ndarray:
-    """Validate an (x0, y0, x1, y1) box and clip it to the image; raise ValueError if unusable."""
-    try:
-        values = np.asarray(box, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), got {box!r}") from err
-    if values.shape != (4,):
-        raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), got shape {values.shape}")
-    if not np.isfinite(values).all():
-        raise ValueError(f"box contains NaN or infinite values: {values.tolist()}")
-    x0, y0, x1, y1 = values
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box {values.tolist()} is empty or inverted: it needs x1 > x0 and y1 > y0")
-    if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
-        raise ValueError(
-            f"box {values.tolist()} lies wholly outside the image (width {width}, height {height})"
-        )
-    clipped = np.clip(values, 0, [width - 1, height - 1, width - 1, height - 1])
-    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        raise ValueError(f"box {values.tolist()} has no area inside the image")
-    return clipped
 
 
 def check_points(

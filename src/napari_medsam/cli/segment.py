@@ -1,0 +1,118 @@
+"""``napari-medsam segment``: boxes and clicks on an image or a volume slice, optionally propagated."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_medsam.cli.common import add_model_options, add_window_options, window_for
+from napari_medsam.io.files import read_image, write_mask
+from napari_medsam.io.formats import WRITE_SUFFIXES, suffix_of
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the ``segment`` subcommand."""
+    segment = commands.add_parser("segment", help="segment objects in an image or a volume slice")
+    segment.add_argument(
+        "image", help="image (.npy .tif .png .jpg) or volume (.nii(.gz) .nrrd .mha .dcm, DICOM folder)"
+    )
+    segment.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        action="append",
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="box in pixels (x = column, y = row); repeat for several objects",
+    )
+    segment.add_argument(
+        "--point",
+        nargs=3,
+        type=float,
+        action="append",
+        metavar=("X", "Y", "LABEL"),
+        help="click in pixels, LABEL 1 = foreground, 0 = background; repeatable",
+    )
+    segment.add_argument("--slice", type=int, help="slice index for volumes")
+    segment.add_argument("--axis", type=int, default=0, help="slice axis for volumes (default 0)")
+    add_window_options(segment)
+    segment.add_argument(
+        "--family", choices=["medsam", "sam", "lite-medsam"], help="override the model family"
+    )
+    segment.add_argument("--propagate", action="store_true", help="propagate the object through the volume")
+    segment.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="mask file: .png .tif .npy, or .nii.gz .nrrd .mha (volume geometry kept)",
+    )
+    add_model_options(segment)
+    segment.set_defaults(func=run_segment)
+
+
+def _slice_of(image: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, bool]:
+    """The 2D slice to segment and whether the input is a volume."""
+    is_rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+    if image.ndim == 2 or is_rgb:
+        if args.slice is not None:
+            raise ValueError(f"--slice given but the image is 2D (shape {image.shape})")
+        return image, False
+    if image.ndim != 3:
+        raise ValueError(f"expected a 2D image or a 3D volume, got shape {image.shape}")
+    if args.slice is None:
+        raise ValueError(f"the input is a volume of shape {image.shape}; pass --slice Z")
+    depth = image.shape[args.axis]
+    if not 0 <= args.slice < depth:
+        raise ValueError(
+            f"--slice {args.slice} is outside the volume (0..{depth - 1} along axis {args.axis})"
+        )
+    return np.take(image, args.slice, axis=args.axis), True
+
+
+def _points(args: argparse.Namespace) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if not args.point:
+        return None, None
+    values = np.asarray(args.point, dtype=np.float64)
+    if not np.isin(values[:, 2], (0, 1)).all():
+        raise ValueError("--point LABEL must be 1 (foreground) or 0 (background)")
+    return values[:, :2], values[:, 2].astype(np.int64)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """Segment the boxes (and clicks) on one slice; with ``--propagate`` through the volume."""
+    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.core.propagation import label_objects, stack_labels
+
+    image, geometry = read_image(Path(args.image))
+    image = np.asarray(image)
+    plane, is_volume = _slice_of(image, args)
+    points, labels = _points(args)
+    if not args.box and points is None:
+        raise ValueError("give at least one --box X0 Y0 X1 Y1 or --point X Y LABEL")
+    if args.propagate and not is_volume:
+        raise ValueError("--propagate needs a volume and --slice Z")
+    choice = window_for(args, image if is_volume else plane, geometry, rgb=plane.ndim == 3)
+    print(f"window: {choice.describe()}")
+    predictor = MedSamPredictor.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, family=args.family
+    )
+    start = time.perf_counter()
+    predictor.set_image(plane, window=choice.window)
+    boxes = args.box or [None]
+    key_masks = [predictor.predict(box=box, points=points, point_labels=labels).mask for box in boxes]
+    if is_volume and (args.propagate or suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")):
+        output = label_objects(
+            predictor, image, args.slice, key_masks, propagate_objects=args.propagate, axis=args.axis,
+            window=choice.window,
+        )  # fmt: skip
+    else:
+        output = stack_labels(key_masks, plane.shape[:2])
+    write_mask(Path(args.output), output, geometry)
+    elapsed = time.perf_counter() - start
+    print(
+        f"{args.output}: {int(np.count_nonzero(output))} voxels in {int(output.max())} object(s), "
+        f"{predictor.family} on {predictor.model.device}, {elapsed:.2f} s"
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""Qt-free and napari-free core: predictor, embedding cache, preprocessing, windows, jobs, propagation."""

@@ -1,0 +1,141 @@
+"""Background encoding of the slices around the one on screen, so a box there costs only the decoder."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_medsam.core.predictor import SlicePredictor
+from napari_medsam.core.slicing import check_axis, take_slice
+
+logger = logging.getLogger(__name__)
+
+
+class Prefetcher:
+    """Encode the slices around the one on screen in a background thread.
+
+    ``request(volume, z)`` queues slice ``z`` and then ``z +- 1 .. radius`` (nearest first)
+    for ``predictor.precompute``, replacing whatever was queued before: at most ``2 * radius + 1``
+    slices are pending at any time. A new request, :meth:`cancel`, or :meth:`set_predictor`
+    (a model change) drops queued work; a slice already in the encoder finishes, and its embedding
+    simply stays in the predictor's cache. The cache must hold ``2 * radius + 1`` embeddings.
+    """
+
+    def __init__(self, predictor: SlicePredictor | None = None, radius: int = 2) -> None:
+        if radius < 0:
+            raise ValueError(f"radius must be >= 0, got {radius}")
+        self.radius = int(radius)
+        self._predictor = predictor
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[int, SlicePredictor, Any, int, int, Any]] = deque()
+        self._generation = 0
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        #: Slices this prefetcher had encoded (precompute returned True), and failures seen.
+        self.encoded = 0
+        self.errors = 0
+
+    @property
+    def predictor(self) -> SlicePredictor | None:
+        """The predictor whose cache is filled."""
+        return self._predictor
+
+    def set_predictor(self, predictor: SlicePredictor | None) -> None:
+        """Switch to another predictor (a model change): queued work is dropped."""
+        with self._cond:
+            self._predictor = predictor
+            self._drop_queue()
+
+    def request(
+        self,
+        volume: Any,
+        center: int,
+        axis: int = 0,
+        window: Sequence[float] | None = None,
+    ) -> None:
+        """Queue ``center`` and its neighbours along ``axis``; earlier requests are dropped."""
+        shape = tuple(np.shape(volume))
+        axis = check_axis(axis, len(shape))
+        depth = shape[axis]
+        order = [int(center)]
+        for offset in range(1, self.radius + 1):
+            order += [int(center) + offset, int(center) - offset]
+        window = None if window is None else (float(window[0]), float(window[1]))
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this Prefetcher is closed")
+            self._drop_queue()
+            if self._predictor is None:
+                return
+            for z in order:
+                if 0 <= z < depth:
+                    self._queue.append(
+                        (self._generation, self._predictor, volume, axis, z, window)
+                    )
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """Drop queued slices (e.g. when the image layer changes or is removed)."""
+        with self._cond:
+            self._drop_queue()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until nothing is queued or encoding; False if ``timeout`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    @property
+    def pending(self) -> int:
+        """Number of slices queued (not counting one being encoded)."""
+        with self._cond:
+            return len(self._queue)
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Drop queued work and stop the thread (waits for a slice being encoded)."""
+        with self._cond:
+            self._closed = True
+            self._drop_queue()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _drop_queue(self) -> None:
+        self._generation += 1
+        self._queue.clear()
+        self._cond.notify_all()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="napari-medsam-prefetch", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or bool(self._queue))
+                if self._closed:
+                    return
+                generation, predictor, volume, axis, z, window = self._queue.popleft()
+                self._busy = True
+            try:
+                if generation == self._generation:
+                    image = take_slice(volume, z, axis)
+                    if generation == self._generation and predictor.precompute(image, window):
+                        self.encoded += 1
+            except Exception:  # never let a background failure kill the thread
+                self.errors += 1
+                logger.exception("prefetching slice %d failed", z)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()

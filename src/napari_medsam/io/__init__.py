@@ -1,0 +1,1 @@
+"""Files in and out: medical volumes with their geometry, plain images, the one table of formats."""

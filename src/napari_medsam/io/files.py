@@ -1,0 +1,69 @@
+"""Images and masks by file name: plain images (no geometry) and medical volumes (with geometry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from napari_medsam.io.formats import (
+    PLAIN_READ_SUFFIXES,
+    PLAIN_WRITE_SUFFIXES,
+    READ_SUFFIXES,
+    WRITE_SUFFIXES,
+    suffix_of,
+)
+from napari_medsam.io.volumes import VolumeGeometry
+
+
+def read_image(path: Path) -> tuple[np.ndarray, VolumeGeometry | None]:
+    """Read a 2D image or a volume; returns (array, geometry or None)."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    suffix = suffix_of(path)
+    if path.is_dir() or suffix in READ_SUFFIXES:
+        from napari_medsam.io.volumes import read_volume
+
+        return read_volume(path)
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False), None
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path), None
+    if suffix in PLAIN_READ_SUFFIXES:
+        from skimage.io import imread
+
+        return imread(path), None
+    raise ValueError(
+        f"cannot read {path.name}: use {', '.join(PLAIN_READ_SUFFIXES + READ_SUFFIXES)} or a DICOM folder"
+    )
+
+
+def write_mask(path: Path, labels: np.ndarray, geometry: VolumeGeometry | None) -> None:
+    """Write labels in the format the extension names (PNG: 0/255 for one object, else label ids)."""
+    suffix = suffix_of(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix in WRITE_SUFFIXES:
+        from napari_medsam.io.volumes import write_labels
+
+        write_labels(path, labels, geometry)
+    elif suffix == ".npy":
+        np.save(path, labels)
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(path, labels)
+    elif suffix in (".png", ".bmp"):
+        from skimage.io import imsave
+
+        if labels.ndim != 2:
+            raise ValueError(
+                f"{path.name}: a {labels.ndim}D result needs a volume format (.nii.gz, .nrrd, .tif, .npy)"
+            )
+        if labels.max() > 255:
+            raise ValueError(f"{path.name}: more than 255 labels; use .tif or .npy")
+        image = (labels > 0).astype(np.uint8) * 255 if labels.max() <= 1 else labels.astype(np.uint8)
+        imsave(path, image, check_contrast=False)
+    else:
+        raise ValueError(f"cannot write {path.name}: use {', '.join(PLAIN_WRITE_SUFFIXES + WRITE_SUFFIXES)}")
