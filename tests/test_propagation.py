@@ -13,8 +13,8 @@ from napari_medsam.core.jobs import relay, run_to_end
 from napari_medsam.core.propagation import (
     PREVIOUS_LOGITS_DEFAULT,
     interpolate_boxes,
-    propagate,
     label_objects,
+    propagate,
     segment_boxes,
 )
 
