@@ -264,7 +264,8 @@ def test_label_objects_numbers_objects_in_order_and_propagates_each_alone():
     np.testing.assert_array_equal(alone == 1, truth)  # the same mask as with the other object
     key_only = label_objects(ThresholdPredictor(), volume, 10, [truth[10]], propagate_objects=False)
     np.testing.assert_array_equal(key_only[10] == 1, truth[10])
-    assert not key_only[:10].any() and not key_only[11:].any()
+    assert not key_only[:10].any()
+    assert not key_only[11:].any()
 
 
 def test_interpolate_boxes_is_linear_between_key_slices():
