@@ -10,6 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from realdata import dice, iou
+
+__all__ = ["dice", "iou"]  # shared by the tests
+
 # Never reach for the network in tests: hub look-ups fail at once instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -104,13 +108,6 @@ def make_phantom(height: int = 192, width: int = 256, seed: int = 0):
     from napari_medsam.core.phantoms import ct_phantom_slice
 
     return ct_phantom_slice(height, width, seed)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import dice
 from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.models import LoadedModel
 from napari_medsam.models import lite_medsam as lm
@@ -94,11 +95,6 @@ def lite_medsam_reference(model: LoadedModel, slice_u8: np.ndarray, box_xyxy) ->
     logits = logits[:, :new_h, :new_w]
     logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)
     return (torch.sigmoid(logits[0, 0]) > 0.5).numpy()
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
 
 
 # ----------------------------------------------------------------------------------- tests

@@ -8,14 +8,9 @@ import torch
 import torch.nn.functional as F
 from skimage.transform import resize
 
-from conftest import dice, make_phantom
+from conftest import dice, iou, make_phantom
 from napari_medsam import MedSamPredictor
 from napari_medsam.models.loading import load_model
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:

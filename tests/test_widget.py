@@ -72,8 +72,13 @@ def test_segment_box_writes_labels_and_ids(setup, spy):
     expected[2, 5:21, 10:31] = 1
     np.testing.assert_array_equal(labels.data, expected)
     assert setup.boxes.features["label_id"].tolist() == [1]
-    # the spy saw the slice and the (x, y) box; window = the image's contrast limits
-    assert spy.images == [((40, 64), tuple(setup.image.contrast_limits))]
+    # the spy saw the slice and the (x, y) box; window: MedSAM's training window for this
+    # non-CT image, the 0.5-99.5 percentiles of its non-zero voxels
+    data = setup.image.data
+    assert spy.images == [((40, 64), tuple(np.percentile(data[data != 0], [0.5, 99.5])))]
+    w.window = "layer contrast limits"
+    w.segment()
+    assert spy.images[-1] == ((40, 64), tuple(setup.image.contrast_limits))
     assert spy.prompts[0]["box"] == (10.0, 5.0, 30.0, 20.0)
 
 

@@ -6,8 +6,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pro
 
 from napari_medsam._qt.options import (
     ALL_SLICES,
+    AUTO_WINDOW,
     DEVICES,
-    LAYER_WINDOW,
     MODELS,
     THIS_SLICE,
     TOGGLE_KEY,
@@ -26,7 +26,7 @@ class Controls:
         self.model = ComboBox(label="model", choices=MODELS, value=model)
         self.weights = FileEdit(label="weights", mode="r", visible=False)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        self.window = ComboBox(label="window", choices=list(WINDOWS), value=LAYER_WINDOW)
+        self.window = ComboBox(label="window", choices=list(WINDOWS), value=AUTO_WINDOW)
         self.scope = ComboBox(label="segment", choices=[THIS_SLICE, ALL_SLICES], value=THIS_SLICE)
         self.overwrite = CheckBox(value=False, text="overwrite other labels")
         self.prefetch = CheckBox(value=True, text="encode neighbouring slices ahead")

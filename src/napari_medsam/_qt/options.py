@@ -18,9 +18,12 @@ MODELS = [
     ("Custom weights…", CUSTOM),
 ]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
+AUTO_WINDOW = "auto (MedSAM training window)"
 LAYER_WINDOW = "layer contrast limits"
-#: The window menu: the layer's contrast limits, each slice's min..max, then the CT presets.
+#: The window menu: MedSAM's training window for the image (the default), the layer's contrast
+#: limits, each slice's min..max, then the CT presets.
 WINDOWS: dict[str, tuple[float, float] | None] = {
+    AUTO_WINDOW: None,  # replaced by core.windows.training_window of the image
     LAYER_WINDOW: None,  # replaced by the image layer's contrast limits
     "slice min..max": None,
     **{PRESET_TITLES[name]: window for name, window in WINDOW_PRESETS.items()},

@@ -25,6 +25,7 @@ from napari_medsam._qt.controls import Controls
 from napari_medsam._qt.jobs import JobRunner
 from napari_medsam._qt.options import (
     ALL_SLICES,
+    AUTO_WINDOW,
     CHOOSE_WEIGHTS,
     CUSTOM,
     DEVICES,
@@ -45,7 +46,7 @@ from napari_medsam.core.model_slot import ModelSlot, PredictorFactory, load_pred
 from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
-from napari_medsam.layers.prompt_layers import ClickPolarity
+from napari_medsam.layers.prompt_layers import ClickPolarity, image_training_window
 from napari_medsam.layers.prompts import spatial_shape
 from napari_medsam.layers.requests import LayerInputs, RunSettings, run_problem
 
@@ -159,6 +160,8 @@ class MedSamWidget(Container):
         """The (low, high) window the 'window' option gives for ``image`` (None: slice min..max)."""
         if image.rgb:
             return None
+        if self.controls.window.value == AUTO_WINDOW:
+            return image_training_window(image).window
         if self.controls.window.value == LAYER_WINDOW:
             low, high = (float(v) for v in image.contrast_limits)
             return low, high

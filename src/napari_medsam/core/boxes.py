@@ -48,6 +48,11 @@ def expand_box(
     )
 
 
+def box_union(a: Sequence[float], b: Sequence[float]) -> BoxXYXY:
+    """The smallest box holding boxes ``a`` and ``b``."""
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
 def check_box(box: object, width: int, height: int) -> np.ndarray:
     """Validate an (x0, y0, x1, y1) box and clip it to the image; raise ValueError if unusable."""
     try:

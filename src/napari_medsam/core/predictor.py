@@ -204,9 +204,7 @@ class MedSamPredictor:
             from napari_medsam.models.fast_decoder import decode
 
             # SamModel's prompt encoder + mask decoder, without per-prompt repeats (fast_decoder)
-            pred_masks, iou_scores = decode(
-                self.model.sam, embedding, multimask_output=multimask, **inputs
-            )
+            pred_masks, iou_scores = decode(self.model.sam, embedding, multimask_output=multimask, **inputs)
             low_res = pred_masks[0, 0].float()
             scores = iou_scores[0, 0].float()
             best = int(torch.argmax(scores)) if multimask else 0

@@ -75,9 +75,7 @@ class Prefetcher:
                 return
             for z in order:
                 if 0 <= z < depth:
-                    self._queue.append(
-                        (self._generation, self._predictor, volume, axis, z, window)
-                    )
+                    self._queue.append((self._generation, self._predictor, volume, axis, z, window))
             self._ensure_thread()
             self._cond.notify_all()
 
@@ -114,9 +112,7 @@ class Prefetcher:
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._run, name="napari-medsam-prefetch", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="napari-medsam-prefetch", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.boxes import BoxXYXY, expand_box, mask_box, normalise_box
+from napari_medsam.core.boxes import BoxXYXY, box_union, expand_box, mask_box, normalise_box
 from napari_medsam.core.jobs import run_to_end
 from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.core.slicing import check_axis, take_slice
+from napari_medsam.core.windows import AUTO, WindowArg, resolve_window
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 #: family. MedSAM and LiteMedSAM were trained on boxes only. SAM is untested here (no SAM weights
 #: offline), so it stays off until measured.
 PREVIOUS_LOGITS_DEFAULT: dict[str, bool] = {"medsam": False, "lite-medsam": False, "sam": False}
+#: The default pixel margin of a propagated box, as a fraction of the slice's longer side.
+MARGIN_OF_LONGER_SIDE = 0.025
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,10 @@ def propagate(
     key_mask: np.ndarray | None = None,
     *,
     axis: int = 0,
-    window: Sequence[float] | None = None,
-    expand: float = 0.1,
-    expand_pixels: float = 2.0,
-    refine: int = 2,
+    window: WindowArg = AUTO,
+    margin: float = 0.05,
+    margin_pixels: float | None = None,
+    max_refine: int = 4,
     min_area_fraction: float = 0.1,
     min_score: float | None = None,
     max_slices: int | None = None,
@@ -96,19 +99,29 @@ def propagate(
     """Segment one object through a volume, starting from a key slice.
 
     The key slice is segmented with ``key_box`` (or taken from ``key_mask``). Then, walking away
-    from it in both directions, each slice is prompted with the previous slice's mask bounding
-    box grown by :func:`expand_box` (``expand`` of each side, at least ``expand_pixels``), then
-    re-prompted ``refine`` times with its own mask's box grown by ``expand_pixels`` (decoder-only
-    passes that let the box shrink with the object: without them a box that is too large makes
-    the mask too large, and that box the next one). With ``use_previous_logits`` the previous
-    low-resolution logits go in as ``mask_input`` (default per family, see
-    :data:`PREVIOUS_LOGITS_DEFAULT`).
+    from it in both directions, each slice is segmented by these rules (measured on the shared
+    real CT, see ``benchmarks/bench_quality.py``):
 
-    A direction ends at an empty mask, at a mask smaller than ``min_area_fraction`` of the key
-    mask, at a predicted IoU below ``min_score`` (if given; that slice is left out), at the
-    volume's end, or after ``max_slices`` slices beyond the key slice. ``window`` is passed to
-    ``set_image`` for every slice (use the layer's contrast limits; None means each slice's own
-    min..max). Yields a :class:`SliceStep` per slice; returns a boolean mask of the volume's shape.
+    1. **Prompt: the previous mask's box plus a margin** of ``max(margin * side, margin_pixels)``
+       per side (:func:`~napari_medsam.core.boxes.expand_box`). ``margin_pixels`` defaults to
+       2.5 % of the slice's longer side: the +3 px of MedSAM's training boxes on a 122 px slice,
+       the same distance in the model's input on any grid. The larger of the two, not their sum:
+       a sum grows the box faster than the organ and the model fills it (leaks into neighbours).
+    2. **Grow-only refinement**: the new mask's box plus the margin is joined to the prompt; if
+       that changed the box, the slice is predicted again, at most ``max_refine`` times. The box
+       grows where the organ continues past it, but never shrinks within a slice: the models
+       under-segment slightly from a box, and re-prompting with the mask's own box feeds that
+       back. Shrinking happens from one slice to the next (rule 1), so the prompt follows an
+       organ that ends.
+    3. **Stops**: a direction ends at an empty mask, at a mask smaller than
+       ``min_area_fraction`` of the key mask, at a predicted IoU below ``min_score`` (if given),
+       at the volume's end, or after ``max_slices`` slices; the slice that stopped it is left out.
+
+    With ``use_previous_logits`` the previous low-resolution logits go in as ``mask_input``
+    (default per family, :data:`PREVIOUS_LOGITS_DEFAULT`). ``window`` is passed to ``set_image``
+    for every slice: ``"auto"`` is MedSAM's training window for the volume
+    (:func:`~napari_medsam.core.windows.training_window`), None each slice's own min..max.
+    Yields a :class:`SliceStep` per slice; returns a boolean mask of the volume's shape.
     """
     shape = tuple(np.shape(volume))
     if len(shape) != 3:
@@ -124,11 +137,13 @@ def propagate(
         raise ValueError(f"min_area_fraction must be in [0, 1], got {min_area_fraction}")
     if max_slices is not None and max_slices < 0:
         raise ValueError(f"max_slices must be >= 0 or None, got {max_slices}")
-    if expand < 0 or expand_pixels < 0 or refine < 0:
-        raise ValueError("expand, expand_pixels and refine must be >= 0")
+    if margin < 0 or (margin_pixels is not None and margin_pixels < 0) or max_refine < 0:
+        raise ValueError("margin, margin_pixels and max_refine must be >= 0")
     if use_previous_logits is None:
         use_previous_logits = PREVIOUS_LOGITS_DEFAULT.get(str(predictor.family), False)
+    window = resolve_window(window, volume)
     plane = tuple(s for i, s in enumerate(shape) if i != axis)
+    pad = MARGIN_OF_LONGER_SIDE * max(plane) if margin_pixels is None else float(margin_pixels)
     limit = depth if max_slices is None else max_slices
     total = 1 + min(depth - 1 - key_slice, limit) + min(key_slice, limit)
 
@@ -154,14 +169,17 @@ def propagate(
     view[key_slice] = first
     yield SliceStep(key_slice, done, total, key_area, first, box, None, score)
 
+    def grown(mask: np.ndarray) -> BoxXYXY:
+        return expand_box(mask_box(mask), plane, margin, pad)  # type: ignore[arg-type]
+
     for direction in (1, -1):
         mask, previous_logits = first, logits
         z = key_slice + direction
         while 0 <= z < depth and abs(z - key_slice) <= limit:
-            box = expand_box(mask_box(mask), plane, expand, expand_pixels)  # type: ignore[arg-type]
+            box = grown(mask)  # rule 1
             predictor.set_image(take_slice(volume, z, axis), window)
-            new, score, new_logits = None, 0.0, previous_logits
-            for _ in range(1 + refine):
+            new_logits = previous_logits
+            for _ in range(1 + max_refine):  # rule 2
                 prediction = predictor.predict(
                     box=box, mask_input=new_logits if use_previous_logits else None
                 )
@@ -169,13 +187,13 @@ def propagate(
                 score, new_logits = float(prediction.score), prediction.logits
                 if not new.any():
                     break
-                tight = expand_box(mask_box(new), plane, 0.0, expand_pixels)  # type: ignore[arg-type]
-                if np.allclose(tight, box):
+                joined = box_union(box, grown(new))
+                if np.allclose(joined, box):
                     break
-                box = tight
-            area = int(new.sum())  # type: ignore[union-attr]
+                box = joined
+            area = int(new.sum())
             done += 1
-            stop = None
+            stop = None  # rule 3
             if area == 0:
                 stop = "empty"
             elif area < min_area_fraction * key_area:
@@ -201,7 +219,7 @@ def label_objects(
     *,
     propagate_objects: bool = True,
     axis: int = 0,
-    window: Sequence[float] | None = None,
+    window: WindowArg = AUTO,
     callback: Callable[[SliceStep], Any] | None = None,
     **options: Any,
 ) -> np.ndarray:
@@ -213,6 +231,7 @@ def label_objects(
     """
     shape = tuple(np.shape(volume))
     axis = check_axis(axis, len(shape))
+    window = resolve_window(window, volume) if propagate_objects else None
     masks = []
     for key_mask in key_masks:
         if propagate_objects:
@@ -241,11 +260,12 @@ def segment_boxes(
     boxes: Mapping[int, Sequence[float]],
     *,
     axis: int = 0,
-    window: Sequence[float] | None = None,
+    window: WindowArg = AUTO,
 ) -> Generator[SliceStep, None, np.ndarray]:
     """Segment each slice ``z`` of ``volume`` with ``boxes[z]`` (see :func:`interpolate_boxes`).
 
-    Yields a :class:`SliceStep` per slice; returns one boolean mask of the volume's shape.
+    ``window`` as for :func:`propagate`. Yields a :class:`SliceStep` per slice; returns one
+    boolean mask of the volume's shape.
     """
     shape = tuple(np.shape(volume))
     if len(shape) != 3:
@@ -255,6 +275,7 @@ def segment_boxes(
     bad = [z for z in slices if not 0 <= z < shape[axis]]
     if bad:
         raise ValueError(f"slices {bad} are outside 0..{shape[axis] - 1} along axis {axis}")
+    window = resolve_window(window, volume)
     result = np.zeros(shape, dtype=bool)
     view = np.moveaxis(result, axis, 0)
     for done, z in enumerate(slices, start=1):
@@ -263,9 +284,5 @@ def segment_boxes(
         prediction = predictor.predict(box=box)
         mask = np.asarray(prediction.mask, dtype=bool)
         view[z] = mask
-        yield SliceStep(
-            z, done, len(slices), int(mask.sum()), mask, box, None, float(prediction.score)
-        )
+        yield SliceStep(z, done, len(slices), int(mask.sum()), mask, box, None, float(prediction.score))
     return result
-
-

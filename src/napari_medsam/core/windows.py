@@ -6,7 +6,9 @@ model (MedSAM's CT/MR preprocessing). MedSAM was trained on CT in the soft-tissu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -97,3 +99,17 @@ def training_window(volume: np.ndarray, modality: str | None = None, rgb: bool =
             name = modality or "non-CT"
             return WindowChoice((low, high), f"{name}: 0.5-99.5 percentiles of the non-zero voxels")
     return WindowChoice(None, "each slice's min..max (no non-zero voxels to take percentiles of)")
+
+
+#: ``window="auto"`` in the volume helpers: :func:`training_window` of the volume.
+AUTO = "auto"
+WindowArg = tuple[float, float] | Sequence[float] | str | None
+
+
+def resolve_window(window: WindowArg, volume: Any, modality: str | None = None) -> tuple[float, float] | None:
+    """A volume helper's ``window``: ``"auto"`` -> :func:`training_window`; else checked as given."""
+    if isinstance(window, str):
+        if window != AUTO:
+            raise ValueError(f"window must be (low, high), None or {AUTO!r}, got {window!r}")
+        return training_window(np.asarray(volume), modality).window
+    return check_window(window)

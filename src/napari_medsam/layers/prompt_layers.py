@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
 
+from napari_medsam.core.windows import WindowChoice, training_window
+from napari_medsam.io.volumes import GEOMETRY_KEY
 from napari_medsam.layers.prompts import spatial_shape
 
 #: Boolean feature of the clicks layer: True = foreground (positive) click.
@@ -216,3 +219,22 @@ def fits_image(layer: Any, image: Any) -> bool:
     inside = np.array([image.world_to_data(w) for w in world])
     shape = np.asarray(spatial_shape(image))
     return bool(((inside >= -0.5) & (inside <= shape - 0.5)).all())
+
+
+_TRAINING_WINDOWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def image_training_window(image: Any) -> WindowChoice:
+    """MedSAM's training window for an Image layer's data (its modality from the layer metadata).
+
+    Computed once per layer and data array (the percentiles of an MR volume take a moment).
+    """
+    data = image.data[0] if image.multiscale else image.data
+    cached = _TRAINING_WINDOWS.get(image)
+    if cached is not None and cached[0] is data:
+        return cached[1]
+    metadata = image.metadata or {}
+    modality = metadata.get("modality") or (metadata.get(GEOMETRY_KEY) or {}).get("modality")
+    choice = training_window(np.asarray(data), modality, rgb=bool(image.rgb))
+    _TRAINING_WINDOWS[image] = (data, choice)
+    return choice

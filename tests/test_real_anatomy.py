@@ -1,0 +1,133 @@
+"""Real anatomy (../shared/data): official LiteMedSAM parity, the dtype guard, default windows, propagation.
+
+Each check has a margin; the exact figures are printed by ``benchmarks/bench_quality.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_medsam.core.jobs import run_to_end
+from napari_medsam.core.predictor import MedSamPredictor
+from napari_medsam.core.propagation import propagate
+from napari_medsam.core.windows import SOFT_TISSUE, training_window
+from realdata import (
+    ORGANS,
+    ct_dicom,
+    ct_sm,
+    dice,
+    iou,
+    official_lite_medsam,
+    oracle_box,
+    soft_tissue_uint8,
+)
+
+
+def real_cases() -> list[tuple[str, np.ndarray, list[tuple[float, ...]]]]:
+    """(name, uint8 slice, organ boxes): slices of both volumes, and crops and a downscale under 256 px."""
+    ct, seg = ct_sm()
+    dicom, dicom_seg = ct_dicom()
+    cases = []
+    for name, volume, labels, z in (
+        ("sm", ct, seg, 12),
+        ("sm", ct, seg, 20),
+        ("dicom", dicom, dicom_seg, 10),
+    ):
+        cases.append((f"{name}[{z}]", soft_tissue_uint8(volume[z]), labels[z]))
+    # slices smaller than 256 px: LiteMedSAM's INTER_AREA is then an upscale
+    cases.append(
+        (
+            "dicom crop 155x225",
+            soft_tissue_uint8(dicom[10, 180:335, 200:425]),
+            dicom_seg[10, 180:335, 200:425],
+        )
+    )
+    cases.append(
+        ("dicom crop 90x60", soft_tissue_uint8(dicom[6, 250:340, 330:390]), dicom_seg[6, 250:340, 330:390])
+    )
+    cases.append(("dicom 1/3", soft_tissue_uint8(dicom[14, ::3, ::3]), dicom_seg[14, ::3, ::3]))
+    out = []
+    for name, image, labels in cases:
+        boxes = [b for i in ORGANS.values() if (b := oracle_box(labels == i)) is not None]
+        boxes = [b for b in boxes if b[2] - b[0] >= 2 and b[3] - b[1] >= 2]
+        out.append((name, image, boxes))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return real_cases()
+
+
+@pytest.fixture(scope="module")
+def predictor(lite_predictor_model):
+    """One float32 LiteMedSAM predictor for the module: each real slice is encoded once."""
+    return MedSamPredictor(lite_predictor_model)
+
+
+def test_lite_medsam_matches_its_published_inference_on_real_slices(lite_predictor_model, predictor, cases):
+    worst = []
+    for name, image, boxes in cases:
+        want = official_lite_medsam(lite_predictor_model.sam, lite_predictor_model.encoder, image, boxes)
+        predictor.set_image(image)  # uint8: used as it is, as the published inference does
+        got = [predictor.predict(box=box).mask for box in boxes]
+        worst.append(min(iou(a, b) for a, b in zip(got, want, strict=True)))
+        assert worst[-1] >= 0.99, (name, worst[-1])
+    assert len(worst) == len(cases) >= 6
+
+
+def test_default_dtype_keeps_the_masks_on_real_slices(predictor, cases):
+    """The default ("auto") must agree with float32: mean IoU >= 0.98, worst >= 0.95.
+
+    The default predictor shares the float32 one's cache: embeddings are keyed by model and
+    dtype, so only a default that is float32 reuses them (any other dtype encodes afresh).
+    """
+    from napari_medsam.models.loading import load_model
+
+    default = MedSamPredictor(load_model("lite-medsam", device="cpu", dtype="auto"), cache=predictor.cache)
+    reference = predictor
+    ious = []
+    for _name, image, boxes in cases:
+        default.set_image(image)
+        reference.set_image(image)
+        ious += [iou(default.predict(box=b).mask, reference.predict(box=b).mask) for b in boxes]
+    assert np.mean(ious) >= 0.98
+    assert min(ious) >= 0.95
+
+
+def test_ct_gets_the_soft_tissue_window():
+    ct, _ = ct_sm()
+    assert training_window(ct).window == SOFT_TISSUE  # by its values (NIfTI has no modality)
+    dicom, _ = ct_dicom()
+    assert training_window(dicom, "CT").window == SOFT_TISSUE
+
+
+def test_mr_gets_the_percentiles_of_its_non_zero_voxels():
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    mr = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    pixels = mr.pixel_array
+    choice = training_window(pixels, mr.Modality)
+    nonzero = pixels[pixels != 0]
+    np.testing.assert_allclose(choice.window, np.percentile(nonzero, [0.5, 99.5]))
+    assert "percentiles" in choice.reason
+    assert choice.window[1] < pixels.max()  # the brightest 0.5 % are clipped
+    assert training_window(pixels.astype(np.uint8)).window is None  # 8-bit: used as it is
+
+
+@pytest.mark.parametrize("organ", ["spleen", "stomach"])
+def test_propagation_from_one_box_follows_the_organ(predictor, organ):
+    """One box (reference box + 3 px) on the organ's largest slice, the defaults: 3D Dice close to
+    the oracle (a reference box on every slice)."""
+    ct, seg = ct_sm()
+    truth = seg == ORGANS[organ]
+    oracle = np.zeros_like(truth)
+    for z in np.flatnonzero(truth.any(axis=(1, 2))):
+        predictor.set_image(ct[z], window=SOFT_TISSUE)
+        oracle[z] = predictor.predict(box=oracle_box(truth[z])).mask
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    result = run_to_end(propagate(predictor, ct, key, key_box=oracle_box(truth[key])))
+    gap = dice(oracle, truth) - dice(result, truth)
+    assert gap <= 0.06, (organ, dice(oracle, truth), dice(result, truth))
