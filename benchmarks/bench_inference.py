@@ -153,9 +153,7 @@ def bench_family(
 
     t = interleaved({"fast": fast_miss, "plain": plain_set}, embed_repeats, args.warmup)
     embed_fast, embed_plain = median(t["fast"]), median(t["plain"])
-    target = (
-        f"<= {TARGETS['lite_embed_s']} s" if family == "lite-medsam" else f"<= {TARGETS['embed_ratio']}x"
-    )
+    target = f"<= {TARGETS['lite_embed_s']} s" if family == "lite-medsam" else f"<= {TARGETS['embed_ratio']}x"
     table.add("slice embedding (set_image, not cached)", embed_fast, embed_plain, "s", target=target)
 
     # box -> mask on the current slice (embedding cached), 512 x 512 mask out
@@ -167,7 +165,10 @@ def bench_family(
         3,
     )
     table.add(
-        "box -> mask, cached embedding", 1e3 * median(t["fast"]), 1e3 * median(t["plain"]), "ms",
+        "box -> mask, cached embedding",
+        1e3 * median(t["fast"]),
+        1e3 * median(t["plain"]),
+        "ms",
         target=f"<= {TARGETS['box_ms']:g} ms",
     )
     agreement = _iou(fast.predict(box=box).mask, plain.predict(box=box).mask)
@@ -199,8 +200,14 @@ def bench_family(
     per_slice = fast.cache.nbytes / max(1, len(fast.cache)) / 1e6
     assert plain.embedding is not None
     plain_bytes = plain.embedding.element_size() * plain.embedding.nelement() / 1e6
-    table.add("bytes per cached slice", per_slice, plain_bytes, "MB", fmt="{:.2f}",
-              target=f"<= {TARGETS['slice_mb']} MB")
+    table.add(
+        "bytes per cached slice",
+        per_slice,
+        plain_bytes,
+        "MB",
+        fmt="{:.2f}",
+        target=f"<= {TARGETS['slice_mb']} MB",
+    )
 
     # propagation through a volume, empty cache: slices per second
     if slices > 1:
@@ -301,7 +308,10 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--family", choices=["all", "lite-medsam", "medsam"], default="all")
-    parser.add_argument("--dtype", default="auto", help="napari-medsam's dtype (baseline: float32)")
+    parser.add_argument(
+        "--dtype", nargs="+", default=["auto", "float32"],
+        help="napari-medsam's dtypes, one table each (default: the default and float32; baseline: float32)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=7, help="LiteMedSAM embedding repeats")
     parser.add_argument("--vit-repeats", type=int, default=3, help="ViT-B embedding repeats")
     parser.add_argument("--prompt-repeats", type=int, default=30, help="box -> mask repeats")
@@ -320,22 +330,28 @@ def main(argv: list[str] | None = None) -> None:
 
     import transformers
 
+    cpu = torch.device("cpu")
+    dtypes = {str(resolve_dtype(d, cpu)): d for d in reversed(args.dtype)}  # one table per real dtype
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
     print(
         f"napari-medsam inference benchmark: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}\n"
-        f"native bfloat16 matrix units: {cpu_has_native_bfloat16()}; dtype {args.dtype!r} -> "
-        f"{resolve_dtype(args.dtype, torch.device('cpu'))}; load average at start {load}\n"
+        f"native bfloat16 matrix units: {cpu_has_native_bfloat16()}; dtypes "
+        f"{', '.join(f'{d!r} -> {resolve_dtype(d, cpu)}' for d in args.dtype)}; "
+        f"load average at start {load}\n"
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; "
         "times are medians over repeats after a warm-up, napari-medsam and baseline interleaved"
     )
-    for family, setup in FAMILIES.items():
-        if args.family in ("all", family):
-            title, fast, plain = setup(args)
-            slices = args.lite_slices if family == "lite-medsam" else args.vit_slices
-            repeats = args.repeats if family == "lite-medsam" else args.vit_repeats
-            bench_family(title, fast, plain, args, repeats, slices)
+    for dtype in reversed(list(dtypes.values())):
+        args.dtype = dtype
+        print(f"\n## dtype {dtype!r} ({resolve_dtype(dtype, cpu)})")
+        for family, setup in FAMILIES.items():
+            if args.family in ("all", family):
+                title, fast, plain = setup(args)
+                slices = args.lite_slices if family == "lite-medsam" else args.vit_slices
+                repeats = args.repeats if family == "lite-medsam" else args.vit_repeats
+                bench_family(title, fast, plain, args, repeats, slices)
 
 
 if __name__ == "__main__":
