@@ -233,6 +233,29 @@ def test_model_load_error_is_a_notification(make_napari_viewer, qtbot, notices):
         w.segment()
 
 
+def test_a_bug_in_a_job_is_logged_with_its_traceback_and_shown_as_internal(
+    make_napari_viewer, qtbot, notices, caplog
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)))
+
+    def buggy(source, device):
+        raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+
+    w = MedSamWidget(viewer, predictor_factory=buggy)
+    viewer.add_shapes([rectangle(2, 2, 20, 20)], shape_type="rectangle")
+    with caplog.at_level("ERROR"), qtbot.waitSignal(w.job_finished, timeout=10_000) as blocker:
+        w.segment_button.native.click()
+    assert blocker.args == ["failed"]
+    severity, message = notices()[-1]
+    assert severity == NotificationSeverity.ERROR
+    assert "internal error (TypeError), see the log" in message
+    assert "NoneType" not in message
+    (record,) = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert record.exc_info[0] is TypeError  # the traceback is in the log
+    assert w.segment_button.enabled  # the viewer and the widget keep working
+
+
 def test_custom_model_needs_weights(setup, spy):
     w = setup.widget
     w.model = "custom"
