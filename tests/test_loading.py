@@ -90,3 +90,39 @@ def test_bad_device_and_dtype():
         load_model("lite-medsam", device="tpu")
     with pytest.raises(ValueError, match="dtype"):
         load_model("lite-medsam", device="cpu", dtype="int8")
+
+
+def test_the_loaded_model_registry_is_bounded_and_can_be_emptied(tiny_sam_dir, tiny_medsam_dir, monkeypatch):
+    monkeypatch.setattr(loading, "_loaded", type(loading._loaded)())
+    first = load_model(tiny_sam_dir, device="cpu", dtype="float32")
+    second = load_model(tiny_medsam_dir, device="cpu", dtype="float32")
+    assert load_model(tiny_sam_dir, device="cpu", dtype="float32") is first  # shared, and now most recent
+    third = load_model(tiny_sam_dir, device="cpu", dtype="bfloat16")
+    assert loading.loaded_models() == [first, third]  # the least recently used (second) went out
+    assert load_model(tiny_medsam_dir, device="cpu", dtype="float32") is not second
+    assert loading.unload_model(third) == 1
+    assert third not in loading.loaded_models()
+    assert loading.unload_model() == 1  # everything: the reloaded MedSAM folder
+    assert loading.loaded_models() == []
+
+
+def test_one_predictor_per_slot_and_a_model_change_releases_the_previous():
+    from napari_medsam.core.model_slot import ModelSlot
+
+    made, released = [], []
+
+    def factory(source, device):
+        made.append((source, device))
+        return object()
+
+    slot = ModelSlot(factory, released.append)
+    a = slot.get("lite-medsam", "cpu")
+    assert slot.get("lite-medsam", "cpu") is a
+    assert slot.holds("lite-medsam", "cpu")
+    b = slot.get("sam-vit-base", "cpu")
+    assert released == [a]
+    assert made == [("lite-medsam", "cpu"), ("sam-vit-base", "cpu")]
+    slot.clear()
+    assert released == [a, b]
+    assert slot.predictor is None
+    assert not slot.holds("sam-vit-base", "cpu")
