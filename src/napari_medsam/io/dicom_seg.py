@@ -20,6 +20,17 @@ from napari_medsam.io.volumes import VolumeGeometry
 
 #: What a Segmentation needs of each source instance to reference it.
 UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
+#: Patient and study attributes a Segmentation copies; DICOM lets them be empty (type 2), not absent.
+TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+)
 NOT_DICOM = (
     "A DICOM Segmentation (.dcm) needs labels made on an image opened from a DICOM series; "
     "save these labels as .seg.nrrd or .nii.gz instead."
@@ -103,8 +114,9 @@ def source_datasets(files: Sequence[str]) -> list[Any]:
     """The headers of the source files, as a Segmentation references them.
 
     An empty SOP Class or Instance UID is taken from the file's meta information (the same
-    values, by DICOM Part 10); a series without Study or Series Instance UID (anonymised too
-    far) cannot be referenced, and raises ValueError.
+    values, by DICOM Part 10), and absent patient and study attributes of type 2 are empty; a
+    series without Study or Series Instance UID (anonymised too far) cannot be referenced, and
+    raises ValueError.
     """
     import pydicom
 
@@ -114,6 +126,9 @@ def source_datasets(files: Sequence[str]) -> list[Any]:
         meta = dataset.file_meta
         dataset.SOPClassUID = dataset.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID", "")
         dataset.SOPInstanceUID = dataset.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID", "")
+        for key in TYPE_2:
+            if key not in dataset:
+                setattr(dataset, key, "")
         missing = [key for key in UIDS if not str(dataset.get(key) or "").strip()]
         if missing:
             raise ValueError(
