@@ -1,72 +1,70 @@
-"""Screenshot of the MedSAM widget segmenting the sample CT phantom -> docs/images/widget.png.
+"""Screenshot of the MedSAM widget on the shipped abdominal CT -> docs/images/widget.png.
 
-Runs the bundled LiteMedSAM offline. Needs a display: on a headless machine run it as
-``xvfb-run -a python scripts/screenshot.py`` (not QT_QPA_PLATFORM=offscreen: napari's canvas
-needs OpenGL). Prints the Dice of the result against the phantom's true outline.
+Opens the sample as ``scripts/demo_viewer.py`` does, boxes the liver on one slice (the reference
+liver's box + 3 px, named "liver" by the box's ``name`` feature), segments and propagates it with
+the bundled LiteMedSAM offline, and waits for the objects table. Needs a display: on a headless
+machine run it as ``xvfb-run -a python scripts/screenshot.py`` (not QT_QPA_PLATFORM=offscreen:
+napari's canvas needs OpenGL). Prints the Dice of the result against the reference liver.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import numpy as np
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from demo_viewer import DEMO_SLICE, open_demo
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "docs/images/widget.png")
-    parser.add_argument("--size", type=int, nargs=2, default=(1400, 860), metavar=("W", "H"))
-    parser.add_argument(
-        "--propagate", action="store_true", help="also propagate the organ through the volume"
-    )
+    parser.add_argument("--size", type=int, nargs=2, default=(1500, 980), metavar=("W", "H"))
     args = parser.parse_args()
 
-    import napari
     from qtpy.QtWidgets import QApplication
     from skimage.io import imsave
 
-    from napari_medsam._sample_data import PHANTOM, ct_phantom
-    from napari_medsam.core.phantoms import ct_phantom_volume
+    from napari_medsam.core.boxes import expand_box, mask_box
+    from napari_medsam.io.samples import ABDOMINAL_CT_LIVER
+    from napari_medsam.io.volumes import read_volume
+    from napari_medsam.layers.prompt_layers import set_features
 
-    viewer = napari.Viewer(show=True, title="napari-medsam")
+    viewer, widget, boxes, clicks = open_demo(show=True)
     viewer.window._qt_window.resize(*args.size)
-    ((data, meta, _),) = ct_phantom()
-    _, organ = ct_phantom_volume(**PHANTOM)
-    viewer.add_image(data, **meta)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM segmentation")
     widget.model, widget.device = "lite-medsam", "cpu"
-    boxes, clicks = widget.add_prompt_layers()
-    z = data.shape[0] // 2
-    viewer.dims.set_current_step(0, z)
-    rows, cols = np.nonzero(organ[z])
-    r0, c0, r1, c1 = rows.min() - 6, cols.min() - 6, rows.max() + 6, cols.max() + 6
-    boxes.add_rectangles(np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]]))
+    liver = read_volume(ABDOMINAL_CT_LIVER)[0] > 0
+    z = DEMO_SLICE
+    x0, y0, x1, y1 = expand_box(mask_box(liver[z]), liver.shape[1:], fraction=0.0, pixels=3.0)
+    boxes.add_rectangles(np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]]))
+    features = boxes.features.copy()
+    features["name"] = ["liver"]  # the box's name feature names its object
+    set_features(boxes, features)
 
     start = time.perf_counter()
     (label_id,) = widget.segment()
-    elapsed = time.perf_counter() - start
-    mask = widget.labels_layer.data[z] == label_id
-    dice = 2 * (mask & organ[z]).sum() / (mask.sum() + organ[z].sum())
-    print(f"segment (load + encode + decode) {elapsed:.2f} s, Dice {dice:.3f} on slice {z}")
-    if args.propagate:
-        start = time.perf_counter()
-        widget.propagate()
-        elapsed = time.perf_counter() - start
-        volume_mask = widget.labels_layer.data == label_id
-        dice = 2 * (volume_mask & organ).sum() / (volume_mask.sum() + organ.sum())
-        print(f"propagate {elapsed:.1f} s, 3D Dice {dice:.3f}")
+    mask = widget.labels_layer.data == label_id
+    print(f"segment {time.perf_counter() - start:.2f} s, Dice {dice(mask[z], liver[z]):.3f} on slice {z}")
+    start = time.perf_counter()
+    widget.propagate()
+    mask = widget.labels_layer.data == label_id
+    print(f"propagate {time.perf_counter() - start:.1f} s, 3D Dice {dice(mask, liver):.3f}")
 
     boxes.mode = "select"
     viewer.layers.selection.active = clicks
     viewer.reset_view()
-    QApplication.processEvents()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and [s.name for s in widget.objects.stats] != ["liver"]:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    print("table:", [s.row() for s in widget.objects.stats])
     picture = viewer.screenshot(canvas_only=False, flash=False)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     imsave(args.output, picture, check_contrast=False)

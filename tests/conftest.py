@@ -132,7 +132,7 @@ class SpyPredictor:
         self.shape = image.shape[:2]
         self.images.append((image.shape, window))
 
-    def predict(self, box=None, points=None, point_labels=None, multimask=False):
+    def predict(self, box=None, points=None, point_labels=None, multimask=False, mask_input=None):
         self.prompts.append({"box": box, "points": points, "labels": point_labels, "multimask": multimask})
         mask = np.zeros(self.shape, bool)
         if box is not None:

@@ -49,7 +49,7 @@ def test_widget_contribution_is_the_medsam_widget(manifest):
     assert resolve(command.python_name) is MedSamWidget
 
 
-@pytest.mark.parametrize("key", ["ct_phantom", "ct_slice"])
+@pytest.mark.parametrize("key", ["abdominal_ct", "ct_phantom", "ct_slice"])
 def test_sample_data_gives_ct_images_in_hu(manifest, key):
     from napari.layers import Layer
 

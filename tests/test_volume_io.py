@@ -179,7 +179,9 @@ def test_write_labels_rejects_what_it_cannot_write(tmp_path, geometry):
         write_labels(tmp_path / "labels.nii.gz", labels + 0.5, geometry)
 
 
-def test_reader_contribution_gives_scaled_translated_layer(tmp_path, ct, geometry):
+def test_reader_contribution_gives_a_layer_placed_in_the_world(tmp_path, ct, geometry):
+    from napari.layers import Image
+
     hu, _ = ct
     path = tmp_path / "abdomen.nii.gz"
     write_nifti(path, hu, geometry)
@@ -190,7 +192,12 @@ def test_reader_contribution_gives_scaled_translated_layer(tmp_path, ct, geometr
     assert kwargs["name"] == "abdomen"
     np.testing.assert_array_equal(data, hu)
     np.testing.assert_allclose(kwargs["scale"], SPACING, atol=1e-6)
-    np.testing.assert_allclose(kwargs["translate"], ORIGIN, atol=1e-6)
+    # DIRECTION swaps rows and columns: data axis 1 runs left (world axis 1 holds x), axis 2 anterior
+    layer = Image(data, **kwargs)
+    for index in ([0, 0, 0], [3, 7, 5]):
+        z, y, x = (geometry.affine @ [*index, 1.0])[:3]
+        np.testing.assert_allclose(layer.data_to_world(index), [-z, x, y], atol=1e-5)
+    assert kwargs["units"] == "mm"
     assert kwargs["contrast_limits"] == SOFT_TISSUE  # data still in HU
     stored = VolumeGeometry.from_dict(kwargs["metadata"]["geometry"])
     assert_same_geometry(stored, geometry)
@@ -258,12 +265,13 @@ def test_writer_contribution_saves_with_the_image_geometry(tmp_path, ct, geometr
     attributes = {"scale": kwargs["scale"], "translate": kwargs["translate"]}
     labels = truth.astype(np.uint8) * 2
     # labels made by the widget carry the image metadata
-    [written] = napari_write_labels(
+    written, sidecar = napari_write_labels(
         str(tmp_path / "seg.nii.gz"), labels, {**attributes, "metadata": kwargs["metadata"]}
     )
     back, back_geometry = read_volume(written)
     np.testing.assert_array_equal(back, labels)
     assert_same_geometry(back_geometry, geometry)
+    assert sidecar == str(tmp_path / "seg.labels.json")  # the object names
 
 
 def test_writer_finds_the_image_geometry_of_labels_without_metadata(ct, geometry):
@@ -318,7 +326,8 @@ def test_npe2_reads_and_writes_through_the_manifest(tmp_path, ct, geometry):
     np.testing.assert_array_equal(data, hu)
     labels = (truth.astype(np.uint8), {**kwargs, "name": "seg"}, "labels")
     written = npe2.write(str(tmp_path / "seg"), [labels], plugin_name="napari-medsam")
-    assert written == [str(tmp_path / "seg.nii.gz")]  # the first extension is the default
+    # the first extension is the default; the object names go beside it
+    assert written == [str(tmp_path / "seg.nii.gz"), str(tmp_path / "seg.labels.json")]
     back, back_geometry = read_volume(written[0])
     np.testing.assert_array_equal(back, truth)
     assert_same_geometry(back_geometry, geometry)

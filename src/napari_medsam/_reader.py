@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_medsam.core.objects import INDEX, NAME, palette_cycle
 from napari_medsam.core.windows import SOFT_TISSUE, looks_like_ct
+from napari_medsam.io.label_files import read_label_objects
 from napari_medsam.io.volumes import format_of, read_volume, volume_name
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -30,12 +32,13 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
 
 
 def read_layers(path: str | list[str]) -> list[LayerData]:
-    """Read one volume as a napari layer: spacing as scale, origin as translate.
+    """Read one volume as a napari layer in the radiological display, its geometry in ``metadata``.
 
     Slicer segmentations (``.seg.nrrd``) and integer volumes named like a mask
-    (``*_seg``, ``*label*``, ``*mask*``) open as Labels; everything else as Image. CT
-    (DICOM modality CT, or values reaching air at about -1000 HU) opens with the soft-tissue
-    window as contrast limits; the data stay in Hounsfield units.
+    (``*_seg``, ``*label*``, ``*mask*``) open as Labels, with the names and colours of their
+    segments or sidecar; everything else as Image. CT (DICOM modality CT, or values reaching
+    air at about -1000 HU) opens with the soft-tissue window as contrast limits; the data stay
+    in Hounsfield units. A DICOM series keeps its files in ``metadata["geometry"]``.
     """
     if isinstance(path, (list, tuple)):
         path = path[0]
@@ -45,7 +48,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     kwargs["name"] = volume_name(path)
     components = array.ndim > geometry.ndim
     if not components and _is_labels(path, array):
-        return [(array, kwargs, "labels")]
+        return [(array, {**kwargs, **_named_objects(path)}, "labels")]
     if components:
         if array.shape[-1] in (3, 4) and array.dtype == np.uint8:
             kwargs["rgb"] = True
@@ -63,3 +66,16 @@ def _is_labels(path: str, array: np.ndarray) -> bool:
     if not np.issubdtype(array.dtype, np.integer) or not _LABEL_NAME.search(volume_name(name)):
         return False
     return array.size == 0 or int(array.min()) >= 0
+
+
+def _named_objects(path: str) -> dict[str, Any]:
+    """Labels layer keyword arguments for the objects a label file names: features and colours."""
+    objects = read_label_objects(path)
+    if not objects:
+        return {}
+    features = {INDEX: [o.label for o in objects], NAME: [o.name for o in objects]}
+    if all(o.default_color for o in objects):
+        return {"features": features, "colormap": palette_cycle()}
+    colors: dict[Any, Any] = {None: (0.6, 0.6, 0.6, 1.0), 0: (0.0, 0.0, 0.0, 0.0)}
+    colors.update({o.label: (*o.color, 1.0) for o in objects})
+    return {"features": features, "colormap": colors}

@@ -14,6 +14,15 @@ PHANTOM = {"depth": 32, "height": 160, "width": 200, "seed": 0}
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 
 
+def abdominal_ct() -> list[LayerData]:
+    """TotalSegmentator's abdominal CT (3 mm, HU), read like any file: geometry, radiological display."""
+    from napari_medsam._reader import read_layers
+    from napari_medsam.io.samples import ABDOMINAL_CT, ABDOMINAL_CT_NAME
+
+    ((data, meta, kind),) = read_layers(str(ABDOMINAL_CT))
+    return [(data, {**meta, "name": ABDOMINAL_CT_NAME, "colormap": "gray"}, kind)]
+
+
 def ct_phantom() -> list[LayerData]:
     """A synthetic CT volume in HU (32 x 160 x 200, 2.5 x 0.8 x 0.8 mm) with a bright organ."""
     from napari_medsam.core.phantoms import ct_phantom_volume

@@ -1,4 +1,8 @@
-"""npe2 writer: a Labels layer to NIfTI / NRRD / MetaImage with the geometry of its image."""
+"""npe2 writer: a Labels layer to NIfTI, NRRD, MetaImage, .seg.nrrd or DICOM-SEG, on its image's geometry.
+
+Object names come from the layer's ``features`` table (``index`` = label id, ``name``), colours
+from its colormap (what the viewer shows), the model from ``metadata["model"]``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from napari_medsam.io.volumes import GEOMETRY_KEY, VolumeGeometry, write_labels
+from napari_medsam.core.objects import names_from_table, present_ids
+from napari_medsam.io.label_files import save_labels
+from napari_medsam.io.volumes import GEOMETRY_KEY, VolumeGeometry
 
 
 class ImageInfo(NamedTuple):
@@ -21,9 +27,14 @@ class ImageInfo(NamedTuple):
 
 
 def napari_write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """Write one Labels layer; returns the written path."""
-    geometry = labels_geometry(np.shape(data), attributes, _viewer_images())
-    return [write_labels(path, data, geometry)]
+    """Write one Labels layer with its object names and colours; returns the paths written."""
+    data = np.asarray(data)
+    geometry = labels_geometry(data.shape, attributes, _viewer_images())
+    colormap, ids, colors = attributes.get("colormap"), present_ids(data), {}
+    if colormap is not None and ids:  # what the viewer shows; an object hidden gets the palette's
+        colors = {i: rgba for i, rgba in zip(ids, colormap.map(np.asarray(ids)), strict=True) if rgba[3] > 0}
+    model = (attributes.get("metadata") or {}).get("model")
+    return save_labels(path, data, geometry, names_from_table(attributes.get("features")), colors, model)
 
 
 def labels_geometry(

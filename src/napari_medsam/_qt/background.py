@@ -154,12 +154,12 @@ class NeighbourPrefetch:
         """The model changed: never encode with the old one again."""
         self.prefetcher.set_predictor(None)
 
-    def close(self) -> None:
-        """Stop for good (the widget closed); a slice being encoded finishes in the background."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop for good (the widget closed): waits for a slice being encoded, then its thread ends."""
         self._closed = True
         self._later.cancel()
         self._watch(None)
-        self.prefetcher.close(timeout=0)
+        self.prefetcher.close(timeout=timeout)
 
     def _watch(self, image: Any | None) -> None:
         if image is self._image:

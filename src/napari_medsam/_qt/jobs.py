@@ -8,6 +8,7 @@ and the viewer keeps running.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -100,6 +101,19 @@ class JobRunner:
         if self.worker is not None:
             self._status.value = "Cancelling…"
             self.worker.quit()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the job's thread has left it (after :meth:`cancel`: at its next step).
+
+        Returns False if ``timeout`` seconds passed first. A worker not started yet never runs a
+        cancelled job, so it is not waited for.
+        """
+        worker, deadline = self.worker, time.monotonic() + timeout
+        while worker is not None and worker.is_running:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def show_progress(self, progress: Progress) -> None:
         """Show a job's ``(done, total, message)`` in the progress bar and the label."""

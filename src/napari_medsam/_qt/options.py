@@ -32,6 +32,8 @@ THIS_SLICE, ALL_SLICES = "this slice", "all slices"
 TOGGLE_KEY = "t"
 #: Slices encoded ahead on each side of the one on screen.
 PREFETCH_RADIUS = 2
+#: How long closing waits for a running job to reach its next step, and for a slice being encoded.
+JOIN_TIMEOUT_S = 60.0
 CHOOSE_WEIGHTS = "Choose a weights file (.pth) or Hugging Face folder for 'Custom'."
 
 

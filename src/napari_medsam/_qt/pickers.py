@@ -2,8 +2,9 @@
 
 At open and whenever layers are added, a picker left to itself takes the image's own layer
 (``<image> boxes``, ``<image> clicks``, ``<image> MedSAM``), else the only layer of its kind that
-fits the image (:func:`~napari_medsam.layers.prompt_layers.fits_image`). A choice the user (or a
-script) made is never overridden, and a layer named after another image is never taken.
+fits the image (:func:`~napari_medsam.layers.prompt_layers.fits_image`; a layer it picked that
+still fits stays when another one comes). A choice the user (or a script) made is never
+overridden, and a layer named after another image is never taken.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ class LayerPickers:
         #: Pickers whose value the user (or a script) chose; auto-picking leaves them alone.
         self.chosen: set[str] = set()
         self._picking = False
-        self._last: dict[str, Any] = {kind: picker.value for kind, picker in self.companions.items()}
         for kind, picker in self.companions.items():
             picker.changed.connect(lambda value, kind=kind: self._on_user_choice(kind, value))
         self.image.changed.connect(self._on_image_changed)
@@ -70,7 +70,11 @@ class LayerPickers:
             self._picking = False
 
     def refresh(self) -> None:
-        """Re-read the layer list, then fill the pickers left to themselves."""
+        """Re-read the layer list, then fill the pickers left to themselves.
+
+        A chosen layer that left the viewer is no choice any more: that picker is left to itself.
+        """
+        self.chosen -= {k for k, p in self.companions.items() if p.value not in (None, *self._viewer.layers)}
         self._picking = True
         try:
             self.image.reset_choices()
@@ -86,12 +90,15 @@ class LayerPickers:
         for kind, picker in self.companions.items():
             if kind in self.chosen:
                 continue
-            layer = None if image is None else self.companion_of(image, kind)
+            layer = None if image is None else self.companion_of(image, kind, picker.value)
             if picker.value is not layer and (layer is not None or picker.value is not None):
                 self.set(kind, layer)
 
-    def companion_of(self, image: Any, kind: str) -> Any | None:
-        """The ``kind`` layer that belongs to ``image``: its own by name, else the only one that fits."""
+    def companion_of(self, image: Any, kind: str, current: Any | None = None) -> Any | None:
+        """The ``kind`` layer that belongs to ``image``: its own by name, else the one that fits.
+
+        Of several layers that fit, ``current`` (the one picked now) stays; else none is taken.
+        """
         layers = [ly for ly in self._viewer.layers if isinstance(ly, KINDS[kind])]
         own = [ly for ly in layers if ly.name == f"{image.name} {LAYER_SUFFIXES[kind]}"]
         if own:
@@ -99,6 +106,8 @@ class LayerPickers:
         others = {ly.name for ly in self._viewer.layers if isinstance(ly, napari.layers.Image)} - {image.name}
         foreign = {f"{name} {LAYER_SUFFIXES[kind]}" for name in others}
         fitting = [ly for ly in layers if ly.name not in foreign and fits_image(ly, image)]
+        if current in fitting:
+            return current
         return fitting[0] if len(fitting) == 1 else None
 
     def add_prompt_layers(self, image: Any, positive: bool) -> tuple[Any, Any]:
@@ -120,11 +129,7 @@ class LayerPickers:
         return labels
 
     def _on_user_choice(self, kind: str, value: Any) -> None:
-        previous, self._last[kind] = self._last[kind], value
-        if self._picking:
-            return
-        removed = value is None and previous is not None and previous not in self._viewer.layers
-        if not removed:  # a layer removed from the viewer is no choice
+        if not self._picking:
             self.chosen.add(kind)
 
     def _on_image_changed(self, *_: object) -> None:

@@ -5,8 +5,9 @@ Every action reads its inputs on the viewer's thread (:meth:`MedSamWidget.prepar
 all masks as one undo step (:meth:`MedSamWidget.apply`, :meth:`MedSamWidget.apply_volume`).
 :meth:`segment`, :meth:`propagate` and :meth:`interpolate` chain the three synchronously for
 scripts; the buttons run the same jobs in a thread worker with progress and Cancel.
-Auto-segment runs Segment on each box or click drawn (``_qt.background.AutoSegment``);
-prefetching encodes the neighbours of the slice on screen (``NeighbourPrefetch``).
+Auto-segment runs Segment on each box or click drawn (``_qt.background.AutoSegment``), prefetching
+encodes the slices next to the one on screen (``NeighbourPrefetch``); ``objects`` is the table of
+the objects' names and statistics (``_qt.objects_table``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_medsam._qt.background import AutoSegment, NeighbourPrefetch, PrefetchTarget
 from napari_medsam._qt.controls import Controls
 from napari_medsam._qt.jobs import JobRunner
+from napari_medsam._qt.objects_table import ObjectTable
 from napari_medsam._qt.options import (
     ALL_SLICES,
     AUTO_WINDOW,
     CHOOSE_WEIGHTS,
     CUSTOM,
     DEVICES,
+    JOIN_TIMEOUT_S,
     LAYER_WINDOW,
     MODELS,
     PREFETCH_RADIUS,
@@ -92,9 +95,9 @@ class MedSamWidget(Container):
         self.cancel_button, self.run_buttons, self.actions = c.cancel_button, c.run_buttons, c.actions
         self.progress_bar, self.status_label = c.progress_bar, c.status_label
         self.extend([*self.pickers.widgets, *c.widgets])
-        self.jobs = JobRunner(
-            self.progress_bar, self.status_label, self.cancel_button, self._notify, self._on_busy
-        )
+        self.objects = ObjectTable(viewer, self._image, self._labels)
+        self.native.layout().addWidget(self.objects.native)
+        self.jobs = JobRunner(c.progress_bar, c.status_label, c.cancel_button, self._notify, self._on_busy)
         self.job_finished = self.jobs.finished
         self.auto = AutoSegment(self.native, self._auto_segment, lambda: self.jobs.busy)
         #: Plans what to encode ahead; ``prefetcher`` encodes it in a background thread.
@@ -106,7 +109,7 @@ class MedSamWidget(Container):
             button.changed.connect(partial(self._start, button.text))
         self._boxes.changed.connect(lambda layer: self.auto.watch("boxes", layer))
         self._clicks.changed.connect(self._on_clicks_layer_changed)
-        self.controls.auto.changed.connect(self._on_auto_changed)
+        self.controls.auto.changed.connect(lambda on: setattr(self.auto, "enabled", bool(on)))
         for picker in (self.controls.model, self.controls.weights, self.controls.device):
             picker.changed.connect(self._on_model_changed)
         for picker in (self._image, self._labels):
@@ -216,13 +219,15 @@ class MedSamWidget(Container):
         return vol.current_stack(self._image.value, *self._dims())
 
     def release(self) -> None:
-        """Give back the key binding and viewer connections, stop jobs and prefetching (on close)."""
+        """Closing the widget or the viewer: stop and join jobs and prefetching, give back bindings."""
         if self._released:
             return
         self._released = True
         self.jobs.cancel()
+        self.jobs.wait(JOIN_TIMEOUT_S)
         self.auto.close()
-        self.neighbours.close()
+        self.neighbours.close(JOIN_TIMEOUT_S)
+        self.objects.close()
         self.models.clear()
         self.polarity.release()
         for emitter, callback in self._viewer_events:
@@ -359,9 +364,6 @@ class MedSamWidget(Container):
         request.notes = []  # problems of prompts not drawn just now
         self.run_job(self.segment_job(request), lambda out: self.apply(request, out), title="Auto-segment")
 
-    def _on_auto_changed(self, value: bool) -> None:
-        self.auto.enabled = bool(value)
-
     def _on_model_changed(self, *_: object) -> None:
         self.controls.weights.visible = self.controls.model.value == CUSTOM
         self.neighbours.forget_predictor()  # never encode with the old model again
@@ -374,8 +376,7 @@ class MedSamWidget(Container):
 
     def _on_layers_changed(self, *_: object) -> None:
         self.pickers.refresh()
-        self._refresh()
-        self._on_prefetch_input_changed()
+        self._on_dims_changed()
 
     def _on_dims_changed(self, *_: object) -> None:
         self._refresh()

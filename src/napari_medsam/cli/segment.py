@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_medsam.cli.common import add_model_options, add_window_options, window_for
+from napari_medsam.core.stats import object_stats
 from napari_medsam.io.files import read_image, write_mask
 from napari_medsam.io.formats import WRITE_SUFFIXES, suffix_of
+from napari_medsam.io.stats_files import STATS_SUFFIXES, write_stats
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -25,7 +27,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         type=float,
         action="append",
         metavar=("X0", "Y0", "X1", "Y1"),
-        help="box in pixels (x = column, y = row); repeat for several objects",
+        help="box in pixels (x = column, y = row); repeat for several objects (label ids 1..N in order)",
+    )
+    segment.add_argument(
+        "--name",
+        action="append",
+        metavar="NAME",
+        help="name of the object of each --box, in order (once per --box, or not at all)",
     )
     segment.add_argument(
         "--point",
@@ -46,10 +54,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "-o",
         "--output",
         required=True,
-        help="mask file: .png .tif .npy, or .nii.gz .nrrd .mha (volume geometry kept)",
+        help="mask file: .png .tif .npy, or .nii.gz .nrrd .mha (geometry kept, names in <stem>.labels.json), "
+        ".seg.nrrd (3D Slicer), .dcm (DICOM Segmentation of a DICOM series input)",
+    )
+    segment.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="also write per-object statistics to FILE.csv or FILE.json "
+        "(label, name, voxels, volume_ml, slices, mean_intensity)",
     )
     add_model_options(segment)
-    segment.set_defaults(func=run_segment)
+    segment.set_defaults(func=run_segment, parser=segment)
 
 
 def _slice_of(image: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, bool]:
@@ -80,11 +95,22 @@ def _points(args: argparse.Namespace) -> tuple[np.ndarray | None, np.ndarray | N
     return values[:, :2], values[:, 2].astype(np.int64)
 
 
+def object_names(args: argparse.Namespace) -> dict[int, str]:
+    """Label id -> ``--name`` (ids 1..N in ``--box`` order); an argparse error (exit 2) on a miscount."""
+    names, boxes = args.name or [], args.box or []
+    if names and len(names) != len(boxes):
+        args.parser.error(f"give --name once per --box ({len(boxes)}), or not at all; got {len(names)}")
+    return {i: name for i, name in enumerate(names, start=1)}
+
+
 def run_segment(args: argparse.Namespace) -> int:
     """Segment the boxes (and clicks) on one slice; with ``--propagate`` through the volume."""
     from napari_medsam.core.predictor import MedSamPredictor
     from napari_medsam.core.propagation import label_objects, stack_labels
 
+    names = object_names(args)
+    if args.stats and suffix_of(args.stats) not in STATS_SUFFIXES:
+        raise ValueError(f"--stats {args.stats}: write statistics as {' or '.join(STATS_SUFFIXES)}")
     image, geometry = read_image(Path(args.image))
     image = np.asarray(image)
     plane, is_volume = _slice_of(image, args)
@@ -109,7 +135,11 @@ def run_segment(args: argparse.Namespace) -> int:
         )  # fmt: skip
     else:
         output = stack_labels(key_masks, plane.shape[:2])
-    write_mask(Path(args.output), output, geometry)
+    write_mask(Path(args.output), output, geometry, names=names, model=args.model)
+    if args.stats:
+        pixels = image if output.shape == image.shape else plane if output.shape == plane.shape else None
+        spacing = None if geometry is None or output.ndim != geometry.ndim else geometry.spacing
+        write_stats(args.stats, object_stats(output, pixels, spacing, names, axis=args.axis))
     elapsed = time.perf_counter() - start
     print(
         f"{args.output}: {int(np.count_nonzero(output))} voxels in {int(output.max())} object(s), "

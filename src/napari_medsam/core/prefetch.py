@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +16,11 @@ from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.core.slicing import check_axis, take_slice
 
 logger = logging.getLogger(__name__)
+#: Prefetchers not closed yet: closed (and joined) at interpreter exit, so that no thread is left
+#: inside the encoder while Python and PyTorch shut down.
+_OPEN: weakref.WeakSet[Prefetcher] = weakref.WeakSet()
+#: How long closing at exit waits for a slice being encoded.
+EXIT_TIMEOUT_S = 60.0
 
 
 class Prefetcher:
@@ -40,6 +47,7 @@ class Prefetcher:
         #: Slices this prefetcher had encoded (precompute returned True), and failures seen.
         self.encoded = 0
         self.errors = 0
+        _OPEN.add(self)
 
     @property
     def predictor(self) -> SlicePredictor | None:
@@ -96,7 +104,8 @@ class Prefetcher:
             return len(self._queue)
 
     def close(self, timeout: float | None = 5.0) -> None:
-        """Drop queued work and stop the thread (waits for a slice being encoded)."""
+        """Drop queued work and stop the thread (waits up to ``timeout`` for a slice being encoded)."""
+        _OPEN.discard(self)
         with self._cond:
             self._closed = True
             self._drop_queue()
@@ -135,3 +144,9 @@ class Prefetcher:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+@atexit.register
+def _close_open_prefetchers() -> None:
+    for prefetcher in list(_OPEN):
+        prefetcher.close(timeout=EXIT_TIMEOUT_S)

@@ -7,13 +7,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from napari_medsam.core.objects import default_name
+
 #: Column names of the statistics table (widget, ``--stats FILE.csv``, cohort summaries).
 STATS_COLUMNS = ("label", "name", "voxels", "volume_ml", "slices", "mean_intensity")
-
-
-def default_name(label_id: int) -> str:
-    """The name an object has until someone names it."""
-    return f"object {int(label_id)}"
 
 
 @dataclass(frozen=True)
@@ -47,28 +44,28 @@ def object_stats(
     ``image`` (the raw data, e.g. HU) gives the mean intensity inside each object.
     """
     labels = np.asarray(labels)
-    if image is not None and np.shape(image)[: labels.ndim] != labels.shape:
+    if image is not None and np.shape(image) != labels.shape:
         raise ValueError(f"image of shape {np.shape(image)} does not match labels of shape {labels.shape}")
-    flat = labels.reshape(-1).astype(np.int64, copy=False)
-    if flat.size and flat.min() < 0:
+    if labels.size and labels.min() < 0:
         raise ValueError("labels must not be negative")
-    counts = np.bincount(flat)
-    ids = [int(i) for i in np.flatnonzero(counts) if i > 0]
-    if not ids:
-        return []
-    sums = None
-    if image is not None:
-        values = np.asarray(image, dtype=np.float64).reshape(-1)
-        sums = np.bincount(flat, weights=values, minlength=counts.size)
     voxel_ml = None
     if spacing_mm is not None and labels.ndim >= 3:
         voxel_ml = float(np.prod(np.abs(np.asarray(spacing_mm, dtype=float)[-labels.ndim :]))) / 1000.0
-    moved = np.moveaxis(labels, axis, 0) if labels.ndim >= 3 else labels[None]
-    slices = dict.fromkeys(ids, 0)
-    for plane in moved:
-        for i in np.unique(plane):
-            if i > 0:
-                slices[int(i)] += 1
+    top = int(labels.max()) if labels.size else 0
+    counts = np.zeros(top + 1, dtype=np.int64)
+    sums = np.zeros(top + 1)
+    slices = np.zeros(top + 1, dtype=np.int64)
+    if labels.ndim < 3:  # a 2D object lies on one slice
+        labels, image, axis = labels[None], None if image is None else np.asarray(image)[None], 0
+    for k in range(labels.shape[axis]):  # one slice at a time: bounded memory on large volumes
+        plane = np.take(labels, k, axis=axis).reshape(-1).astype(np.int64)
+        found = np.bincount(plane, minlength=top + 1)
+        counts += found
+        slices += found > 0
+        if image is not None:
+            values = np.take(image, k, axis=axis).reshape(-1).astype(np.float64)
+            sums += np.bincount(plane, weights=values, minlength=top + 1)
+    ids = [int(i) for i in np.flatnonzero(counts) if i > 0]
     names = names or {}
     return [
         ObjectStats(
@@ -76,8 +73,8 @@ def object_stats(
             name=str(names.get(i) or default_name(i)),
             voxels=int(counts[i]),
             volume_ml=None if voxel_ml is None else int(counts[i]) * voxel_ml,
-            slices=slices[i],
-            mean_intensity=None if sums is None else float(sums[i] / counts[i]),
+            slices=int(slices[i]),
+            mean_intensity=None if image is None else float(sums[i] / counts[i]),
         )
         for i in ids
     ]

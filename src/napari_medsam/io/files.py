@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,23 @@ def read_image(path: Path) -> tuple[np.ndarray, VolumeGeometry | None]:
     )
 
 
-def write_mask(path: Path, labels: np.ndarray, geometry: VolumeGeometry | None) -> None:
-    """Write labels in the format the extension names (PNG: 0/255 for one object, else label ids)."""
+def write_mask(
+    path: Path,
+    labels: np.ndarray,
+    geometry: VolumeGeometry | None,
+    names: Mapping[int, str] | None = None,
+    model: str | None = None,
+) -> None:
+    """Write labels in the format the extension names (PNG: 0/255 for one object, else label ids).
+
+    Label volume formats keep ``names`` (:func:`~napari_medsam.io.label_files.save_labels`).
+    """
     suffix = suffix_of(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in WRITE_SUFFIXES:
-        from napari_medsam.io.volumes import write_labels
+        from napari_medsam.io.label_files import save_labels
 
-        write_labels(path, labels, geometry)
+        save_labels(path, labels, geometry, names=names, model=model)
     elif suffix == ".npy":
         np.save(path, labels)
     elif suffix in (".tif", ".tiff"):

@@ -22,8 +22,10 @@ VOLUME_FORMATS: dict[str, str] = {
 }
 #: Endings the volume reader claims (folders of DICOM files are claimed too).
 READ_SUFFIXES: tuple[str, ...] = tuple(VOLUME_FORMATS)
-#: Endings label volumes are written as, with the geometry of their image.
-WRITE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
+#: Endings label volumes are written as through SimpleITK, with the geometry of their image ...
+ITK_WRITE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
+#: ... and every ending the labels writer takes: those and DICOM Segmentations (``.dcm``).
+WRITE_SUFFIXES: tuple[str, ...] = (*ITK_WRITE_SUFFIXES, ".dcm")
 #: Plain images the CLI reads (no geometry) ...
 PLAIN_READ_SUFFIXES: tuple[str, ...] = (".npy", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 #: ... and writes.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medsam.io.formats import READ_SUFFIXES, VOLUME_FORMATS, WRITE_SUFFIXES, stem_of, suffix_of
+from napari_medsam.io.formats import ITK_WRITE_SUFFIXES, READ_SUFFIXES, VOLUME_FORMATS, stem_of, suffix_of
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class VolumeGeometry:
 
     The physical (LPS, millimetres) position of voxel index ``idx`` (napari order) is
     ``origin + direction @ (spacing * idx)``, also in napari order. ``direction[r][c]`` is
-    component ``r`` of the unit vector along index axis ``c``.
+    component ``r`` of the unit vector along index axis ``c``. ``source_files`` are the DICOM
+    files of a series, one per index of the first axis, in that order (None for other formats).
     """
 
     spacing: tuple[float, ...]
@@ -61,6 +62,7 @@ class VolumeGeometry:
     direction: tuple[tuple[float, ...], ...]
     shape: tuple[int, ...] | None = None
     modality: str | None = None
+    source_files: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.spacing)
@@ -93,7 +95,9 @@ class VolumeGeometry:
         )
 
     @classmethod
-    def from_itk(cls, image: sitk.Image, modality: str | None = None) -> VolumeGeometry:
+    def from_itk(
+        cls, image: sitk.Image, modality: str | None = None, source_files: Sequence[str] | None = None
+    ) -> VolumeGeometry:
         """Geometry of a SimpleITK image, converted to napari order."""
         n = image.GetDimension()
         direction = np.asarray(image.GetDirection(), dtype=float).reshape(n, n)
@@ -103,18 +107,20 @@ class VolumeGeometry:
             direction=_matrix(direction[::-1, ::-1]),
             shape=tuple(int(s) for s in image.GetSize()[::-1]),
             modality=modality,
+            source_files=None if source_files is None else tuple(str(f) for f in source_files),
         )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VolumeGeometry:
         """Inverse of :meth:`to_dict`."""
-        shape = data.get("shape")
+        shape, files = data.get("shape"), data.get("source_files")
         return cls(
             spacing=_floats(data["spacing"]),
             origin=_floats(data["origin"]),
             direction=_matrix(np.asarray(data["direction"], dtype=float)),
             shape=None if shape is None else tuple(int(s) for s in shape),
             modality=data.get("modality"),
+            source_files=None if files is None else tuple(str(f) for f in files),
         )
 
     @classmethod
@@ -177,20 +183,24 @@ class VolumeGeometry:
             "direction": [list(row) for row in self.direction],
             "shape": None if self.shape is None else list(self.shape),
             "modality": self.modality,
+            "source_files": None if self.source_files is None else list(self.source_files),
         }
 
     def layer_kwargs(self, source: str | os.PathLike | None = None) -> dict[str, Any]:
-        """napari layer keyword arguments: spacing as ``scale``, origin as ``translate``.
+        """napari layer keyword arguments: the radiological display and the geometry in ``metadata``.
 
-        The direction is not applied to the display (no reorientation); it stays in
-        ``metadata`` with the full geometry and affine, which is what the writer uses.
+        The data stay the file's voxel grid; ``scale``, ``translate`` and ``affine`` (flips) place
+        it in the radiological convention (:mod:`napari_medsam.io.orientation`). ``metadata``
+        keeps the full geometry and its affine (what the writers use) and the DICOM files.
         """
+        from napari_medsam.io.orientation import display_transform
+
         metadata: dict[str, Any] = {GEOMETRY_KEY: self.to_dict(), "affine": self.affine}
         if self.modality:
             metadata["modality"] = self.modality
         if source is not None:
             metadata["source_path"] = os.fspath(source)
-        return {"scale": list(self.spacing), "translate": list(self.origin), "metadata": metadata}
+        return {**display_transform(self), "metadata": metadata}
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -250,9 +260,10 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry]:
             f"{path}: not a NIfTI, NRRD, MetaImage or DICOM file (expected one of "
             f"{', '.join(READ_SUFFIXES)} or a folder of DICOM files)"
         )
+    files = None
     try:
         if fmt == "DICOM":
-            image, modality = _read_dicom_series(path)
+            image, modality, files = _read_dicom_series(path)
         else:
             reader = sitk.ImageFileReader()
             reader.SetFileName(path)
@@ -266,10 +277,10 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry]:
             f"Could not read {path} as {fmt} (corrupt or incomplete file?): {_itk_reason(exc)}"
         ) from exc
     array = sitk.GetArrayFromImage(image)
-    return array, VolumeGeometry.from_itk(image, modality=_modality(modality))
+    return array, VolumeGeometry.from_itk(image, modality=_modality(modality), source_files=files)
 
 
-def _read_dicom_series(path: str) -> tuple[sitk.Image, str | None]:
+def _read_dicom_series(path: str) -> tuple[sitk.Image, str | None, tuple[str, ...]]:
     import SimpleITK as sitk
 
     if os.path.isdir(path):
@@ -299,7 +310,7 @@ def _read_dicom_series(path: str) -> tuple[sitk.Image, str | None]:
     modality = (
         reader.GetMetaData(0, "0008|0060") if reader.HasMetaDataKey(0, "0008|0060") else None
     )
-    return image, modality
+    return image, modality, tuple(os.path.abspath(f) for f in files)
 
 
 def _check_nifti_complete(path: str, reader: sitk.ImageFileReader) -> None:
@@ -360,19 +371,20 @@ def write_labels(
     path: str | os.PathLike,
     labels: np.ndarray,
     geometry: VolumeGeometry | None = None,
+    header: Mapping[str, str] | None = None,
 ) -> str:
     """Write an integer label array (napari order) to NIfTI, NRRD or MetaImage, compressed.
 
     The file gets ``geometry`` (spacing, origin, direction), so it overlays the image it was
     made on; without one it is axis-aligned with unit spacing. Labels are stored as the
     smallest unsigned integer type that holds them (uint8 / uint16 / uint32; int32 if negative).
-    Returns the path written.
+    ``header`` fields go into the file's header (NRRD ``key:=value`` lines). Returns the path.
     """
     import SimpleITK as sitk
 
     path = os.fspath(path)
-    if not os.path.basename(path).lower().endswith(WRITE_SUFFIXES):
-        raise ValueError(f"{path}: label files can be written as {', '.join(WRITE_SUFFIXES)}")
+    if not os.path.basename(path).lower().endswith(ITK_WRITE_SUFFIXES):
+        raise ValueError(f"{path}: label files can be written as {', '.join(ITK_WRITE_SUFFIXES)}")
     array = _label_array(labels)
     if array.ndim not in (2, 3, 4):
         raise ValueError(f"labels must be 2D, 3D or 4D, got shape {array.shape}")
@@ -384,6 +396,8 @@ def write_labels(
         )
     image = sitk.GetImageFromArray(array, isVector=False)
     geometry.apply_to(image)
+    for key, value in (header or {}).items():
+        image.SetMetaData(key, value)
     try:
         sitk.WriteImage(image, path, useCompression=True)
     except RuntimeError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medsam.core.objects import NAME, palette_cycle
 from napari_medsam.core.windows import WindowChoice, training_window
 from napari_medsam.io.volumes import GEOMETRY_KEY
 from napari_medsam.layers.prompts import spatial_shape
@@ -33,13 +34,16 @@ def image_transforms(image: Any) -> dict[str, Any]:
 
 
 def add_boxes_layer(viewer: Any, image: Any) -> Any:
-    """A Shapes layer for box prompts, each box with its ``label_id`` feature shown as text."""
+    """A Shapes layer for box prompts, each box with its ``label_id`` feature shown as text.
+
+    A box's ``name`` feature, when set, names its object.
+    """
     size = min(spatial_shape(image)[-2:])
     return viewer.add_shapes(
         ndim=image.ndim,
         name=f"{image.name} {LAYER_SUFFIXES['boxes']}",
-        features={LABEL_ID: np.zeros(0, dtype=int)},
-        feature_defaults={LABEL_ID: 0},
+        features={LABEL_ID: np.zeros(0, dtype=int), NAME: np.zeros(0, dtype=object)},
+        feature_defaults={LABEL_ID: 0, NAME: ""},
         edge_color="yellow",
         face_color="transparent",
         edge_width=max(1.0, size / 256),
@@ -65,10 +69,16 @@ def add_clicks_layer(viewer: Any, image: Any, positive: bool = True) -> Any:
 
 
 def add_labels_layer(viewer: Any, image: Any, shape: tuple[int, ...]) -> Any:
-    """An empty uint16 Labels layer over the image."""
+    """An empty uint16 Labels layer over the image, in the palette's colours, with its metadata.
+
+    The image's ``metadata`` (its file geometry, DICOM files) goes with the labels, so that
+    they are saved onto the image's grid and series.
+    """
     return viewer.add_labels(
         np.zeros(shape, dtype=np.uint16),
         name=f"{image.name} {LAYER_SUFFIXES['labels']}",
+        colormap=palette_cycle(),
+        metadata=dict(image.metadata),
         **image_transforms(image),
     )
 
@@ -205,9 +215,8 @@ def fits_image(layer: Any, image: Any) -> bool:
     from napari.layers import Labels
 
     if isinstance(layer, Labels):
-        same_transform = np.allclose(layer.affine.affine_matrix, image.affine.affine_matrix) and all(
-            np.allclose(getattr(layer, name), getattr(image, name)) for name in ("scale", "translate")
-        )
+        corners = np.vstack([np.zeros(image.ndim), np.eye(image.ndim)])  # where the grid's axes go
+        same_transform = all(np.allclose(layer.data_to_world(c), image.data_to_world(c)) for c in corners)
         return tuple(layer.data.shape) == spatial_shape(image) and same_transform
     vertices = layer.data if isinstance(layer.data, np.ndarray) else [np.asarray(v) for v in layer.data]
     points = (

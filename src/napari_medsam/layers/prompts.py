@@ -154,6 +154,15 @@ def plane_axes(dims_order: Sequence[int], world_ndim: int, image_ndim: int) -> t
     return row, col
 
 
+def slider_axis(dims_order: Sequence[int], world_ndim: int, image_ndim: int) -> int | None:
+    """The image axis the slider nearest the displayed axes moves (None: the image has no such axis)."""
+    offset = world_ndim - image_ndim
+    for world_axis in reversed(list(dims_order)[:-2]):
+        if int(world_axis) - offset >= 0:
+            return int(world_axis) - offset
+    return None
+
+
 def current_plane(image_layer: Any, world_point: Sequence[float], dims_order: Sequence[int]) -> Plane:
     """The plane of the image the viewer shows at ``world_point``."""
     row, col = plane_axes(dims_order, len(world_point), image_layer.ndim)

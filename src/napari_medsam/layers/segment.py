@@ -11,6 +11,7 @@ import numpy as np
 
 from napari_medsam.core.jobs import Job
 from napari_medsam.layers.labels import assign_label_ids, write_planes
+from napari_medsam.layers.objects import note_written
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids
 from napari_medsam.layers.prompts import (
     ObjectPrompt,
@@ -147,7 +148,8 @@ def write_masks(labels: Any, request: SegmentRequest, outcome: SegmentOutcome) -
     """Write the masks into ``labels`` as one undo step; return (ids written, warnings).
 
     Objects sharing a label id on a slice are merged first, so they do not erase each other.
-    The ids are then stored in the boxes' (and click-only objects' clicks') ``label_id``.
+    The ids are then stored in the boxes' (and click-only objects' clicks') ``label_id``, and
+    the objects named after their boxes' ``name`` feature (:mod:`napari_medsam.layers.objects`).
     """
     merged: dict[tuple[Plane, int], np.ndarray] = {}
     for obj, label_id, mask in zip(request.objects, request.label_ids, outcome.masks, strict=True):
@@ -155,7 +157,8 @@ def write_masks(labels: Any, request: SegmentRequest, outcome: SegmentOutcome) -
         merged[key] = merged[key] | mask if key in merged else mask
     writes = [(plane, label_id, mask) for (plane, label_id), mask in merged.items()]
     written = write_planes(labels, writes, overwrite=request.settings.overwrite)
-    _store_request_ids(request)
+    box_rows = _store_request_ids(request)
+    note_written(labels, written, request.inputs.boxes, box_rows, request.settings.source)
     notes = request.notes + outcome.notes
     empty = sorted({i for (_, i), m in merged.items() if not m.any()} - set(written))
     if empty:
@@ -163,7 +166,8 @@ def write_masks(labels: Any, request: SegmentRequest, outcome: SegmentOutcome) -
     return written, notes
 
 
-def _store_request_ids(request: SegmentRequest) -> None:
+def _store_request_ids(request: SegmentRequest) -> dict[int, int]:
+    """Store each object's id in its box's (or clicks') ``label_id``; returns box row -> id."""
     box_rows: dict[int, int] = {}
     click_rows: dict[int, int] = {}
     for obj, label_id in zip(request.objects, request.label_ids, strict=True):
@@ -175,3 +179,4 @@ def _store_request_ids(request: SegmentRequest) -> None:
         store_ids(request.inputs.boxes, box_rows)
     if request.inputs.clicks is not None:
         store_ids(request.inputs.clicks, click_rows)
+    return box_rows

@@ -20,8 +20,16 @@ from napari_medsam.core.boxes import BoxXYXY
 from napari_medsam.core.jobs import Job, relay
 from napari_medsam.core.propagation import SliceStep, interpolate_boxes, propagate, segment_boxes
 from napari_medsam.layers.labels import assign_label_ids, write_planes
+from napari_medsam.layers.objects import note_written
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids
-from napari_medsam.layers.prompts import BoxPrompt, Plane, boxes_from_shapes, current_plane, spatial_shape
+from napari_medsam.layers.prompts import (
+    BoxPrompt,
+    Plane,
+    boxes_from_shapes,
+    current_plane,
+    slider_axis,
+    spatial_shape,
+)
 from napari_medsam.layers.requests import LayerInputs, RunSettings
 from napari_medsam.layers.segment import PredictorFor
 
@@ -62,22 +70,16 @@ class PlaneStack:
         return self.shape[0]
 
 
-def slice_axis(plane: Plane, dims_order: Sequence[int], offset: int) -> int:
-    """The image axis the slider nearest the displayed axes moves (image axis = world axis - offset)."""
-    fixed = dict(plane.fixed)
-    for world_axis in reversed(list(dims_order)[:-2]):
-        if int(world_axis) - offset in fixed:
-            return int(world_axis) - offset
-    raise ValueError(NEEDS_3D)
-
-
 def current_stack(image: Any, world_point: Sequence[float], dims_order: Sequence[int]) -> PlaneStack:
     """The slices of ``image`` parallel to the one shown at ``world_point``, along the nearest slider."""
     if len(spatial_shape(image)) < 3:
         raise ValueError(NEEDS_3D)
     plane = current_plane(image, world_point, dims_order)
     data = image.data[0] if image.multiscale else image.data
-    return PlaneStack(data, plane, slice_axis(plane, dims_order, len(world_point) - image.ndim))
+    axis = slider_axis(dims_order, len(world_point), image.ndim)
+    if axis is None:
+        raise ValueError(NEEDS_3D)
+    return PlaneStack(data, plane, axis)
 
 
 @dataclass
@@ -232,7 +234,7 @@ def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) ->
 
     On every slice a run covered, the object's earlier voxels are replaced by its new mask;
     other objects' voxels are kept unless ``request.overwrite``. The ids are then stored in the
-    ``label_id`` feature of the key boxes (Interpolate).
+    ``label_id`` feature of the key boxes (Interpolate), which also name their object.
     """
     stack = request.stack
     writes = [
@@ -241,8 +243,9 @@ def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) ->
         for z in range(first, last + 1)
     ]
     written = write_planes(labels, writes, overwrite=request.settings.overwrite)
+    rows = {row: obj.label_id for obj in request.objects for row in obj.box_rows}
     if request.inputs.boxes is not None:
-        rows = {row: obj.label_id for obj in request.objects for row in obj.box_rows}
         store_ids(request.inputs.boxes, rows)
+    note_written(labels, written, request.inputs.boxes, rows, request.settings.source)
     empty = [obj.label_id for obj in request.objects if obj.label_id not in written]
     return written, [f"{request.action} found nothing for label(s) {empty}."] if empty else []
