@@ -71,9 +71,11 @@ def test_an_invalid_manifest_exits_2_and_runs_nothing(tmp_path, capsys, text, me
     assert not (tmp_path / "out").exists()
 
 
-def test_an_unknown_model_exits_2(tmp_path):
+@pytest.mark.parametrize("option", ["--model", "--store"])
+def test_an_unknown_model_or_a_folder_that_is_not_a_store_exits_2(tmp_path, option):
     manifest = write(tmp_path, HEADER + "a.nii.gz,1,1 2 3 4,,,\n")
-    assert main(["batch", str(manifest), "-o", str(tmp_path / "out"), "--model", "no-such-model"]) == 2
+    value = {"--model": "no-such-model", "--store": str(manifest.parent)}[option]
+    assert main(["batch", str(manifest), "-o", str(tmp_path / "out"), option, value]) == 2
     assert not (tmp_path / "out").exists()
 
 

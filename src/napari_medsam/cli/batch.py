@@ -29,12 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medsam.cli.common import (
-    add_cluster_options,
-    add_model_options,
-    add_window_options,
-    window_for,
-)
+from napari_medsam.cli.common import add_cohort_options, window_for, window_options
 from napari_medsam.cli.manifest import ImageRows, ObjectRow, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -52,9 +47,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("manifest", type=Path, help="CSV: image, slice, box[, name, label, propagate]")
     batch.add_argument("-o", "--output-dir", type=Path, required=True, help="where labels and summary.csv go")
     batch.add_argument("--store", help="embedding store (.zarr) to read and fill")
-    add_window_options(batch)
-    add_model_options(batch)
-    add_cluster_options(batch)
+    add_cohort_options(batch)
     batch.set_defaults(func=run_batch)
 
 
@@ -86,12 +79,15 @@ class BatchOptions:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Run the manifest; see the module docstring for outputs and exit status."""
+    from napari_medsam.core.errors import ModelLoadError
+    from napari_medsam.core.store import EmbeddingStore
     from napari_medsam.models.loading import source_digest
 
     try:
-        images = read_manifest(args.manifest, args.output_dir)
+        images = read_manifest(args.manifest.absolute(), args.output_dir.absolute())  # as workers see them
         fingerprint = _run_fingerprint(args, source_digest(args.model))
-    except (ValueError, FileNotFoundError) as error:
+        store = None if args.store is None else str(EmbeddingStore(args.store).path)
+    except (ValueError, FileNotFoundError, ModelLoadError) as error:
         print(f"napari-medsam: error: {error}", file=sys.stderr)
         return 2
     hashes = {image.image: _image_hash(image, fingerprint) for image in images}
@@ -103,7 +99,7 @@ def run_batch(args: argparse.Namespace) -> int:
         if rows is not None
     }
     if todo:
-        results.update(_run(args, todo, hashes))
+        results.update(_run(args, todo, hashes, store))
     summary = [row for image in images for row in results[image.image]]
     _write_summary(args.output_dir / "summary.csv", summary)
     failed = sum(row.status == FAILED for row in summary)
@@ -113,15 +109,15 @@ def run_batch(args: argparse.Namespace) -> int:
 
 
 def _run(
-    args: argparse.Namespace, images: list[ImageRows], hashes: dict[str, str]
+    args: argparse.Namespace, images: list[ImageRows], hashes: dict[str, str], store: str | None
 ) -> dict[str, list[RowResult]]:
     """Segment ``images`` on the cluster, one task each, with a progress bar over their objects."""
     from tqdm import tqdm
 
     from napari_medsam.cli import cluster
 
-    spec = cluster.PredictorSpec(args.model, args.device, args.dtype, args.store)
-    window = argparse.Namespace(window=args.window, preset=args.preset)
+    spec = cluster.PredictorSpec(args.model, args.device, args.dtype, store)
+    window = window_options(args)
     results: dict[str, list[RowResult]] = {}
     total = sum(len(image.rows) for image in images)
     with (
@@ -149,6 +145,7 @@ def _run(
 def segment_image(image: ImageRows, image_hash: str, options: BatchOptions) -> list[RowResult]:
     """The task of one image (on a worker): segment its rows, write its outputs, report each row."""
     from napari_medsam.cli.cluster import one_line, worker_predictor
+    from napari_medsam.core.jobs import user_message
     from napari_medsam.core.objects import volume_labels
     from napari_medsam.core.store import store_volume
     from napari_medsam.io.files import read_image
@@ -177,7 +174,7 @@ def segment_image(image: ImageRows, image_hash: str, options: BatchOptions) -> l
                     )
                     labels[(mask > 0) & (labels == 0)] = row.label
                 except Exception as failure:  # this row fails; the image's other rows go on
-                    if not isinstance(failure, (ValueError, FileNotFoundError)):
+                    if user_message(failure) is None:  # a bug: its traceback goes to the worker's log
                         logger.exception("%s, line %d", image.image, row.line)
                     error = one_line(failure)
             outcomes.append((row, error, time.perf_counter() - start))
@@ -251,8 +248,8 @@ def _run_fingerprint(args: argparse.Namespace, weights: str) -> str:
 def _image_hash(image: ImageRows, fingerprint: str) -> str:
     """A hash of an image's rows, its file (size and time) and the run's fingerprint."""
     digest = hashlib.sha256(fingerprint.encode())
-    for row in image.rows:
-        digest.update(json.dumps(asdict(row)).encode())
+    for row in image.rows:  # not their line numbers: rows of other images may come and go
+        digest.update(json.dumps({k: v for k, v in asdict(row).items() if k != "line"}).encode())
     files = sorted(image.path.rglob("*")) if image.path.is_dir() else [image.path]
     for file in files:
         try:

@@ -80,3 +80,15 @@ def add_cluster_options(sub: argparse.ArgumentParser) -> None:
         help="use an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (its workers need "
         "napari-medsam and the data at the same paths)",
     )
+
+
+def add_cohort_options(sub: argparse.ArgumentParser) -> None:
+    """What ``embed`` and ``batch`` share: the window, the model and where the tasks run."""
+    add_window_options(sub)
+    add_model_options(sub)
+    add_cluster_options(sub)
+
+
+def window_options(args: argparse.Namespace) -> argparse.Namespace:
+    """The window options alone, for :func:`window_for` on a worker."""
+    return argparse.Namespace(window=args.window, preset=args.preset)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medsam.cli.common import add_cluster_options, add_model_options, add_window_options, window_for
+from napari_medsam.cli.common import add_cohort_options, window_for, window_options
 
 ENCODED, STORED = "encoded", "stored"
 
@@ -45,9 +45,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="A:B",
         help="slices on axis 0 (default all)",
     )
-    add_window_options(embed)
-    add_model_options(embed)
-    add_cluster_options(embed)
+    add_cohort_options(embed)
     embed.set_defaults(func=run_embed)
 
 
@@ -60,15 +58,15 @@ class VolumeInput:
     window: tuple[float, float] | None
 
 
-def read_volume_input(path: str, options: argparse.Namespace) -> VolumeInput:
+def read_volume_input(name: str, path: str, options: argparse.Namespace) -> VolumeInput:
     """Task: read one volume and choose its window as ``segment`` does."""
     from napari_medsam.io.files import read_image
 
     array, geometry = read_image(Path(path))
     array = np.asarray(array)
     if array.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D volume, got shape {array.shape}")
-    return VolumeInput(path, array, window_for(options, array, geometry).window)
+        raise ValueError(f"{name}: expected a 3D volume, got shape {array.shape}")
+    return VolumeInput(name, array, window_for(options, array, geometry).window)
 
 
 def slice_indices(volume: VolumeInput, slices: slice) -> list[int]:
@@ -107,7 +105,7 @@ def run_embed(args: argparse.Namespace) -> int:
     store = EmbeddingStore(args.store)  # refused before any worker starts if it is not a store
     # No memory cache on the workers: every embedding goes to the store and is not used again there.
     spec = cluster.PredictorSpec(args.model, args.device, args.dtype, str(store.path), cache_bytes=0)
-    options = argparse.Namespace(window=args.window, preset=args.preset)
+    options = window_options(args)
     paths = list(dict.fromkeys(args.volumes))
     report = {path: VolumeProgress() for path in paths}
     start = time.perf_counter()
@@ -120,7 +118,8 @@ def run_embed(args: argparse.Namespace) -> int:
         pending = cluster.distributed.as_completed()
         volumes, slice_lists, owners = {}, {}, {}
         for i, path in enumerate(paths):
-            volumes[path] = client.submit(read_volume_input, path, options, key=f"{prefix}-read-{i}")
+            where = str(Path(path).absolute())  # the workers' working folder may be another
+            volumes[path] = client.submit(read_volume_input, path, where, options, key=f"{prefix}-read-{i}")
             indices = client.submit(slice_indices, volumes[path], args.slices, key=f"{prefix}-slices-{i}")
             slice_lists[indices.key] = owners[indices.key] = path
             pending.add(indices)

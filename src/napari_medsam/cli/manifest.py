@@ -57,7 +57,7 @@ class ImageRows:
 def read_manifest(manifest: Path, output_dir: Path) -> list[ImageRows]:
     """The manifest's images in order of first appearance, each with its rows and output path."""
     try:
-        with manifest.open(newline="") as file:
+        with manifest.open(newline="", encoding="utf-8-sig") as file:  # a spreadsheet's BOM too
             reader = csv.DictReader(file)
             columns = [c.strip() for c in reader.fieldnames or []]
             records = [

@@ -129,7 +129,7 @@ class EmbeddingStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._zarr = import_extra("zarr", "the embedding store")
-        self.path = Path(path).expanduser()
+        self.path = Path(path).expanduser().absolute()  # the same folder for every worker
         self._groups: set[Path] = set()
         empty = self.path.is_dir() and not any(self.path.iterdir())
         if self.path.exists() and not empty and not self._is_store():
