@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -85,6 +87,7 @@ def test_a_foreign_or_damaged_entry_is_never_used(tmp_path):
     store.entry_path(foreign).parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(store.entry_path(key()), store.entry_path(foreign))  # another slice's embedding
     assert store.get(foreign) is None
+    assert foreign not in store  # removed, so the right one can be written
     chunk = next(p for p in store.entry_path(key()).rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes()[:100])  # truncated
     assert store.get(key()) is None
@@ -235,3 +238,21 @@ def test_a_second_run_reads_the_store_and_gives_the_same_masks(tmp_path, lite_pr
     assert {(u.model.name, u.entries) for u in EmbeddingStore(path).usage()} == {
         ("lite-medsam", 4), (str(tiny_sam_dir), 1),
     }  # fmt: skip
+
+
+def test_the_cli_starts_without_the_cluster_extra_and_names_it_when_needed():
+    from napari_medsam.core.errors import MissingExtraError, import_extra
+
+    code = (
+        "import sys\nfrom napari_medsam.cli import build_parser\nbuild_parser()\n"
+        "from napari_medsam._qt import store_setting\n"
+        "loaded = [m for m in ('dask', 'distributed', 'zarr') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with pytest.raises(
+        MissingExtraError,
+        match=r"the embedding store needs no_such_zarr: pip install 'napari-medsam\[cluster\]'",
+    ):
+        import_extra("no_such_zarr", "the embedding store")

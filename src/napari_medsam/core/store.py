@@ -156,12 +156,11 @@ class EmbeddingStore:
             array = self._zarr.open_array(path, mode="r")
             attributes = array.attrs.asdict()
             if attributes.get("key") != _key_attributes(key):
-                logger.warning("%s holds another embedding than its path says; not used", path)
-                return None
+                raise ValueError(f"it holds the embedding of {attributes.get('key')}")
             embedding = torch.from_numpy(array[...])
             geometry = _geometry(attributes["geometry"])
-        except Exception:  # a damaged entry (truncated chunk, bad JSON): drop it, re-encode
-            logger.warning("%s is damaged; removing it", path, exc_info=True)
+        except Exception as error:  # foreign, or damaged (truncated chunk, bad JSON): re-encode
+            logger.warning("%s is not usable (%s); removing it", path, error)
             shutil.rmtree(path, ignore_errors=True)
             return None
         with contextlib.suppress(OSError):  # last use, for pruning; a read-only store still reads
@@ -182,12 +181,7 @@ class EmbeddingStore:
         self._ensure_group(path.parent, {})
         attributes = {
             "key": _key_attributes(key),
-            "geometry": {
-                "family": geometry.family,
-                "original": list(geometry.original),
-                "resized": list(geometry.resized),
-                "input_size": geometry.input_size,
-            },
+            "geometry": asdict(geometry),
             "volume": _volume.get(),
         }
         data = embedding.detach().to("cpu").contiguous().numpy()
