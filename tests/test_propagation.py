@@ -14,7 +14,7 @@ from napari_medsam.core.jobs import relay, run_to_end
 from napari_medsam.core.propagation import (
     PREVIOUS_LOGITS_DEFAULT,
     interpolate_boxes,
-    label_objects,
+    label_volume,
     propagate,
     segment_boxes,
 )
@@ -268,18 +268,18 @@ def test_bad_arguments_raise_value_error():
     assert predictor.slices_set == []
 
 
-def test_label_objects_numbers_objects_in_order_and_propagates_each_alone():
+def test_label_volume_numbers_objects_in_order_and_propagates_each_alone():
     volume, truth = ellipsoid_volume()
     second = np.zeros_like(truth)
     second[6:13, 50:60, 5:15] = True
     volume = np.where(truth | second, 140, 40).astype(np.int16)
-    labels = label_objects(ThresholdPredictor(), volume, 10, [second[10], truth[10]])
+    labels = label_volume(ThresholdPredictor(), volume, 10, [second[10], truth[10]])
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels == 1, second)
     np.testing.assert_array_equal(labels == 2, truth)
-    alone = label_objects(ThresholdPredictor(), volume, 10, [truth[10]])
+    alone = label_volume(ThresholdPredictor(), volume, 10, [truth[10]])
     np.testing.assert_array_equal(alone == 1, truth)  # the same mask as with the other object
-    key_only = label_objects(ThresholdPredictor(), volume, 10, [truth[10]], propagate_objects=False)
+    key_only = label_volume(ThresholdPredictor(), volume, 10, [truth[10]], propagate_objects=False)
     np.testing.assert_array_equal(key_only[10] == 1, truth[10])
     assert not key_only[:10].any()
     assert not key_only[11:].any()

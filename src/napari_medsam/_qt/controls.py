@@ -13,6 +13,7 @@ from napari_medsam._qt.options import (
     TOGGLE_KEY,
     WINDOWS,
 )
+from napari_medsam._qt.store_setting import StoreSetting
 from napari_medsam.layers.volume import INTERPOLATE, PROPAGATE
 
 
@@ -30,6 +31,7 @@ class Controls:
         self.scope = ComboBox(label="segment", choices=[THIS_SLICE, ALL_SLICES], value=THIS_SLICE)
         self.overwrite = CheckBox(value=False, text="overwrite other labels")
         self.prefetch = CheckBox(value=True, text="encode neighbouring slices ahead")
+        self.store = StoreSetting()
         self.segment_button = PushButton(text="Segment")
         self.propagate_button = PushButton(text=PROPAGATE)
         self.interpolate_button = PushButton(text=INTERPOLATE)
@@ -45,6 +47,6 @@ class Controls:
         #: Everything below the layer pickers, in order.
         self.widgets = [
             self.new_layers, self.positive, self.auto, self.model, self.weights, self.device,
-            self.window, self.scope, self.overwrite, self.prefetch, self.actions,
+            self.window, self.scope, self.overwrite, self.prefetch, self.store.edit, self.actions,
             self.progress_bar, self.status_label,
         ]  # fmt: skip

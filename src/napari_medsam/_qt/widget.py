@@ -75,6 +75,7 @@ class MedSamWidget(Container):
     overwrite = Option("controls.overwrite", "Whether new masks may overwrite other objects' pixels.", bool)
     auto_segment = Option("controls.auto", "Segment each box or click as soon as it is drawn.", bool)
     prefetch = Option("controls.prefetch", "Encode the slices next to the one on screen ahead.", bool)
+    embedding_store = Option("controls.store.edit", "Embedding store folder (.zarr), remembered; '': none.")
     positive_clicks = Option("controls.positive", "Polarity of the next click (key T toggles it).", bool)
 
     def __init__(
@@ -82,8 +83,6 @@ class MedSamWidget(Container):
     ) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        #: The one predictor: switching the model releases the previous one.
-        self.models = ModelSlot(predictor_factory or load_predictor, unload_predictor)
         self._showing_problem = self._released = False
 
         #: The image picker and its boxes, clicks and labels pickers (auto-picked, see _qt.pickers).
@@ -91,6 +90,8 @@ class MedSamWidget(Container):
         self._image = self.pickers.image
         self._boxes, self._clicks, self._labels = self.pickers.companions.values()
         c = self.controls = Controls(default_model())
+        #: The one predictor: switching the model releases the previous one; it reads through the store.
+        self.models = ModelSlot(c.store.wrap(predictor_factory or load_predictor), unload_predictor)
         self.segment_button, self.propagate_button, self.interpolate_button = c.run_buttons
         self.cancel_button, self.run_buttons, self.actions = c.cancel_button, c.run_buttons, c.actions
         self.progress_bar, self.status_label = c.progress_bar, c.status_label

@@ -1,4 +1,4 @@
-"""The ``napari-medsam`` command: segment images and volumes from the shell, or run a demo."""
+"""The ``napari-medsam`` command: segment images and volumes, embed and segment cohorts, run a demo."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from napari_medsam.cli import demo, segment
+from napari_medsam.cli import batch, demo, embed, segment, store
 from napari_medsam.core.jobs import user_message
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-medsam", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log model loading and choices")
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (segment, demo):
+    for module in (segment, embed, batch, store, demo):
         module.add_parser(commands)
     return parser
 

@@ -26,8 +26,9 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
 
 
 def add_window_options(sub: argparse.ArgumentParser) -> None:
-    """``--window LOW HIGH`` and ``--preset``; neither: MedSAM's training window for the modality."""
-    sub.add_argument(
+    """``--window LOW HIGH`` or ``--preset``; neither: MedSAM's training window for the modality."""
+    choice = sub.add_mutually_exclusive_group()
+    choice.add_argument(
         "--window",
         nargs=2,
         type=float,
@@ -35,7 +36,7 @@ def add_window_options(sub: argparse.ArgumentParser) -> None:
         help="intensity window, e.g. -160 240 (default: MedSAM's training window: CT soft tissue, "
         "MR and others 0.5-99.5 percentiles of non-zero voxels, 8-bit/RGB as they are)",
     )
-    sub.add_argument(
+    choice.add_argument(
         "--preset",
         choices=[*WINDOW_PRESETS, MIN_MAX],
         help="a CT window preset, or min-max for each slice's own range",
@@ -55,3 +56,39 @@ def window_for(
     if args.window is not None:
         return WindowChoice((args.window[0], args.window[1]), "--window")
     return training_window(volume, getattr(geometry, "modality", None), rgb=rgb)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_cluster_options(sub: argparse.ArgumentParser) -> None:
+    """``--workers N`` (a local cluster of processes) or ``--scheduler ADDRESS`` (an existing one)."""
+    where = sub.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=positive_int,
+        help="worker processes of a local dask cluster, one task thread each (default: the core count)",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="use an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (its workers need "
+        "napari-medsam and the data at the same paths)",
+    )
+
+
+def add_cohort_options(sub: argparse.ArgumentParser) -> None:
+    """What ``embed`` and ``batch`` share: the window, the model and where the tasks run."""
+    add_window_options(sub)
+    add_model_options(sub)
+    add_cluster_options(sub)
+
+
+def window_options(args: argparse.Namespace) -> argparse.Namespace:
+    """The window options alone, for :func:`window_for` on a worker."""
+    return argparse.Namespace(window=args.window, preset=args.preset)

@@ -41,7 +41,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Segment the reference liver's box on one slice, propagate it, print Dice and timings."""
     from napari_medsam.core.boxes import expand_box, mask_box
     from napari_medsam.core.predictor import MedSamPredictor
-    from napari_medsam.core.propagation import label_objects
+    from napari_medsam.core.propagation import label_volume
     from napari_medsam.core.windows import training_window
     from napari_medsam.io.files import write_mask
     from napari_medsam.io.samples import ABDOMINAL_CT, ABDOMINAL_CT_LIVER
@@ -59,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
     encoded = time.perf_counter()
     mask = predictor.predict(box=box).mask
     decoded = time.perf_counter()
-    labels = label_objects(predictor, ct, z, [mask], window=choice.window)
+    labels = label_volume(predictor, ct, z, [mask], window=choice.window)
     propagated = time.perf_counter()
     out = Path(args.output)
     write_mask(out, labels, geometry, names={1: "liver"}, model=args.model)

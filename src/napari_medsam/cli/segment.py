@@ -64,6 +64,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "(label, name, voxels, volume_ml, slices, mean_intensity)",
     )
     add_model_options(segment)
+    segment.add_argument("--store", help="embedding store (.zarr) to read and fill")
     segment.set_defaults(func=run_segment, parser=segment)
 
 
@@ -105,8 +106,9 @@ def object_names(args: argparse.Namespace) -> dict[int, str]:
 
 def run_segment(args: argparse.Namespace) -> int:
     """Segment the boxes (and clicks) on one slice; with ``--propagate`` through the volume."""
+    from napari_medsam.core.key_slice import key_masks, volume_labels
     from napari_medsam.core.predictor import MedSamPredictor
-    from napari_medsam.core.propagation import label_objects, stack_labels
+    from napari_medsam.core.propagation import stack_labels
 
     names = object_names(args)
     if args.stats and suffix_of(args.stats) not in STATS_SUFFIXES:
@@ -122,19 +124,18 @@ def run_segment(args: argparse.Namespace) -> int:
     choice = window_for(args, image if is_volume else plane, geometry, rgb=plane.ndim == 3)
     print(f"window: {choice.describe()}")
     predictor = MedSamPredictor.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, family=args.family
+        args.model, device=args.device, dtype=args.dtype, family=args.family, store=args.store
     )
     start = time.perf_counter()
-    predictor.set_image(plane, window=choice.window)
     boxes = args.box or [None]
-    key_masks = [predictor.predict(box=box, points=points, point_labels=labels).mask for box in boxes]
     if is_volume and (args.propagate or suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")):
-        output = label_objects(
-            predictor, image, args.slice, key_masks, propagate_objects=args.propagate, axis=args.axis,
-            window=choice.window,
+        output = volume_labels(
+            predictor, image, args.slice, boxes, choice.window, propagate=args.propagate, axis=args.axis,
+            points=points, point_labels=labels,
         )  # fmt: skip
     else:
-        output = stack_labels(key_masks, plane.shape[:2])
+        masks = key_masks(predictor, plane, choice.window, boxes, points, labels)
+        output = stack_labels(masks, plane.shape[:2])
     write_mask(Path(args.output), output, geometry, names=names, model=args.model)
     if args.stats:
         pixels = image if output.shape == image.shape else plane if output.shape == plane.shape else None

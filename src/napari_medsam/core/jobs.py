@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.core.errors import MissingExtraError, ModelLoadError
 
 T = TypeVar("T")
 Y = TypeVar("Y")
@@ -19,7 +19,9 @@ Progress = tuple[int, int, str]
 Job = Generator[Progress, None, T]
 
 #: Errors a user can fix from the message alone (bad input, a missing file, a model that will not load).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, ModelLoadError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, ModelLoadError, MissingExtraError,
+)  # fmt: skip
 OUT_OF_MEMORY_ADVICE = (
     "out of memory: pick a smaller model (LiteMedSAM), run on the CPU, or work on fewer slices at once"
 )

@@ -6,6 +6,7 @@ Qt-free and napari-free. Mirrors segment-anything's ``SamPredictor`` (``set_imag
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,9 +29,14 @@ from napari_medsam.core.preprocessing import (
 from napari_medsam.core.windows import check_window
 
 if TYPE_CHECKING:
+    import os
+
     import torch
 
+    from napari_medsam.core.store import EmbeddingStore
     from napari_medsam.models import Family, LoadedModel
+
+logger = logging.getLogger(__name__)
 
 LOW_RES_SIZE = 256
 
@@ -67,13 +73,21 @@ class MedSamPredictor:
     """Segment one 2D slice at a time with MedSAM, SAM or LiteMedSAM.
 
     Embeddings are cached (as float16, on the CPU) under a signature of the slice's data, the
-    intensity window, the model and the preprocessing, so revisiting a slice costs no encoder work.
-    All methods are thread-safe.
+    intensity window, the model's weights, family and dtype, and the preprocessing, so revisiting
+    a slice costs no encoder work. With a ``store`` (an :class:`~napari_medsam.core.store.
+    EmbeddingStore` or its path) lookups go to memory, then the store, then the encoder, and new
+    embeddings are written to the store. All methods are thread-safe.
     """
 
-    def __init__(self, model: LoadedModel, cache: EmbeddingCache | None = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        cache: EmbeddingCache | None = None,
+        store: EmbeddingStore | str | os.PathLike[str] | None = None,
+    ) -> None:
         self.model = model
         self.cache = cache if cache is not None else EmbeddingCache()
+        self.store = store
         self._lock = threading.RLock()
         self._encode_lock = threading.Lock()
         self._embedding: torch.Tensor | None = None
@@ -87,11 +101,27 @@ class MedSamPredictor:
         dtype: str = "auto",
         family: Family | None = None,
         cache: EmbeddingCache | None = None,
+        store: EmbeddingStore | str | os.PathLike[str] | None = None,
     ) -> MedSamPredictor:
-        """Load (or reuse) a model: an alias, a hub id, a Hugging Face folder or a ``.pth`` file."""
+        """Load (or reuse) a model: an alias, a hub id, a Hugging Face folder or a ``.pth`` file.
+
+        ``store`` (a path or an ``EmbeddingStore``) reads and writes embeddings through a disk store.
+        """
         from napari_medsam.models.loading import load_model
 
-        return cls(load_model(source, device=device, dtype=dtype, family=family), cache=cache)
+        model = load_model(source, device=device, dtype=dtype, family=family)
+        return cls(model, cache=cache, store=store)
+
+    @property
+    def store(self) -> EmbeddingStore | None:
+        """The embedding store read through after the memory cache (None: none)."""
+        return self._store
+
+    @store.setter
+    def store(self, store: EmbeddingStore | str | os.PathLike[str] | None) -> None:
+        from napari_medsam.core.store import EmbeddingStore
+
+        self._store = store if store is None or isinstance(store, EmbeddingStore) else EmbeddingStore(store)
 
     @property
     def family(self) -> Family:
@@ -109,8 +139,7 @@ class MedSamPredictor:
         return self._geometry is not None
 
     def _key(self, image: np.ndarray, window: tuple[float, float] | None) -> EmbeddingKey:
-        model_id = f"{self.model.name}|{self.family}|{self.model.dtype}"
-        return EmbeddingKey(model_id, data_signature(image), window, PREPROCESSING_VERSION)
+        return EmbeddingKey(self.model.identity, data_signature(image), window, PREPROCESSING_VERSION)
 
     def _embedding_for(self, image: object, window: object) -> tuple[torch.Tensor, InputGeometry, bool]:
         """The cached or freshly computed (embedding, geometry, encoded) of a slice."""
@@ -122,17 +151,21 @@ class MedSamPredictor:
         if entry is None:
             # One encoder run at a time; a second caller for the same slice then finds it cached.
             with self._encode_lock:
-                entry = self.cache.get(key)
+                store = self.store
+                entry = self.cache.get(key) or (None if store is None else store.get(key))
                 if entry is None:
                     pixels, geometry = model_input(to_rgb_uint8(array, limits), self.family)
                     with torch.inference_mode():
                         batch = torch.from_numpy(pixels)[None].to(self.model.device, self.model.dtype)
                         embedding = self.model.encoder(batch)
                     # Stored and used as float16 whether or not the cache keeps it, so a
-                    # cache hit gives exactly the masks of the first run.
+                    # cache or store hit gives exactly the masks of the first run.
                     embedding = embedding.to("cpu", torch.float16)
                     self.cache.put(key, embedding, geometry)
+                    if store is not None:
+                        _write_through(store, key, embedding, geometry, self.model)
                     return embedding, geometry, True
+                self.cache.put(key, *entry)
         return entry[0], entry[1], False
 
     def set_image(self, image: np.ndarray, window: Sequence[float] | None = None) -> None:
@@ -151,8 +184,9 @@ class MedSamPredictor:
         return self._embedding_for(image, window)[2]
 
     def is_cached(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool:
-        """Whether ``set_image(image, window)`` would reuse a cached embedding."""
-        return self._key(check_image(image), check_window(window)) in self.cache
+        """Whether ``set_image(image, window)`` would reuse an embedding (memory or store)."""
+        key = self._key(check_image(image), check_window(window))
+        return key in self.cache or (self.store is not None and key in self.store)
 
     def reset_image(self) -> None:
         """Forget the current image (cached embeddings stay in the cache)."""
@@ -214,6 +248,20 @@ class MedSamPredictor:
                 score=float(scores[best]),
                 logits=low_res[best].cpu().numpy().astype(np.float32),
             )
+
+
+def _write_through(
+    store: EmbeddingStore,
+    key: EmbeddingKey,
+    embedding: torch.Tensor,
+    geometry: InputGeometry,
+    model: LoadedModel,
+) -> None:
+    """Write a new embedding to the store; a store that cannot be written is logged, not fatal."""
+    try:
+        store.put(key, embedding, geometry, model)
+    except OSError as error:
+        logger.warning("could not write the embedding to %s: %s", store.path, error)
 
 
 def check_points(

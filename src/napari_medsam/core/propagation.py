@@ -211,7 +211,7 @@ def propagate(
     return result
 
 
-def label_objects(
+def label_volume(
     predictor: SlicePredictor,
     volume: Any,
     key_slice: int,

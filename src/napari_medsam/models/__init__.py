@@ -18,7 +18,8 @@ class LoadedModel:
     """A model ready for inference.
 
     ``encoder`` maps ``pixel_values`` (B, 3, S, S) to image embeddings (B, 256, 64, 64);
-    ``sam`` holds the prompt encoder and mask decoder used with those embeddings.
+    ``sam`` holds the prompt encoder and mask decoder used with those embeddings; ``weights`` is
+    a digest of the files the weights came from (:func:`~napari_medsam.models.identity.weights_digest`).
     """
 
     family: Family
@@ -27,3 +28,13 @@ class LoadedModel:
     name: str
     device: torch.device
     dtype: torch.dtype
+    weights: str = ""
+
+    @property
+    def identity(self) -> str:
+        """What an embedding of this model depends on: its weights (not their path), family and dtype.
+
+        Models built in memory (no weights file) fall back to their name.
+        """
+        weights = self.weights or f"name:{self.name}"
+        return f"{weights}|{self.family}|{str(self.dtype).removeprefix('torch.')}"

@@ -107,7 +107,7 @@ def load_model(
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]
-        model = _load(resolved, family, torch_device, torch_dtype)
+        model = replace(_load(resolved, family, torch_device, torch_dtype), weights=source_digest(resolved))
         _loaded[key] = model
         while len(_loaded) > MAX_LOADED_MODELS:
             _, dropped = _loaded.popitem(last=False)
@@ -137,6 +137,23 @@ def unload_model(model: LoadedModel | None = None) -> int:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return len(keys)
+
+
+def weights_location(source: ModelSource) -> Path:
+    """The checkpoint file or Hugging Face folder the weights of ``source`` are read from."""
+    if source.kind == "lite":
+        from napari_medsam.models.lite_medsam import bundled_checkpoint_path
+
+        return bundled_checkpoint_path()
+    return Path(source.target if source.kind != "hub" else _hub_snapshot(source.target))
+
+
+def source_digest(source: str | os.PathLike[str] | ModelSource) -> str:
+    """The digest of a model's weights (:func:`~napari_medsam.models.identity.weights_digest`)."""
+    from napari_medsam.models.identity import weights_digest
+
+    resolved = source if isinstance(source, ModelSource) else resolve_source(source)
+    return weights_digest(weights_location(resolved))
 
 
 def _load(
