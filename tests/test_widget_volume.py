@@ -439,7 +439,7 @@ def test_prefetch_encodes_neighbours_so_the_next_box_needs_only_the_decoder(make
     volume, (truth,) = ellipsoids()
     s = make_setup(volume, prefetch=True)
     w, viewer = s.widget, s.viewer
-    window = (-160.0, 240.0)
+    window = w.intensity_window(s.image)  # auto: MedSAM's training window for this phantom
     keys = slice_keys(volume, window)
 
     def encoded():
@@ -495,7 +495,7 @@ def test_prefetch_follows_the_image_and_stops_when_closed(make_setup, spy, qtbot
     qtbot.waitUntil(lambda: not w.neighbours.planned, timeout=TIMEOUT_MS)
     spy.gate.set()
     qtbot.waitUntil(lambda: w.prefetcher.wait(0) and not w.neighbours.planned, timeout=TIMEOUT_MS)
-    window = (-160.0, 240.0)
+    window = w.intensity_window(s.image)
     first, flipped = slice_keys(volume, window), slice_keys(other.data, window)
     assert [first[k] for k in spy.encoded if k in first] == [6, 5]  # by Segment; in flight
     assert sorted(flipped[k] for k in spy.encoded if k in flipped) == [3, 4, 5, 6, 7]
@@ -520,7 +520,7 @@ def test_prefetch_fills_the_real_predictors_cache(make_napari_viewer, qtbot, tin
         w.segment_button.native.click()
     assert blocker.args == ["done"]
     predictor = w.predictor
-    window = tuple(float(v) for v in image.contrast_limits)
+    window = w.intensity_window(image)
     qtbot.waitUntil(lambda: all(predictor.is_cached(image.data[z], window) for z in range(5)), timeout=60_000)
     assert w.prefetcher.encoded == 4
     viewer.dims.set_current_step(0, 3)

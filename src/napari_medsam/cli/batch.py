@@ -204,15 +204,17 @@ def _write_outputs(
     image: ImageRows, labels: np.ndarray, geometry: object, results: list[RowResult], image_hash: str
 ) -> None:
     """Labels, then names, then the record last (each file replaced whole, never half written)."""
+    from napari_medsam.core.objects import label_objects
     from napari_medsam.io.files import write_mask
-    from napari_medsam.io.label_names import write_sidecar
+    from napari_medsam.io.label_names import sidecar_path, write_sidecar
 
     image.output.parent.mkdir(parents=True, exist_ok=True)
     partial = image.output.with_name(f".{uuid.uuid4().hex}.partial.nii.gz")
     write_mask(partial, labels, geometry)  # type: ignore[arg-type]
     os.replace(partial, image.output)
+    sidecar_path(partial).unlink(missing_ok=True)  # the sidecar follows below, under the final name
     done = [r for r in results if r.status == DONE]
-    write_sidecar(image.output, [r.label for r in done], {r.label: r.name for r in done})
+    write_sidecar(image.output, label_objects([r.label for r in done], {r.label: r.name for r in done}))
     record = {"hash": image_hash, "rows": [asdict(r) for r in results]}
     _replace_text(_record_path(image), json.dumps(record, indent=1) + "\n")
 

@@ -16,7 +16,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from napari_medsam.core.stats import default_name
+from napari_medsam.core.objects import default_name
 from napari_medsam.io.formats import stem_of
 
 REQUIRED_COLUMNS = ("image", "slice", "box")

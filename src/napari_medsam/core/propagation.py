@@ -93,6 +93,7 @@ def propagate(
     max_refine: int = 4,
     min_area_fraction: float = 0.1,
     min_score: float | None = None,
+    score_drop: float | None = 0.8,
     max_slices: int | None = None,
     use_previous_logits: bool | None = None,
 ) -> Generator[SliceStep, None, np.ndarray]:
@@ -114,8 +115,12 @@ def propagate(
        back. Shrinking happens from one slice to the next (rule 1), so the prompt follows an
        organ that ends.
     3. **Stops**: a direction ends at an empty mask, at a mask smaller than
-       ``min_area_fraction`` of the key mask, at a predicted IoU below ``min_score`` (if given),
-       at the volume's end, or after ``max_slices`` slices; the slice that stopped it is left out.
+       ``min_area_fraction`` of the key mask, at a predicted IoU below ``min_score`` (if given)
+       or below ``score_drop`` times the best seen so far in that direction (past an organ's end
+       the model still outlines something, but with a lower predicted IoU: on a CT phantom
+       0.93-0.97 on the organ, 0.69-0.79 past it; on the shared real CT 0.8 stops no organ
+       early), at the volume's end, or after ``max_slices`` slices; the slice that stopped it is
+       left out.
 
     With ``use_previous_logits`` the previous low-resolution logits go in as ``mask_input``
     (default per family, :data:`PREVIOUS_LOGITS_DEFAULT`). ``window`` is passed to ``set_image``
@@ -173,7 +178,7 @@ def propagate(
         return expand_box(mask_box(mask), plane, margin, pad)  # type: ignore[arg-type]
 
     for direction in (1, -1):
-        mask, previous_logits = first, logits
+        mask, previous_logits, best = first, logits, score
         z = key_slice + direction
         while 0 <= z < depth and abs(z - key_slice) <= limit:
             box = grown(mask)  # rule 1
@@ -200,13 +205,15 @@ def propagate(
                 stop = "small"
             elif min_score is not None and score < min_score:
                 stop = "low score"
+            elif score_drop is not None and best is not None and score < score_drop * best:
+                stop = "low score"
             if stop is not None:
                 logger.info("propagation stops at slice %d (%s)", z, stop)
                 yield SliceStep(z, done, total, area, None, box, stop, score)
                 break
             view[z] = new
             yield SliceStep(z, done, total, area, new, box, None, score)
-            mask, previous_logits = new, new_logits
+            mask, previous_logits, best = new, new_logits, max(score, best or 0.0)
             z += direction
     return result
 
