@@ -59,6 +59,7 @@ def main() -> None:
 
     boxes.mode = "select"
     viewer.layers.selection.active = clicks
+    QApplication.processEvents()  # let the window take its size before fitting the view
     viewer.reset_view()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and [s.name for s in widget.objects.stats] != ["liver"]:

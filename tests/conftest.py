@@ -121,6 +121,17 @@ def phantom():
     return make_phantom()
 
 
+def rectangle(r0, c0, r1, c1, *lead):
+    """Rectangle corners in (..., row, col) layer coordinates, ``lead`` fixed leading coords."""
+    return np.array([[*lead, r, c] for r, c in [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]], float)
+
+
+@pytest.fixture
+def spy():
+    """A :class:`SpyPredictor` (box in, filled box out)."""
+    return SpyPredictor()
+
+
 class SpyPredictor:
     """Stands in for MedSamPredictor: a box gives the filled box; clicks a 7 x 7 square each."""
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Points, Shapes
 
-from conftest import SpyPredictor
+from conftest import SpyPredictor, rectangle
 from napari_medsam.core.jobs import run_to_end
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
@@ -16,10 +16,6 @@ from napari_medsam.layers.prompts import Plane
 from napari_medsam.layers.requests import LayerInputs, RunSettings
 
 SETTINGS = RunSettings(window=(-160.0, 240.0), source="spy", device="cpu")
-
-
-def rectangle(r0, c0, r1, c1, *lead):
-    return np.array([[*lead, r, c] for r, c in [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]], float)
 
 
 @pytest.fixture

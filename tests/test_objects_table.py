@@ -9,11 +9,10 @@ from __future__ import annotations
 import csv
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import slicerio
 
-from conftest import SpyPredictor
+from conftest import SpyPredictor, rectangle
 from napari_medsam._qt.widget import MedSamWidget
 from napari_medsam.layers.objects import object_names
 from napari_medsam.layers.prompt_layers import set_features
@@ -21,10 +20,6 @@ from napari_medsam.layers.prompt_layers import set_features
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 20_000
 VOXEL_ML = 3.0**3 / 1000  # the sample is 3 mm isotropic
-
-
-def rectangle(r0, c0, r1, c1, *lead):
-    return np.array([[*lead, r, c] for r, c in [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]], float)
 
 
 @pytest.fixture

@@ -10,21 +10,12 @@ import numpy as np
 import pytest
 from napari.layers import Shapes
 
-from conftest import SpyPredictor
+from conftest import rectangle
 from napari_medsam._qt.widget import MedSamWidget
 from napari_medsam._reader import read_layers
 from napari_medsam.io.samples import ABDOMINAL_CT
 
 pytestmark = pytest.mark.gui
-
-
-def rectangle(r0, c0, r1, c1, *lead):
-    return np.array([[*lead, r, c] for r, c in [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]], float)
-
-
-@pytest.fixture
-def spy():
-    return SpyPredictor()
 
 
 @pytest.fixture

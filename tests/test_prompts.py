@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Points, Shapes
 
+from conftest import rectangle
 from napari_medsam.layers.labels import label_changes, next_label_id, paint_mask
 from napari_medsam.layers.prompts import (
     Plane,
@@ -17,11 +18,6 @@ from napari_medsam.layers.prompts import (
     plane_axes,
     rowcol_to_xy,
 )
-
-
-def rectangle(r0, c0, r1, c1, *lead):
-    """Rectangle corners in (..., row, col) layer coordinates, ``lead`` fixed leading coords."""
-    return np.array([[*lead, r, c] for r, c in [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]], float)
 
 
 def test_rowcol_to_xy_is_the_flip():

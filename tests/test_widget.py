@@ -10,15 +10,11 @@ import numpy as np
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-from conftest import SpyPredictor
+from conftest import rectangle
 from napari_medsam._qt.widget import ALL_SLICES, TOGGLE_KEY, MedSamWidget
 from napari_medsam.core.errors import ModelLoadError
 
 pytestmark = pytest.mark.gui
-
-
-def rectangle(r0, c0, r1, c1, *lead):
-    return np.array([[*lead, r, c] for r, c in [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]], float)
 
 
 @pytest.fixture
@@ -30,11 +26,6 @@ def notices():
         return [(n.severity, str(n.message)) for n in notification_manager.records[start:]]
 
     return read
-
-
-@pytest.fixture
-def spy():
-    return SpyPredictor()
 
 
 @pytest.fixture

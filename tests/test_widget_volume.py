@@ -13,7 +13,7 @@ import pytest
 from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 from napari.utils.notifications import notification_manager
 
-from conftest import dice
+from conftest import dice, rectangle
 from napari_medsam._qt.widget import ALL_SLICES, MedSamWidget
 
 pytestmark = pytest.mark.gui
@@ -87,10 +87,6 @@ def ellipsoids(shape=(12, 48, 56), objects=(((6.0, 24.0, 20.0), (4.6, 12.0, 10.0
         volume[truth] = 140
     volume[:, 0, 0] = np.arange(shape[0]) - 100
     return volume, truths
-
-
-def rectangle(r0, c0, r1, c1, *lead):
-    return np.array([[*lead, r, c] for r, c in [(r0, c0), (r0, c1), (r1, c1), (r1, c0)]], float)
 
 
 def box_around(mask2d, *lead, margin=2):

@@ -30,7 +30,15 @@ from napari_medsam.core.stats import ObjectStats
 from napari_medsam.io.stats_files import write_stats
 from napari_medsam.layers.objects import labels_stats, name_objects
 
-HEADERS = ("name", "label", "voxels", "volume (mL)", "slices", "mean intensity")
+HEADERS = ("name", "label", "voxels", "mL", "slices", "mean")
+HEADER_TIPS = (
+    "Object name: double-click to change it",
+    "Label id in the labels layer",
+    "Number of voxels",
+    "Volume in mL, from the image's voxel size in mm",
+    "Slices holding the object, along the axis the slider moves",
+    "Mean intensity of the image inside the object (HU on CT)",
+)
 #: Quiet time (ms) after the last change of the labels before the table is computed again.
 REFRESH_DELAY_MS = 200
 _LABEL_EVENTS = ("paint", "data", "features")
@@ -44,6 +52,8 @@ class ObjectTable:
         self.native = QWidget()
         self.table = QTableWidget(0, len(HEADERS))
         self.table.setHorizontalHeaderLabels(HEADERS)
+        for column, tip in enumerate(HEADER_TIPS):
+            self.table.horizontalHeaderItem(column).setToolTip(tip)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
@@ -75,15 +85,14 @@ class ObjectTable:
         """Compute the table again after the quiet time."""
         self._later.trigger()
 
-    def refresh(self) -> None:
-        """Compute the statistics now and show them; unnamed objects get their "object N" row."""
-        labels = self._labels.value
-        if labels is None:
-            self._show([])
-            return
-        stats = labels_stats(labels, self._image.value, self._viewer.dims.order, self._viewer.dims.ndim)
-        name_objects(labels, ids=[s.label for s in stats])
+    def refresh(self) -> list[ObjectStats]:
+        """Compute the statistics now, show and return them; unnamed objects get their "object N" row."""
+        labels, stats = self._labels.value, []
+        if labels is not None:
+            stats = labels_stats(labels, self._image.value, self._viewer.dims.order, self._viewer.dims.ndim)
+            name_objects(labels, ids=[s.label for s in stats])
         self._show(stats)
+        return self.stats
 
     def export_csv(self, path: str | Path | None = None) -> Path | None:
         """Write the table (columns ``label,name,voxels,volume_ml,slices,mean_intensity``) to ``path``.

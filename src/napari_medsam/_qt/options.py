@@ -7,6 +7,7 @@ from operator import attrgetter
 from typing import Any
 
 from napari_medsam.core.windows import PRESET_TITLES, WINDOW_PRESETS
+from napari_medsam.layers.prompt_layers import image_training_window
 
 CUSTOM = "custom"
 MODELS = [
@@ -92,3 +93,15 @@ class ModelOption:
             obj.controls.weights.value = value
             value = CUSTOM
         obj.controls.model.value = value
+
+
+def layer_window(choice: str, image: Any) -> tuple[float, float] | None:
+    """The (low, high) window the menu's ``choice`` gives for an Image layer (None: slice min..max)."""
+    if image.rgb:
+        return None
+    if choice == AUTO_WINDOW:
+        return image_training_window(image).window
+    if choice == LAYER_WINDOW:
+        low, high = (float(v) for v in image.contrast_limits)
+        return low, high
+    return WINDOWS[choice]

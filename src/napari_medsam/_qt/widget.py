@@ -27,12 +27,10 @@ from napari_medsam._qt.jobs import JobRunner
 from napari_medsam._qt.objects_table import ObjectTable
 from napari_medsam._qt.options import (
     ALL_SLICES,
-    AUTO_WINDOW,
     CHOOSE_WEIGHTS,
     CUSTOM,
     DEVICES,
     JOIN_TIMEOUT_S,
-    LAYER_WINDOW,
     MODELS,
     PREFETCH_RADIUS,
     THIS_SLICE,
@@ -41,6 +39,7 @@ from napari_medsam._qt.options import (
     ModelOption,
     Option,
     default_model,
+    layer_window,
 )
 from napari_medsam._qt.pickers import LayerPickers
 from napari_medsam._qt.watchers import CloseWatcher
@@ -49,7 +48,7 @@ from napari_medsam.core.model_slot import ModelSlot, PredictorFactory, load_pred
 from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
-from napari_medsam.layers.prompt_layers import ClickPolarity, image_training_window
+from napari_medsam.layers.prompt_layers import ClickPolarity
 from napari_medsam.layers.prompts import spatial_shape
 from napari_medsam.layers.requests import LayerInputs, RunSettings, run_problem
 
@@ -137,8 +136,6 @@ class MedSamWidget(Container):
         self._on_prefetch_input_changed()
         self._refresh()
 
-    # ------------------------------------------------------------------ public API
-
     @property
     def predictor(self) -> SlicePredictor | None:
         """The predictor of the last run (None before the first run)."""
@@ -162,14 +159,7 @@ class MedSamWidget(Container):
 
     def intensity_window(self, image: Any) -> tuple[float, float] | None:
         """The (low, high) window the 'window' option gives for ``image`` (None: slice min..max)."""
-        if image.rgb:
-            return None
-        if self.controls.window.value == AUTO_WINDOW:
-            return image_training_window(image).window
-        if self.controls.window.value == LAYER_WINDOW:
-            low, high = (float(v) for v in image.contrast_limits)
-            return low, high
-        return WINDOWS[self.controls.window.value]
+        return layer_window(self.controls.window.value, image)
 
     def get_predictor(self, source: str | None = None, device: str | None = None) -> SlicePredictor:
         """The predictor for a model and device (default: the ones chosen), loaded on first use.

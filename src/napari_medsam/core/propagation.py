@@ -203,9 +203,10 @@ def propagate(
                 stop = "empty"
             elif area < min_area_fraction * key_area:
                 stop = "small"
-            elif min_score is not None and score < min_score:
-                stop = "low score"
-            elif score_drop is not None and best is not None and score < score_drop * best:
+            elif score < max(
+                min_score if min_score is not None else 0.0,
+                score_drop * best if score_drop is not None and best is not None else 0.0,
+            ):
                 stop = "low score"
             if stop is not None:
                 logger.info("propagation stops at slice %d (%s)", z, stop)
