@@ -142,7 +142,7 @@ def test_batch_writes_each_object_as_segment_would_and_reports_every_row(cohort,
                 np.count_nonzero(written == label) * 27 / 1000, abs=1e-3
             )  # 3 mm voxels
         np.testing.assert_array_equal(written, expected)
-        assert read_sidecar(first_batch.out / image) == {
+        assert {o.label: o.name for o in read_sidecar(first_batch.out / image)} == {
             label: summary[image, str(label)]["name"] for label in labels
         }
     assert (alone[4] & alone[5]).any()  # the overlap rule was exercised
