@@ -359,7 +359,7 @@ def test_propagation_with_litemedsam_segments_an_ellipsoid(tmp_path, lite_predic
     steps = []
     strict = run_to_end(
         propagate(predictor, dicom, key, key_box=truth_box(truth[key], 5), window=(-160, 240),
-                  min_score=0.8),
+                  min_score=0.8, score_drop=None),
         steps.append,
     )
     assert encoder_calls == []
