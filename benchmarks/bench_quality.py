@@ -4,8 +4,8 @@
     python benchmarks/bench_quality.py --compare bfloat16    # also bfloat16's agreement (slow without
                                                              # bf16 units: it is emulated)
 
-Data: ``../shared/data/totalseg`` (TotalSegmentator's example CT at 3 mm and its DICOM series, with
-reference labels). For each organ present: the *oracle* segments every slice that holds the organ
+Data: the package's CT sample and ``tests/data`` (TotalSegmentator's example CT at 3 mm and its DICOM
+series, with reference labels). For each organ present: the *oracle* segments every slice that holds the organ
 with the reference box + 3 px (the best box prompts can do); *propagated* starts from one such box
 on the organ's largest slice and runs ``propagate`` with its defaults. Both use the bundled
 LiteMedSAM, the CT soft-tissue window (MedSAM's training window, what "auto" picks for CT).

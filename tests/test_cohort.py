@@ -1,4 +1,4 @@
-"""``embed`` and ``batch`` on dask.distributed: the real LiteMedSAM on the shared CT, cut to 7 slices.
+"""``embed`` and ``batch`` on dask.distributed: the real LiteMedSAM on the real CT sample, cut to 7 slices.
 
 One module-scoped local cluster (2 worker processes, one thread each, on 127.0.0.1) serves the
 embed, batch, resume and killed-worker tests; the last test starts ``dask scheduler`` and
@@ -30,8 +30,8 @@ from napari_medsam.cli.cluster import open_client
 from napari_medsam.core.store import EmbeddingStore
 from napari_medsam.io.files import read_image
 from napari_medsam.io.label_names import read_sidecar
+from realdata import CT_SM as CT
 
-CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg" / "example_ct_sm.nii.gz"
 DASK = Path(sys.executable).with_name("dask")
 MANIFEST = """image,slice,box,name,label,propagate
 a.nii.gz,4,43 25 106 87,liver,,

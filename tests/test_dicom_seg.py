@@ -1,6 +1,6 @@
 """Labels of a real CT series saved as a DICOM Segmentation, read back with pydicom and highdicom.
 
-The shared series (TotalSegmentator's, 20 slices of 512 x 512) is anonymised down to empty Study,
+The test series (TotalSegmentator's, 20 slices of 512 x 512) is anonymised down to empty Study,
 Series and SOP Instance UIDs in its datasets, so a Segmentation could not reference it: the test
 series is a copy with its UIDs restored (pixel data untouched), and the series as it is must give
 a clear error instead of a broken file.
@@ -22,18 +22,17 @@ from napari_medsam._reader import read_layers
 from napari_medsam._writer import napari_write_labels
 from napari_medsam.io.dicom_seg import NOT_DICOM
 from napari_medsam.io.volumes import read_volume
+from realdata import CT_SM, DICOM_SERIES, SEG_DICOM
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg"
-SERIES = DATA / "example_ct_dicom"
 SPLEEN, LIVER = 1, 5
 
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory) -> Path:
-    """The shared series with Study and Series Instance UIDs (SOP UIDs stay in the file meta only)."""
+    """The test series with Study and Series Instance UIDs (SOP UIDs stay in the file meta only)."""
     folder = tmp_path_factory.mktemp("series")
     study, series = generate_uid(), generate_uid()
-    for path in sorted(SERIES.iterdir()):
+    for path in sorted(DICOM_SERIES.iterdir()):
         dataset = pydicom.dcmread(path)
         dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
         dataset.save_as(folder / path.name)
@@ -50,7 +49,7 @@ def reference(series) -> np.ndarray:
     reader.SetFileNames(list(geometry.source_files))
     ct = reader.Execute()
     seg = sitk.Resample(
-        sitk.ReadImage(str(DATA / "example_seg_dicom.nii.gz")), ct, sitk.Transform(), sitk.sitkNearestNeighbor
+        sitk.ReadImage(str(SEG_DICOM)), ct, sitk.Transform(), sitk.sitkNearestNeighbor
     )
     labels = sitk.GetArrayFromImage(seg).astype(np.uint16)
     return np.where(np.isin(labels, [SPLEEN, LIVER]), labels, 0)
@@ -115,10 +114,10 @@ def test_the_segmentation_references_its_series_and_each_frame_its_slice(tmp_pat
 
 
 def test_an_anonymised_series_or_a_nifti_gives_a_clear_error_and_no_file(tmp_path, reference):
-    layer = labels_layer(SERIES, reference)
+    layer = labels_layer(DICOM_SERIES, reference)
     with pytest.raises(ValueError, match="has no StudyInstanceUID or SeriesInstanceUID"):
         napari_write_labels(str(tmp_path / "a.dcm"), layer.data, layer._get_state())
-    nifti = labels_layer(DATA / "example_ct_sm.nii.gz", np.zeros((30, 101, 122), np.uint8))
+    nifti = labels_layer(CT_SM, np.zeros((30, 101, 122), np.uint8))
     nifti.data[10, 20:30, 20:30] = SPLEEN
     with pytest.raises(ValueError, match=re.escape(NOT_DICOM)):
         napari_write_labels(str(tmp_path / "b.dcm"), nifti.data, nifti._get_state())

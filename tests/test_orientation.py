@@ -9,7 +9,6 @@ labels (TotalSegmentator's) of each scan.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,9 @@ from napari_medsam.layers import segment as seg
 from napari_medsam.layers.objects import labels_stats
 from napari_medsam.layers.prompt_layers import image_transforms
 from napari_medsam.layers.requests import LayerInputs, RunSettings
+from realdata import CT_SM, DICOM_SERIES, SEG_DICOM, SEG_SM, label_names
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg"
-ORGANS = {name: int(i) for i, name in json.loads((DATA / "labels.json").read_text()).items()}
+ORGANS = {name: label for label, name in label_names().items()}
 VIEWS = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
 
 
@@ -48,13 +47,13 @@ def scans(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """(CT, reference labels) per storage: the RAS NIfTI, an LPS copy of it, the DICOM series."""
     folder = tmp_path_factory.mktemp("lps")
     lps = (
-        lps_copy(folder / "ct.nii.gz", DATA / "example_ct_sm.nii.gz"),
-        lps_copy(folder / "ct_seg.nii.gz", DATA / "example_seg.nii.gz"),
+        lps_copy(folder / "ct.nii.gz", CT_SM),
+        lps_copy(folder / "ct_seg.nii.gz", SEG_SM),
     )
     return {
-        "RAS NIfTI": (DATA / "example_ct_sm.nii.gz", DATA / "example_seg.nii.gz"),
+        "RAS NIfTI": (CT_SM, SEG_SM),
         "LPS NIfTI": lps,
-        "DICOM": (DATA / "example_ct_dicom", DATA / "example_seg_dicom.nii.gz"),
+        "DICOM": (DICOM_SERIES, SEG_DICOM),
     }
 
 

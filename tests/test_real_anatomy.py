@@ -1,4 +1,4 @@
-"""Real anatomy (../shared/data): official LiteMedSAM parity, the dtype guard, default windows, propagation.
+"""Real anatomy (the CT sample, tests/data): LiteMedSAM parity, the dtype guard, default windows, propagation.
 
 Each check has a margin; the exact figures are printed by ``benchmarks/bench_quality.py``.
 """

@@ -24,8 +24,8 @@ from napari_medsam.core.predictor import MedSamPredictor
 from napari_medsam.core.preprocessing import InputGeometry
 from napari_medsam.core.store import EmbeddingStore, store_volume
 from napari_medsam.core.windows import SOFT_TISSUE
+from realdata import CT_SM as CT
 
-CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg" / "example_ct_sm.nii.gz"
 LIVER_BOX = (43, 25, 106, 87)  # around the liver on slice 14 of example_ct_sm (x = column)
 GEOMETRY = InputGeometry("lite-medsam", (101, 122), (212, 256), 256)
 MODEL = SimpleNamespace(name="lite-medsam", family="lite-medsam", dtype=torch.float32, weights="ab" * 32)
