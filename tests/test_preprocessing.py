@@ -73,3 +73,37 @@ def test_medsam_input_matches_the_three_channel_bicubic_resize(name):
     assert differ.mean() <= 1e-3
     if name == "colour":
         assert not np.array_equal(pixels[0], pixels[1])  # channels resized one by one, not merged
+
+
+def medsam_mr_uint8(volume: np.ndarray) -> np.ndarray:
+    """MedSAM's pre_CT_MR.py for non-CT volumes, written out: 0.5/99.5 percentiles of the voxels > 0,
+    clip, min-max to 0..255 over the clipped volume, uint8, the original zeros set back to 0."""
+    low = np.percentile(volume[volume > 0], 0.5)
+    high = np.percentile(volume[volume > 0], 99.5)
+    clipped = np.clip(volume, low, high)
+    scaled = (clipped - np.min(clipped)) / (np.max(clipped) - np.min(clipped)) * 255.0
+    scaled[volume == 0] = 0
+    return np.uint8(scaled)
+
+
+def test_mr_window_is_medsams_rule_of_the_voxels_above_zero():
+    """An MR-like volume with negative values (noise around a zero background): the percentiles of
+    ``!= 0`` and of ``> 0`` differ, and the slices reach the model exactly as MedSAM's rule gives."""
+    from napari_medsam.core.windows import training_window
+
+    rng = np.random.default_rng(7)
+    volume = rng.normal(300.0, 120.0, (6, 40, 50))
+    volume[:, :8] = rng.normal(0.0, 5.0, (6, 8, 50))  # background noise, half of it negative
+    volume[:, -4:] = 0.0
+    volume = volume.round().astype(np.int16)
+    assert (volume < 0).sum() > 100
+    nonzero = np.percentile(volume[volume != 0], [0.5, 99.5])
+    positive = np.percentile(volume[volume > 0], [0.5, 99.5])
+    assert nonzero[0] < 0 < positive[0]  # the two rules differ on this volume
+    choice = training_window(volume, "MR")
+    np.testing.assert_allclose(choice.window, positive)
+    want = medsam_mr_uint8(volume.astype(np.float64))
+    got = np.stack([to_rgb_uint8(plane, choice.window)[..., 0] for plane in volume])
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # float rounding at exact integers
+    assert (got != want).mean() <= 1e-3
+    assert (got[volume <= 0] == 0).all()

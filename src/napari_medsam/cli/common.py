@@ -34,7 +34,7 @@ def add_window_options(sub: argparse.ArgumentParser) -> None:
         type=float,
         metavar=("LOW", "HIGH"),
         help="intensity window, e.g. -160 240 (default: MedSAM's training window: CT soft tissue, "
-        "MR and others 0.5-99.5 percentiles of non-zero voxels, 8-bit/RGB as they are)",
+        "MR and others 0.5-99.5 percentiles of voxels > 0, 8-bit/RGB as they are)",
     )
     choice.add_argument(
         "--preset",

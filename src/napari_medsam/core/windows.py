@@ -81,8 +81,10 @@ def training_window(volume: np.ndarray, modality: str | None = None, rgb: bool =
 
     - CT (DICOM modality CT, or :func:`looks_like_ct`): the soft-tissue window (-160, 240).
     - 8-bit and RGB images: used as they are (no window), as MedSAM's inference does.
-    - MR and every other modality: the 0.5 and 99.5 percentiles of the volume's non-zero voxels.
-    - A volume without non-zero voxels (or with one value): each slice's min..max.
+    - MR and every other modality: the 0.5 and 99.5 percentiles of the volume's voxels **> 0**
+      (MedSAM's pre_CT_MR.py: ``image_data[image_data > 0]``, not ``!= 0``). Negative values do not
+      widen the window; clipping maps them, and zeros, to 0, as MedSAM sets its zero voxels back to 0.
+    - A volume without positive voxels (or with one positive value): each slice's min..max.
     """
     array = np.asarray(volume)
     if rgb or array.dtype == np.uint8:
@@ -92,13 +94,13 @@ def training_window(volume: np.ndarray, modality: str | None = None, rgb: bool =
     flat = array.reshape(-1)
     step = max(1, flat.size // _PERCENTILE_SAMPLE)
     values = flat[::step]
-    values = values[values != 0]
+    values = values[values > 0]
     if values.size:
         low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
         if high > low:
             name = modality or "non-CT"
-            return WindowChoice((low, high), f"{name}: 0.5-99.5 percentiles of the non-zero voxels")
-    return WindowChoice(None, "each slice's min..max (no non-zero voxels to take percentiles of)")
+            return WindowChoice((low, high), f"{name}: 0.5-99.5 percentiles of the voxels > 0")
+    return WindowChoice(None, "each slice's min..max (no voxels > 0 to take percentiles of)")
 
 
 #: ``window="auto"`` in the volume helpers: :func:`training_window` of the volume.
