@@ -3,6 +3,7 @@
     python benchmarks/bench_quality.py                       # default dtype and float32
     python benchmarks/bench_quality.py --compare bfloat16    # also bfloat16's agreement (slow without
                                                              # bf16 units: it is emulated)
+    python benchmarks/bench_quality.py --only-keys           # the key-slice table alone
 
 Data: the package's CT sample and ``tests/data`` (TotalSegmentator's example CT at 3 mm and its DICOM
 series, with reference labels). For each organ present: the *oracle* segments every slice that holds the organ
@@ -10,6 +11,12 @@ with the reference box + 3 px (the best box prompts can do); *propagated* starts
 on the organ's largest slice and runs ``propagate`` with its defaults. Both use the bundled
 LiteMedSAM, the CT soft-tissue window (MedSAM's training window, what "auto" picks for CT).
 Propagation runs on an empty embedding cache, so its slices/s include the encoder.
+
+The key-slice table starts ``propagate`` (defaults, float32) from each organ's largest, middle,
+first and last slice (a box from the reference label + 3 px there) and prints per run: propagated
+and oracle 3D Dice, the slices given a mask outside the organ's extent, the slices whose mask lies
+mostly (> 50 %) off the organ, and where each direction stopped (and why) against where the organ
+ends ("-" where a direction ran to the volume's end; the key and end slices are the organ's).
 
 The agreement rows compare every per-slice mask of the oracle runs (all organs, both volumes)
 between the default dtype and float32 (and ``--compare``): mean and worst IoU. The parity row
@@ -97,6 +104,75 @@ def quality(dtype: str) -> tuple[list[tuple], dict[tuple[str, str], dict[int, np
     return rows, masks
 
 
+KEY_CHOICES = ("largest", "middle", "first", "last")
+
+
+def key_slices(truth: np.ndarray) -> dict[str, int]:
+    """The organ's largest slice, the middle of its extent, and its first and last slice."""
+    areas = truth.sum(axis=(1, 2))
+    present = np.flatnonzero(areas)
+    return {
+        "largest": int(np.argmax(areas)),
+        "middle": int((present[0] + present[-1]) // 2),
+        "first": int(present[0]),
+        "last": int(present[-1]),
+    }
+
+
+def key_slice_table() -> list[tuple]:
+    """Propagation from each key-slice choice of each organ, float32: one row per run."""
+    model = load_model("lite-medsam", device="cpu", dtype="float32")
+    rows = []
+    for volume_name, load in VOLUMES.items():
+        ct, seg = load()
+        predictor = MedSamPredictor(model)  # one cache per volume: each slice is encoded once
+        for organ, label in ORGANS.items():
+            truth = seg == label
+            if truth.sum() < 50:
+                continue
+            best = dice(stacked(oracle(predictor, ct, truth), truth.shape), truth)
+            present = np.flatnonzero(truth.any(axis=(1, 2)))
+            for choice, key in key_slices(truth).items():
+                steps: list = []
+                result = run_to_end(
+                    propagate(predictor, ct, key, key_box=oracle_box(truth[key])), steps.append
+                )
+                masked = np.flatnonzero(result.any(axis=(1, 2)))
+                outside = int(np.sum((masked < present[0]) | (masked > present[-1])))
+                off = int(sum((result[z] & truth[z]).sum() < 0.5 * result[z].sum() for z in masked))
+                stops = {s.slice_index: s.stop for s in steps if s.stop}
+                up = next((f"{z} ({why})" for z, why in stops.items() if z > key), "-")
+                down = next((f"{z} ({why})" for z, why in stops.items() if z < key), "-")
+                got = dice(result, truth)
+                rows.append(
+                    (volume_name, organ, choice, key, best, got, outside, off,
+                     f"{masked.min()}-{masked.max()}", f"{present[0]}-{present[-1]}", down, up)
+                )  # fmt: skip
+                print(f"  {volume_name:<26} {organ:<13} {choice:<8} {best:.3f} -> {got:.3f}", flush=True)
+    return rows
+
+
+def print_key_slice_table(rows: list[tuple]) -> None:
+    print(
+        "\n| volume | organ | key slice | oracle Dice | propagated Dice | gap | slices outside the organ "
+        "| slices mostly off it | masked | organ | stop below | stop above |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for volume_name, organ, choice, key, best, got, outside, off, masked, extent, down, up in rows:
+        print(
+            f"| {volume_name} | {organ} | {choice} ({key}) | {best:.3f} | {got:.3f} | {best - got:+.3f} "
+            f"| {outside} | {off} | {masked} | {extent} | {down} | {up} |"
+        )
+    for volume_name in dict.fromkeys(r[0] for r in rows):
+        for choice in KEY_CHOICES:
+            gaps = [r[4] - r[5] for r in rows if r[0] == volume_name and r[2] == choice]
+            worst = max(r[6] for r in rows if r[0] == volume_name and r[2] == choice)
+            print(
+                f"{volume_name}, key slice {choice}: gap to the oracle mean {np.mean(gaps):+.3f}, "
+                f"worst {max(gaps):+.3f}; most slices outside an organ: {worst}"
+            )
+
+
 def agreement(a: dict, b: dict) -> tuple[float, float, int]:
     """Mean and worst IoU over every per-slice mask the two runs share, and how many there were."""
     ious = [iou(a[key][z], b[key][z]) for key in a for z in a[key]]
@@ -134,6 +210,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="the dtype judged (default: the default, 'auto')")
     parser.add_argument("--compare", nargs="*", default=[], help="more dtypes for the agreement rows")
     parser.add_argument("--no-parity", action="store_true", help="skip the published-inference parity")
+    parser.add_argument("--no-keys", action="store_true", help="skip the key-slice table")
+    parser.add_argument("--only-keys", action="store_true", help="only the key-slice table")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     resolved = resolve_dtype(args.dtype, torch.device("cpu"))
@@ -141,6 +219,10 @@ def main() -> None:
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, native bfloat16 "
         f"units: {cpu_has_native_bfloat16()}, torch {torch.__version__}; dtype {args.dtype!r} -> {resolved}"
     )
+    if not args.no_keys:
+        print_key_slice_table(key_slice_table())
+    if args.only_keys:
+        return
     # one run per resolved dtype: while "auto" is float32 the two rows are the same computation
     names: dict[str, list[str]] = {}
     for dtype in dict.fromkeys([args.dtype, "float32", *args.compare]):

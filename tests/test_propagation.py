@@ -84,7 +84,7 @@ def test_propagation_recovers_the_object_and_stops_at_its_ends():
     visited = sorted(step.slice_index for step in steps)
     assert visited[0] >= object_slices[0] - 1
     assert visited[-1] <= object_slices[-1] + 1
-    assert [s.stop for s in steps].count("small") + [s.stop for s in steps].count("empty") == 2
+    assert sum(s.stop in ("small", "empty", "moved") for s in steps) == 2
     assert (steps[0].slice_index, steps[0].done) == (10, 1)
     assert [s.done for s in steps] == list(range(1, len(steps) + 1))
     assert all(s.done <= s.total == volume.shape[0] for s in steps)
