@@ -147,6 +147,111 @@ def test_margins_do_not_add_up_into_a_leak():
     assert widths[-1] <= 1.3 * widths[0]
 
 
+class OnePiecePredictor(ThresholdPredictor):
+    """Like a box-prompted model: the largest bright piece inside the box, one object."""
+
+    def predict(self, box=None, mask_input=None, **kwargs):
+        from skimage.measure import label
+
+        result = super().predict(box, mask_input)
+        pieces = label(result.mask, connectivity=2)
+        if pieces.max():
+            result.mask = pieces == np.argmax(np.bincount(pieces[result.mask]))
+        return result
+
+
+def test_propagation_stops_where_an_organ_ends_against_a_touching_one():
+    """The organ ends against another of the same intensity: past its end the box holds only the
+    neighbour's edge, which the previous slice did not touch; the stand-in scores it 1.0 (as a
+    model may on data it was not tuned to), so only the overlap rules can stop there."""
+    from scipy import ndimage
+
+    from napari_medsam.core.phantoms import touching_objects_volume
+
+    _, ending, continuing = touching_objects_volume()
+    volume = np.where(ending | continuing, 140, 40).astype(np.int16)
+    last = int(np.flatnonzero(ending.any(axis=(1, 2)))[-1])
+    for z in range(last - 3, last + 1):  # its last slices lie against the neighbour, 1 px apart
+        assert (ndimage.binary_dilation(ending[z], iterations=2) & continuing[z]).any()
+        assert not (ndimage.binary_dilation(ending[z]) & continuing[z]).any()
+    key = int(np.argmax(ending.sum(axis=(1, 2))))
+    steps = []
+    steps_of = propagate(OnePiecePredictor(), volume, key, key_box=truth_box(ending[key]))
+    result = run_to_end(steps_of, steps.append)
+    assert not (result & continuing).any()  # never on the neighbour
+    masked = np.flatnonzero(result.any(axis=(1, 2)))
+    assert masked[0] == 0
+    assert masked[-1] <= last
+    assert dice(result, ending) > 0.98
+    assert [(s.slice_index, s.stop) for s in steps if s.stop] == [(masked[-1] + 1, "moved")]
+    assert any("left the object" in s.message for s in steps)
+
+
+def test_pieces_the_previous_slice_did_not_touch_are_dropped():
+    """A second structure enters the box beside the object: it is left out of the mask, and so
+    the next box does not grow onto it."""
+    truth = cone(depth=12, grow=0.0, shift=0.0, start=10.0)
+    other = np.zeros_like(truth)
+    other[6:, 8:12, 28:32] = True  # in the object's box from slice 6 on, in a corner, apart from it
+    volume = clean(None, truth | other)
+    result = run_to_end(propagate(ThresholdPredictor(), volume, 0, key_box=truth_box(truth[0])))
+    np.testing.assert_array_equal(result, truth)
+
+
+def test_a_mask_that_moves_off_the_previous_one_ends_the_direction():
+    """Consecutive masks that overlap less than ``min_overlap`` are not one structure."""
+    truth = np.zeros((8, 60, 60), bool)
+    for z in range(8):
+        x = 5 + (z // 4) * 9  # the object moves 9 of its 12 px between slices 3 and 4
+        truth[z, 20:32, x : x + 12] = True
+
+    class Jumping(ThresholdPredictor):
+        def predict(self, box=None, mask_input=None, **kwargs):
+            result = super().predict(box, mask_input)
+            result.mask = self.image > self.threshold  # finds the object wherever it is
+            return result
+
+    steps = []
+    volume, key_box = clean(None, truth), truth_box(truth[0])
+    result = run_to_end(propagate(Jumping(), volume, 0, key_box=key_box), steps.append)
+    np.testing.assert_array_equal(np.flatnonzero(result.any(axis=(1, 2))), [0, 1, 2, 3])
+    assert (steps[-1].slice_index, steps[-1].stop) == (4, "moved")
+    loose = run_to_end(propagate(Jumping(), volume, 0, key_box=key_box, min_overlap=None))
+    np.testing.assert_array_equal(loose, truth)  # pieces that overlap at all are kept
+
+
+def test_a_key_slice_at_the_organs_tip_does_not_set_a_lenient_reference():
+    """From a low-scoring tip, the first direction walks past the organ scoring like the tip; the
+    other direction then finds the organ's real score, and the first direction's tail that falls
+    below ``score_drop`` of it is dropped."""
+    volume, truth = ellipsoid_volume()
+    volume = clean(volume, truth)
+    tip = int(np.flatnonzero(truth.any(axis=(1, 2)))[-1])
+
+    tip_area = int(truth[tip].sum())
+
+    class TipScores(ThresholdPredictor):
+        """Scores 0.6 on the object's last slice and past it, 0.95 inside; past the end it
+        outlines the middle of its box (something where the object was)."""
+
+        def predict(self, box=None, mask_input=None, **kwargs):
+            result = super().predict(box, mask_input)
+            bright = int((self.image > self.threshold).sum())
+            result.score = 0.95 if bright > tip_area else 0.6
+            if bright == 0:
+                x0, y0, x1, y1 = (int(v) for v in box)
+                result.mask[y0 + 1 : y1, x0 + 1 : x1] = True
+            return result
+
+    steps = []
+    result = run_to_end(
+        propagate(TipScores(), volume, tip, key_box=truth_box(truth[tip]), max_slices=3), steps.append
+    )
+    assert any(step.mask is not None and step.slice_index > tip for step in steps)  # it walked past
+    assert not result[tip + 1 :].any()  # ... and those slices were dropped
+    assert result[tip - 3 : tip].any(axis=(1, 2)).all()
+
+
 def test_min_score_ends_a_direction():
     volume, truth = ellipsoid_volume()
 
