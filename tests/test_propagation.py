@@ -465,3 +465,48 @@ def test_propagation_with_litemedsam_segments_an_ellipsoid(tmp_path, lite_predic
     )
     assert encoder_calls == []
     np.testing.assert_array_equal(again, result)
+
+
+def test_litemedsam_stops_where_an_organ_ends_against_a_touching_one(lite_predictor_model):
+    """The touching-organs phantom with the real model, the defaults: at most one slice past the
+    ending organ, none on the organ it touches."""
+    from napari_medsam.core.phantoms import touching_objects_volume
+    from napari_medsam.core.predictor import MedSamPredictor
+
+    volume, ending, continuing = touching_objects_volume(depth=16)
+    key = int(np.argmax(ending.sum(axis=(1, 2))))
+    predictor = MedSamPredictor(lite_predictor_model)
+    result = run_to_end(propagate(predictor, volume, key, key_box=truth_box(ending[key]), window=(-160, 240)))
+    last = int(np.flatnonzero(ending.any(axis=(1, 2)))[-1])
+    masked = np.flatnonzero(result.any(axis=(1, 2)))
+    assert masked[-1] <= last + 1
+    assert not any((result[z] & continuing[z]).sum() > 0.5 * result[z].sum() for z in masked)
+    assert dice(result, ending) >= 0.9
+
+
+def test_a_correction_replaces_the_object_only_where_it_was_wrong():
+    """An object that leaked onto a neighbour on slices 8-19 (past its end at 16): a box on
+    slice 12 re-propagates both ways, replaces the leaked slices, clears the run past the end,
+    and stops where the new masks agree with the old ones: the slices below are not even read."""
+    from napari_medsam.core.propagation import correct
+
+    volume, truth = ellipsoid_volume()
+    blob = np.zeros_like(truth)
+    blob[8:, 54:64, 0:40] = True
+    volume = clean(volume, truth | blob)
+    labels = np.zeros(truth.shape, np.uint8)
+    labels[truth | blob] = 2
+    labels[:8] = np.where(truth[:8], 2, 0)
+    labels[0:3, 2:6, 2:6] = 1  # another object, untouched
+    before = labels.copy()
+    predictor = ThresholdPredictor()
+    steps = []
+    fixed = run_to_end(correct(predictor, volume, labels, 2, 12, truth_box(truth[12])), steps.append)
+    assert dice(before == 2, truth) < 0.85
+    np.testing.assert_array_equal(fixed == 2, truth)
+    np.testing.assert_array_equal(fixed == 1, before == 1)
+    np.testing.assert_array_equal(fixed[:8], before[:8])  # agreed from slice 7 down: kept as it was
+    np.testing.assert_array_equal(labels, before)  # the input is not modified
+    assert min(s.slice_index for s in steps) == 7
+    assert [s.stop for s in steps if s.slice_index == 7] == ["agrees"]
+    assert "agrees" in steps[-1].message

@@ -16,6 +16,23 @@ from napari_medsam.core.propagation import label_volume
 from napari_medsam.core.slicing import check_axis, take_slice
 
 
+def key_predictions(
+    predictor: SlicePredictor,
+    plane: np.ndarray,
+    window: Sequence[float] | None,
+    boxes: Sequence[Sequence[float] | None],
+    points: np.ndarray | None = None,
+    point_labels: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, float]]:
+    """(mask, predicted IoU) per box on ``plane`` (a box of None: the clicks alone), clicks shared by all."""
+    predictor.set_image(plane, window)
+    out = []
+    for box in boxes:
+        prediction = predictor.predict(box=box, points=points, point_labels=point_labels)
+        out.append((np.asarray(prediction.mask, dtype=bool), float(prediction.score)))
+    return out
+
+
 def key_masks(
     predictor: SlicePredictor,
     plane: np.ndarray,
@@ -25,11 +42,7 @@ def key_masks(
     point_labels: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """One mask per box on ``plane`` (a box of None: the clicks alone), clicks shared by all."""
-    predictor.set_image(plane, window)
-    return [
-        np.asarray(predictor.predict(box=box, points=points, point_labels=point_labels).mask, dtype=bool)
-        for box in boxes
-    ]
+    return [mask for mask, _ in key_predictions(predictor, plane, window, boxes, points, point_labels)]
 
 
 def volume_labels(
@@ -45,14 +58,17 @@ def volume_labels(
     point_labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Objects 1..N of a volume from their boxes on ``key_slice``, each propagated on its own
-    (:func:`~napari_medsam.core.propagation.label_volume`) or kept on the key slice alone."""
+    (:func:`~napari_medsam.core.propagation.label_volume`, with the key masks' predicted IoU, so
+    the result equals ``propagate`` from the same box) or kept on the key slice alone."""
     shape = tuple(np.shape(volume))
     if len(shape) != 3:
         raise ValueError(f"expected a 3D volume, got shape {shape}")
     axis = check_axis(axis, 3)
     if not 0 <= key_slice < shape[axis]:
         raise ValueError(f"slice {key_slice} is outside the volume (0..{shape[axis] - 1} along axis {axis})")
-    masks = key_masks(predictor, take_slice(volume, key_slice, axis), window, boxes, points, point_labels)
+    plane = take_slice(volume, key_slice, axis)
+    masks, scores = zip(*key_predictions(predictor, plane, window, boxes, points, point_labels), strict=True)
     return label_volume(
-        predictor, volume, key_slice, masks, propagate_objects=propagate, axis=axis, window=window
-    )
+        predictor, volume, key_slice, masks, propagate_objects=propagate, axis=axis, window=window,
+        key_scores=scores,
+    )  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_medsam.core.boxes import BoxXYXY, box_union, expand_box, mask_box, normalise_box
-from napari_medsam.core.jobs import run_to_end
+from napari_medsam.core.jobs import relay, run_to_end
 from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.core.slicing import check_axis, take_slice
 from napari_medsam.core.windows import AUTO, WindowArg, resolve_window
@@ -36,7 +36,7 @@ class SliceStep:
     """Progress after one slice: ``done`` of at most ``total`` slices visited.
 
     ``mask`` is the slice's mask (None when the slice ended a direction), ``box`` the prompt used,
-    ``stop`` why a direction ended there ("empty", "small", "low score", "moved"), else None, and
+    ``stop`` why a direction ended there ("empty", "small", "low score", "moved", "agrees"), else None, and
     ``score`` the model's predicted IoU (None for a key mask given as such).
     """
 
@@ -60,6 +60,8 @@ class SliceStep:
             return f"slice {self.slice_index}: low predicted IoU, stopping"
         if self.stop == "moved":
             return f"slice {self.slice_index}: the mask left the object of the slice before, stopping"
+        if self.stop == "agrees":
+            return f"slice {self.slice_index}: agrees with the object as it was, stopping"
         return f"slice {self.slice_index}: {self.area} px"
 
 
@@ -100,6 +102,8 @@ def propagate(
     min_overlap: float | None = 0.5,
     max_slices: int | None = None,
     use_previous_logits: bool | None = None,
+    agree_with: np.ndarray | None = None,
+    agree: float = 0.9,
 ) -> Generator[SliceStep, None, np.ndarray]:
     """Segment one object through a volume, starting from a key slice.
 
@@ -138,7 +142,9 @@ def propagate(
          past the kidneys' ends against 0.89-0.95 on them (ratio 0.64-0.75); inside organs the
          ratio stayed >= 0.81 but for the scan's edge and a stomach mask leaking into bowel;
          on a CT phantom 0.93-0.97 on the organ, 0.69-0.79 past it;
-       - the volume's end, or ``max_slices`` slices.
+       - the volume's end, or ``max_slices`` slices;
+       - with ``agree_with`` (a boolean mask of the volume's shape: the object as it was), the
+         first slice whose new mask has IoU >= ``agree`` with it ("agrees"; :func:`correct`).
 
        The slice that stopped a direction is left out. When both directions are done, slices at
        the far end of the first one that score below ``score_drop`` times the best of the whole
@@ -173,6 +179,9 @@ def propagate(
         raise ValueError(f"min_area_fraction must be in [0, 1], got {min_area_fraction}")
     if min_overlap is not None and not 0.0 <= min_overlap <= 1.0:
         raise ValueError(f"min_overlap must be in [0, 1] or None, got {min_overlap}")
+    if agree_with is not None and np.shape(agree_with) != shape:
+        raise ValueError(f"agree_with has shape {np.shape(agree_with)}, the volume {shape}")
+    old = None if agree_with is None else np.moveaxis(np.asarray(agree_with, dtype=bool), axis, 0)
     if max_slices is not None and max_slices < 0:
         raise ValueError(f"max_slices must be >= 0 or None, got {max_slices}")
     if margin < 0 or (margin_pixels is not None and margin_pixels < 0) or max_refine < 0:
@@ -245,6 +254,8 @@ def propagate(
                 stop = "low score"
             elif min_overlap is not None and overlap(new, mask) < min_overlap:
                 stop = "moved"
+            elif old is not None and iou(new, old[z]) >= agree:
+                stop = "agrees"
             if stop is not None:
                 logger.info("propagation stops at slice %d (%s)", z, stop)
                 yield SliceStep(z, done, total, area, None, box, stop, score)
@@ -261,6 +272,75 @@ def propagate(
             logger.info("propagation drops slice %d (predicted IoU %.2f, best %.2f)", z, scores[z], best)
             view[z] = False
     return result
+
+
+def correct(
+    predictor: SlicePredictor,
+    volume: Any,
+    labels: np.ndarray,
+    label_id: int,
+    slice_index: int,
+    box: Sequence[float],
+    *,
+    axis: int = 0,
+    window: WindowArg = AUTO,
+    agree: float = 0.9,
+    **options: Any,
+) -> Generator[SliceStep, None, np.ndarray]:
+    """Correct object ``label_id`` of a label volume from a box on one slice; return new labels.
+
+    The slice is segmented with ``box`` and the object propagated from it both ways
+    (:func:`propagate`, ``options`` passed on), each direction only as far as the new masks
+    differ from the object as it was: a direction ends at the first slice whose new mask has
+    IoU >= ``agree`` with the old one, and from there on the old object is kept as it is. Where
+    a direction ends for another reason (the organ ends, the mask leaves it), the old object's
+    run of slices from there on in that direction is removed: it lay past the organ. Other
+    objects' voxels are never taken. Yields a :class:`SliceStep` per slice visited; returns a
+    copy of ``labels`` (the caller writes the slices that changed, as one undo step).
+    """
+    labels = np.asarray(labels)
+    if labels.shape != tuple(np.shape(volume)):
+        raise ValueError(f"labels have shape {labels.shape}, the volume {np.shape(volume)}")
+    axis = check_axis(axis, 3)
+    old = labels == label_id
+    steps: list[SliceStep] = []
+
+    def kept(step: SliceStep) -> SliceStep:
+        steps.append(step)
+        return step
+
+    walk = propagate(
+        predictor, volume, slice_index, key_box=box, axis=axis, window=window, agree_with=old,
+        agree=agree, **options,
+    )  # fmt: skip
+    new = yield from relay(walk, kept)
+    old_z, new_z = np.moveaxis(old, axis, 0), np.moveaxis(new, axis, 0)
+    merged = old_z.copy()
+    depth = merged.shape[0]
+    for direction in (1, -1):
+        visited = [s for s in steps if (s.slice_index - slice_index) * direction > 0]
+        agreed = bool(visited) and visited[-1].stop == "agrees"
+        end = visited[-1].slice_index if visited and visited[-1].stop else None
+        for s in visited:
+            if s.stop is None:
+                merged[s.slice_index] = new_z[s.slice_index]
+        if end is not None and not agreed:
+            z = end
+            while 0 <= z < depth and old_z[z].any():  # the old run past the new end
+                merged[z] = False
+                z += direction
+    merged[slice_index] = new_z[slice_index]
+    out = labels.copy()
+    out_z = np.moveaxis(out, axis, 0)
+    out_z[old_z & ~merged] = 0
+    out_z[merged & (out_z == 0)] = label_id
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1 when both are empty)."""
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else float(np.count_nonzero(a & b)) / union
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -290,23 +370,27 @@ def label_volume(
     axis: int = 0,
     window: WindowArg = AUTO,
     callback: Callable[[SliceStep], Any] | None = None,
+    key_scores: Sequence[float | None] | None = None,
     **options: Any,
 ) -> np.ndarray:
     """A label volume of objects 1..N from their masks on ``key_slice`` (CLI, cohorts, scripts).
 
-    Each object is propagated on its own from its own key mask (:func:`propagate`, ``options``
-    passed on), or kept on the key slice alone without ``propagate_objects``; so an object's
-    mask does not depend on the others. Where objects overlap, the earlier one keeps the voxel.
+    Each object is propagated on its own from its own key mask (:func:`propagate`, with its
+    ``key_scores`` entry as ``key_score`` and ``options`` passed on), or kept on the key slice
+    alone without ``propagate_objects``; so an object's mask does not depend on the others.
+    Where objects overlap, the earlier one keeps the voxel.
     """
     shape = tuple(np.shape(volume))
     axis = check_axis(axis, len(shape))
     window = resolve_window(window, volume) if propagate_objects else None
     masks = []
-    for key_mask in key_masks:
+    scores = [None] * len(key_masks) if key_scores is None else list(key_scores)
+    for key_mask, key_score in zip(key_masks, scores, strict=True):
         if propagate_objects:
             steps = propagate(
-                predictor, volume, key_slice, key_mask=key_mask, axis=axis, window=window, **options
-            )
+                predictor, volume, key_slice, key_mask=key_mask, key_score=key_score, axis=axis,
+                window=window, **options,
+            )  # fmt: skip
             masks.append(run_to_end(steps, callback))
         else:
             mask = np.zeros(shape, dtype=bool)
