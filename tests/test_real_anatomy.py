@@ -163,3 +163,36 @@ def test_propagation_from_an_organs_tip_stops_at_its_end(predictor):
     assert dice(result, truth) >= 0.9
     labels = volume_labels(predictor, ct, key, [oracle_box(truth[key])], SOFT_TISSUE, propagate=True)
     np.testing.assert_array_equal(labels == 1, result)
+
+
+def test_a_correction_on_one_slice_fixes_a_bad_propagation(predictor):
+    """Propagated from a box that also covers the liver, the right kidney's object is the liver
+    (Dice 0); one kidney box on its largest slice puts it right. Then, with the liver added to
+    slices 3-7 by hand, a box on slice 5 re-propagates only until the masks agree again: every
+    slice it did not visit is left exactly as it was."""
+    from napari_medsam.core.boxes import box_union
+    from napari_medsam.core.propagation import correct
+
+    ct, seg = ct_sm()
+    truth, liver = seg == ORGANS["kidney_right"], seg == ORGANS["liver"]
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    both = box_union(oracle_box(truth[key]), oracle_box(liver[key]))
+    bad = run_to_end(propagate(predictor, ct, key, key_box=both))
+    labels = np.where(bad, 2, 0).astype(np.uint8)
+    labels[seg == ORGANS["spleen"]] = 1  # another object
+    fixed = run_to_end(correct(predictor, ct, labels, 2, key, oracle_box(truth[key])))
+    assert dice(bad, truth) < 0.3
+    assert dice(fixed == 2, truth) >= 0.84
+    assert outside_and_off(fixed == 2, truth) == (0, 0)
+    np.testing.assert_array_equal(fixed == 1, labels == 1)
+
+    leaked = fixed.copy()
+    leaked[3:8][liver[3:8] & (leaked[3:8] == 0)] = 2
+    steps = []
+    again = run_to_end(correct(predictor, ct, leaked, 2, 5, oracle_box(truth[5])), steps.append)
+    visited = sorted(s.slice_index for s in steps)
+    assert visited[0] >= 1
+    assert visited[-1] <= 10
+    assert dice(again == 2, truth) > dice(leaked == 2, truth) + 0.1
+    for z in set(range(len(ct))) - set(visited):
+        np.testing.assert_array_equal(again[z], leaked[z])
