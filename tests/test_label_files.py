@@ -19,6 +19,7 @@ from napari_medsam._writer import napari_write_labels
 from napari_medsam.core.objects import PALETTE, label_color, label_objects, palette_cycle
 from napari_medsam.core.stats import STATS_COLUMNS, object_stats
 from napari_medsam.io.label_names import read_sidecar, sidecar_path
+from napari_medsam.io.orientation import layer_kwargs
 from napari_medsam.io.stats_files import write_stats
 from napari_medsam.io.terminology import ORGANS, property_codes, terminology_tag
 from napari_medsam.io.volumes import VolumeGeometry, read_volume
@@ -35,7 +36,7 @@ def layer():
     data[4, 10:12, 20:29] = 5
     data[0:6, 15, 1] = 9
     geometry = VolumeGeometry(SPACING, ORIGIN, DIRECTION, shape=data.shape)
-    kwargs = geometry.layer_kwargs()
+    kwargs = layer_kwargs(geometry)
     features = {"index": [2, 5, 9], "name": ["liver", "object 5", "kidney_left"]}
     return Labels(data, features=features, colormap=palette_cycle(), **kwargs), geometry
 

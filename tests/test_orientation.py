@@ -18,7 +18,7 @@ from napari.layers import Image, Labels, Shapes
 from conftest import SpyPredictor
 from napari_medsam._reader import read_layers
 from napari_medsam.core.jobs import run_to_end
-from napari_medsam.io.orientation import nearest_axes, radiological_senses
+from napari_medsam.io.orientation import layer_kwargs, nearest_axes, radiological_senses
 from napari_medsam.io.volumes import VolumeGeometry, read_volume
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers.objects import labels_stats
@@ -156,7 +156,7 @@ def test_volume_in_ml_comes_from_the_voxel_size_whatever_the_transform(placement
     elif placement == "scale in the affine":
         kwargs = {"affine": np.diag([*spacing, 1.0]), "units": "mm"}
     else:
-        kwargs = VolumeGeometry(spacing, (0.0, 0.0, 0.0), ((1, 0, 0), (0, -1, 0), (0, 0, -1))).layer_kwargs()
+        kwargs = layer_kwargs(VolumeGeometry(spacing, (0.0, 0.0, 0.0), ((1, 0, 0), (0, -1, 0), (0, 0, -1))))
     layer = Labels(labels, **kwargs)
     image = Image(np.full(labels.shape, 55, np.int16), **kwargs)
     (stats,) = labels_stats(layer, image, VIEWS["axial"], 3)

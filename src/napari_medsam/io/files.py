@@ -18,14 +18,19 @@ from napari_medsam.io.volumes import VolumeGeometry
 
 
 def read_image(path: Path) -> tuple[np.ndarray, VolumeGeometry | None]:
-    """Read a 2D image or a volume; returns (array, geometry or None)."""
+    """Read a 2D image or a volume; returns (array, geometry or None).
+
+    Volumes come as axial slices (:func:`~napari_medsam.io.orientation.read_axial`), as the viewer
+    shows them, so slice numbers match its slider; labels written with the geometry go back on the
+    file's own grid.
+    """
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     suffix = suffix_of(path)
     if path.is_dir() or suffix in READ_SUFFIXES:
-        from napari_medsam.io.volumes import read_volume
+        from napari_medsam.io.orientation import read_axial
 
-        return read_volume(path)
+        return read_axial(path)
     if suffix == ".npy":
         return np.load(path, allow_pickle=False), None
     if suffix in (".tif", ".tiff"):
