@@ -43,17 +43,21 @@ def write_nifti(path: Path, array: np.ndarray, geometry: VolumeGeometry) -> None
     sitk.WriteImage(image, str(path))
 
 
-def write_dicom_series(folder: Path, hu: np.ndarray, spacing, origin) -> list[Path]:
-    """One CT file per slice, stored unsigned with rescale intercept -1024, shuffled names."""
+def write_dicom_series(folder: Path, hu: np.ndarray, spacing, origin, direction=None) -> list[Path]:
+    """One CT file per slice (axis 0), stored unsigned with rescale intercept -2048, shuffled names.
+
+    ``direction`` (napari order, default identity) places the slices: a sagittal or coronal
+    series is a volume whose axis 0 runs left-right or anterior-posterior.
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     folder.mkdir()
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    dz, dy, dx = spacing
-    z0, y0, x0 = origin
+    geometry = VolumeGeometry(spacing, origin, direction if direction is not None else np.eye(3))
+    columns, rows = np.asarray(geometry.direction)[::-1, 2], np.asarray(geometry.direction)[::-1, 1]
     paths = []
-    order = np.random.default_rng(1).permutation(len(hu))  # file names do not follow z
+    order = np.random.default_rng(1).permutation(len(hu))  # file names do not follow the slices
     for k in range(len(hu)):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -66,15 +70,15 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing, origin) -> list[Pa
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.PatientID, ds.PatientName, ds.Modality = "phantom", "Phantom^CT", "CT"
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
-        ds.ImagePositionPatient = [x0, y0, z0 + k * dz]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [dy, dx]  # row spacing, column spacing
-        ds.SliceThickness = dz
+        ds.ImagePositionPatient = [round(float(v), 4) for v in (geometry.affine @ [k, 0, 0, 1])[2::-1]]
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*columns, *rows)]  # x, y, z
+        ds.PixelSpacing = [spacing[1], spacing[2]]  # row spacing, column spacing
+        ds.SliceThickness = spacing[0]
         ds.Rows, ds.Columns = hu.shape[1:]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        ds.RescaleIntercept, ds.RescaleSlope = -2048, 1
+        ds.PixelData = (hu[k].astype(np.int32) + 2048).astype(np.uint16).tobytes()
         path = folder / f"IM{order[k]:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
