@@ -183,7 +183,7 @@ def read_dicom_seg(
         numbers.append(int(item.SegmentNumber))
         names[int(item.SegmentNumber)] = str(getattr(item, "SegmentLabel", "") or "")
         if "RecommendedDisplayCIELabValue" in item:
-            rgb = hd.color.CIELabColor(*item.RecommendedDisplayCIELabValue).to_rgb()
+            rgb = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb()
             colors[int(item.SegmentNumber)] = [c / 255 for c in rgb]
     ids = _label_ids(seg.SegmentSequence)
     series = [str(s.SeriesInstanceUID) for s in getattr(seg, "ReferencedSeriesSequence", [])]
