@@ -52,17 +52,18 @@ def write_mask(
     geometry: VolumeGeometry | None,
     names: Mapping[int, str] | None = None,
     model: str | None = None,
+    colors: Mapping[int, tuple[float, float, float]] | None = None,
 ) -> None:
     """Write labels in the format the extension names (PNG: 0/255 for one object, else label ids).
 
-    Label volume formats keep ``names`` (:func:`~napari_medsam.io.label_files.save_labels`).
+    Label volume formats keep ``names`` and ``colors`` (:func:`~napari_medsam.io.label_files.save_labels`).
     """
     suffix = suffix_of(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in WRITE_SUFFIXES:
         from napari_medsam.io.label_files import save_labels
 
-        save_labels(path, labels, geometry, names=names, model=model)
+        save_labels(path, labels, geometry, names=names, colors=colors, model=model)
     elif suffix == ".npy":
         np.save(path, labels)
     elif suffix in (".tif", ".tiff"):
