@@ -41,6 +41,7 @@ import torch
 from napari_medsam import MedSamPredictor
 from napari_medsam.core.devices import cpu_has_native_bfloat16, resolve_dtype
 from napari_medsam.core.jobs import run_to_end
+from napari_medsam.core.metrics import dice, iou
 from napari_medsam.core.propagation import propagate
 from napari_medsam.core.windows import SOFT_TISSUE
 from napari_medsam.models.loading import load_model
@@ -50,8 +51,6 @@ from realdata import (
     ORGANS,
     ct_dicom,
     ct_sm,
-    dice,
-    iou,
     official_lite_medsam,
     oracle_box,
     soft_tissue_uint8,

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from realdata import dice, iou
+from napari_medsam.core.metrics import dice, iou
 
 __all__ = ["dice", "iou"]  # shared by the tests
 

@@ -109,17 +109,3 @@ def official_lite_medsam(sam, encoder, image_uint8: np.ndarray, boxes: list) -> 
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
             masks.append((torch.sigmoid(logits)[0, 0] > 0.5).numpy())
     return masks
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1 when both are empty)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1 when both are empty)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

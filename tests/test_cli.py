@@ -15,9 +15,13 @@ from skimage.io import imread
 
 from conftest import dice, make_phantom
 from napari_medsam.cli import main
+from napari_medsam.core.objects import label_objects
+from napari_medsam.io.label_files import load_labels
 from napari_medsam.io.label_names import read_sidecar
 from napari_medsam.io.samples import ABDOMINAL_CT
-from napari_medsam.io.volumes import read_volume
+from napari_medsam.io.seg_nrrd import write_seg_nrrd
+from napari_medsam.io.volumes import VolumeGeometry, read_volume
+from realdata import SEG_SM
 from test_volume_io import ct_volume, write_dicom_series
 
 
@@ -197,6 +201,35 @@ def test_names_go_with_the_boxes_into_a_slicer_segmentation_and_the_statistics(s
     assert read_sidecar(tmp_path / "liver.nii.gz")[0].name == "object 1"
     (entry,) = json.loads((tmp_path / "s.json").read_text())
     assert list(entry) == ["label", "name", "voxels", "volume_ml", "slices", "mean_intensity"]
+
+
+def test_segment_continues_from_existing_labels_without_touching_them(sample_ct, tmp_path, capsys):
+    """Yesterday's liver and part of the spleen, in a Slicer file: today's spleen box adds object 6."""
+    path, _, boxes = sample_ct
+    _, geometry = read_volume(path)
+    reference, _ = read_volume(SEG_SM)
+    existing = np.where(reference == 5, 5, 0).astype(np.uint8)
+    existing[15, :35][reference[15, :35] == 1] = 1  # the top of the spleen, done by hand
+    kept = label_objects([1, 5], {1: "spleen top", 5: "liver"}, {1: (0.5, 0.25, 1.0), 5: (0.1, 0.2, 0.3)})
+    write_seg_nrrd(tmp_path / "yesterday.seg.nrrd", existing, geometry, kept)
+    out = tmp_path / "today.seg.nrrd"
+    args = segment_args(path, boxes[1:], "--name", "spleen", "--labels", str(tmp_path / "yesterday.seg.nrrd"))
+    assert main([*args, "-o", str(out)]) == 0
+    assert "new object id(s) [6]" in capsys.readouterr().out
+    labels, _, objects = load_labels(out)
+    np.testing.assert_array_equal(labels[existing > 0], existing[existing > 0])  # never overwritten
+    new = labels == 6
+    assert new[15].sum() > 100
+    assert not new[existing > 0].any()
+    assert dice(new[15] | (existing[15] == 1), reference[15] == 1) > 0.85
+    assert objects == [*kept, label_objects([6], {6: "spleen"})[0]]
+
+    elsewhere = VolumeGeometry.identity(existing.shape, (3.0, 3.0, 3.0), (900.0, 0.0, 0.0))
+    write_seg_nrrd(tmp_path / "other.seg.nrrd", existing, elsewhere, kept)
+    args = segment_args(path, boxes[1:], "--labels", str(tmp_path / "other.seg.nrrd"))
+    assert main([*args, "-o", str(tmp_path / "x.seg.nrrd")]) == 1
+    assert "do not lie on the image's grid" in capsys.readouterr().err
+    assert not (tmp_path / "x.seg.nrrd").exists()
 
 
 @pytest.mark.parametrize("names", [["--name", "liver"], ["--name", "a", "--name", "b", "--name", "c"]])

@@ -20,8 +20,9 @@ from pydicom.uid import generate_uid
 from napari_medsam import __version__
 from napari_medsam._reader import read_layers
 from napari_medsam._writer import napari_write_labels
-from napari_medsam.io.dicom_seg import NOT_DICOM
-from napari_medsam.io.volumes import read_volume
+from napari_medsam.io.dicom_seg import NOT_DICOM, is_dicom_seg
+from napari_medsam.io.label_files import load_labels
+from napari_medsam.io.volumes import VolumeGeometry, read_volume
 from realdata import CT_SM, DICOM_SERIES, SEG_DICOM
 
 SPLEEN, LIVER = 1, 5
@@ -122,3 +123,58 @@ def test_an_anonymised_series_or_a_nifti_gives_a_clear_error_and_no_file(tmp_pat
     with pytest.raises(ValueError, match=re.escape(NOT_DICOM)):
         napari_write_labels(str(tmp_path / "b.dcm"), nifti.data, nifti._get_state())
     assert list(tmp_path.iterdir()) == []
+
+
+def saved_segmentation(tmp_path: Path, series: Path, reference: np.ndarray) -> tuple[str, dict[int, tuple]]:
+    """The reference saved as a Segmentation with colours of its own; returns the path and the colours."""
+    layer = labels_layer(series, reference)
+    colors = {SPLEEN: (51 / 255, 102 / 255, 153 / 255), LIVER: (204 / 255, 26 / 255, 77 / 255)}  # 8 bits
+    layer.colormap = {None: (0, 0, 0, 1), 0: (0, 0, 0, 0)} | {k: (*rgb, 1.0) for k, rgb in colors.items()}
+    (path,) = napari_write_labels(str(tmp_path / "organs.dcm"), layer.data, layer._get_state())
+    return path, colors
+
+
+def test_a_segmentation_reads_back_on_its_series_with_names_and_colours(tmp_path, series, reference):
+    path, colors = saved_segmentation(tmp_path, series, reference)
+    assert is_dicom_seg(path)
+    assert not is_dicom_seg(read_volume(series)[1].source_files[0])
+    [(_, image_kwargs, _)] = read_layers(str(series))
+    source = VolumeGeometry.from_dict(image_kwargs["metadata"]["geometry"])
+    labels, geometry, objects = load_labels(path, [VolumeGeometry.identity((20, 512, 512)), source])
+    np.testing.assert_array_equal(labels, reference)  # every voxel, on the series' grid
+    assert geometry == source
+    assert [(o.label, o.name) for o in objects] == [(SPLEEN, "spleen"), (LIVER, "liver")]
+    for obj in objects:  # DICOM keeps 8 bits per channel (as CIELab): these come back exactly
+        np.testing.assert_allclose(obj.color, colors[obj.label], atol=1e-9)
+
+
+@pytest.mark.gui
+def test_file_open_puts_a_segmentation_on_the_open_series(make_napari_viewer, tmp_path, series, reference):
+    path, colors = saved_segmentation(tmp_path, series, reference)
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(series), plugin="napari-medsam")
+    [labels] = viewer.open(path, plugin="napari-medsam")
+    assert isinstance(labels, Labels)
+    np.testing.assert_array_equal(labels.data, reference)
+    assert labels.features["name"].tolist() == ["spleen", "liver"]
+    shown = labels.colormap.map([SPLEEN, LIVER])[:, :3]
+    np.testing.assert_allclose(shown, [colors[SPLEEN], colors[LIVER]], atol=1 / 255)
+    for index in ([0, 0, 0], [7, 300, 100]):
+        np.testing.assert_allclose(labels.data_to_world(index), image.data_to_world(index), atol=1e-4)
+
+
+def test_a_segmentation_without_its_series_opens_on_its_own_grid_with_a_message(tmp_path, series, reference):
+    path, _ = saved_segmentation(tmp_path, series, reference)
+    [(_, image_kwargs, _)] = read_layers(str(series))
+    placement = {k: v for k, v in image_kwargs.items() if k in ("scale", "translate", "affine")}
+    image = Labels(np.zeros((20, 512, 512), np.uint8), **placement)
+    with pytest.warns(UserWarning, match=r"source series \(.+\) is not open.+Open the series first"):
+        [(data, kwargs, kind)] = read_layers(path)
+    assert kind == "labels"
+    own = Labels(data, **kwargs)
+    assert own.features["name"].tolist() == ["spleen", "liver"]
+    for label in (SPLEEN, LIVER):  # as many voxels as on the series, centred at the same place
+        assert np.count_nonzero(data == label) == np.count_nonzero(reference == label)
+        world = own.data_to_world(np.argwhere(data == label).mean(axis=0))
+        expected = image.data_to_world(np.argwhere(reference == label).mean(axis=0))
+        np.testing.assert_allclose(world, expected, atol=1e-3)

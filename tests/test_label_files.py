@@ -18,7 +18,10 @@ from napari_medsam._reader import read_layers
 from napari_medsam._writer import napari_write_labels
 from napari_medsam.core.objects import PALETTE, label_color, label_objects, palette_cycle
 from napari_medsam.core.stats import STATS_COLUMNS, object_stats
+from napari_medsam.io.label_files import load_labels
 from napari_medsam.io.label_names import read_sidecar, sidecar_path
+from napari_medsam.io.orientation import layer_kwargs
+from napari_medsam.io.seg_nrrd import write_seg_nrrd
 from napari_medsam.io.stats_files import write_stats
 from napari_medsam.io.terminology import ORGANS, property_codes, terminology_tag
 from napari_medsam.io.volumes import VolumeGeometry, read_volume
@@ -35,7 +38,7 @@ def layer():
     data[4, 10:12, 20:29] = 5
     data[0:6, 15, 1] = 9
     geometry = VolumeGeometry(SPACING, ORIGIN, DIRECTION, shape=data.shape)
-    kwargs = geometry.layer_kwargs()
+    kwargs = layer_kwargs(geometry)
     features = {"index": [2, 5, 9], "name": ["liver", "object 5", "kidney_left"]}
     return Labels(data, features=features, colormap=palette_cycle(), **kwargs), geometry
 
@@ -110,6 +113,47 @@ def test_a_2d_label_image_is_a_one_slice_3d_segmentation(tmp_path):
     assert segmentation["voxels"].shape == (16, 12, 1)
     assert segmentation["segments"][0]["extent"] == [6, 8, 3, 4, 0, 0]
     assert segmentation["segments"][0]["name"] == "object 1"
+
+
+def test_a_cropped_slicer_segmentation_opens_on_the_grid_of_its_image(tmp_path, layer):
+    """Slicer crops a segmentation to its segments' extent: it goes back where it was on the image."""
+    labels, geometry = layer
+    crop = (slice(0, 6), slice(2, 16), slice(1, 29))
+    origin = (geometry.affine @ [*(c.start for c in crop), 1.0])[:3]
+    cropped = VolumeGeometry(SPACING, tuple(origin), DIRECTION, shape=labels.data[crop].shape)
+    objects = label_objects([2, 5, 9], {2: "liver", 9: "kidney_left"}, {5: (0.1, 0.2, 0.3)})
+    path = write_seg_nrrd(tmp_path / "cropped.seg.nrrd", labels.data[crop], cropped, objects)
+    other = VolumeGeometry.identity((6, 20, 30), SPACING, (500.0, 0.0, 0.0))  # an image elsewhere
+    back, back_geometry, back_objects = load_labels(path, [other, geometry])
+    np.testing.assert_array_equal(back, labels.data)
+    assert back_geometry == geometry
+    assert back_objects == objects
+    alone, alone_geometry, _ = load_labels(path)  # no image: its own grid
+    np.testing.assert_array_equal(alone, labels.data[crop])
+    np.testing.assert_allclose(alone_geometry.origin, origin)
+
+
+def test_a_layered_slicer_segmentation_is_one_labels_layer_later_segments_on_top(tmp_path):
+    """Slicer keeps overlapping segments in layers (a 4D file); a value used twice gets a new id."""
+    voxels = np.zeros((2, 8, 6, 4), np.uint8)  # slicerio's order: layer, i, j, k
+    voxels[0, 1:4, 1:3, 0:2] = 1
+    voxels[0, 6:8, 4:6, 3] = 2
+    voxels[1, 2:6, 2:5, 1:3] = 1  # overlaps the first segment
+    ijk_to_lps = np.diag([0.5, 0.7, 2.0, 1.0])
+    segments = [
+        {"id": "Segment_1", "labelValue": 1, "layer": 0, "name": "liver", "color": [1.0, 0.0, 0.0]},
+        {"id": "Segment_2", "labelValue": 2, "layer": 0, "name": "spleen", "color": [0.0, 1.0, 0.0]},
+        {"id": "Segment_3", "labelValue": 1, "layer": 1, "name": "tumour", "color": [0.0, 0.0, 1.0]},
+    ]
+    path = str(tmp_path / "layered.seg.nrrd")
+    slicerio.write_segmentation(path, {"voxels": voxels, "ijkToLPS": ijk_to_lps, "segments": segments})
+    [(data, kwargs, _)] = read_layers(path)
+    expected = np.zeros((8, 6, 4), np.uint8)
+    expected[voxels[0] == 1], expected[voxels[0] == 2], expected[voxels[1] == 1] = 1, 2, 3
+    np.testing.assert_array_equal(data, expected.transpose(2, 1, 0))  # napari order (k, j, i)
+    back = Labels(data, **kwargs)
+    assert back.features["name"].tolist() == ["liver", "spleen", "tumour"]
+    np.testing.assert_allclose(back.colormap.map([1, 2, 3])[:, :3], np.eye(3))
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])

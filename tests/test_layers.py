@@ -8,9 +8,10 @@ from napari.layers import Image, Labels, Points, Shapes
 
 from conftest import SpyPredictor, rectangle
 from napari_medsam.core.jobs import run_to_end
+from napari_medsam.core.label_policy import assign_label_ids
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
-from napari_medsam.layers.labels import assign_label_ids, write_planes
+from napari_medsam.layers.labels import write_planes
 from napari_medsam.layers.prompt_layers import LABEL_ID, POSITIVE
 from napari_medsam.layers.prompts import Plane
 from napari_medsam.layers.requests import LayerInputs, RunSettings

@@ -1,5 +1,9 @@
 """Radiological display: real CT in NIfTI (RAS and LPS) and DICOM shows as 3D Slicer shows it.
 
+The same CT is also stored in sagittal and coronal slice order (NIfTI, and a sagittal DICOM
+series): it opens with axial slices under the slider all the same, and labels saved from it go
+back on the file's own grid.
+
 napari draws the first displayed world axis down the screen and the second to the right, so a
 position on screen is read off the world coordinates of the layer: for an axial view (dims order
 (0, 1, 2)) screen row = world[1], column = world[2]; coronal (1, 0, 2): row = world[0], column =
@@ -17,17 +21,22 @@ from napari.layers import Image, Labels, Shapes
 
 from conftest import SpyPredictor
 from napari_medsam._reader import read_layers
+from napari_medsam._writer import napari_write_labels
 from napari_medsam.core.jobs import run_to_end
-from napari_medsam.io.orientation import nearest_axes, radiological_senses
+from napari_medsam.io.orientation import layer_kwargs, nearest_axes, radiological_senses, to_axial
 from napari_medsam.io.volumes import VolumeGeometry, read_volume
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers.objects import labels_stats
 from napari_medsam.layers.prompt_layers import image_transforms
 from napari_medsam.layers.requests import LayerInputs, RunSettings
-from realdata import CT_SM, DICOM_SERIES, SEG_DICOM, SEG_SM, label_names
+from realdata import CT_SM, DICOM_SERIES, SEG_DICOM, SEG_SM, ct_sm, label_names
+from test_volume_io import write_dicom_series
 
 ORGANS = {name: label for label, name in label_names().items()}
 VIEWS = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
+#: Axis orders that store the axial CT as sagittal slices (left-right first) or coronal ones.
+RESTACKED = {"sagittal": (2, 0, 1), "coronal": (1, 0, 2)}
+STORAGES = ["RAS NIfTI", "LPS NIfTI", "DICOM", "sagittal NIfTI", "coronal NIfTI", "sagittal DICOM"]
 
 
 def lps_copy(path: Path, source: Path) -> Path:
@@ -42,19 +51,45 @@ def lps_copy(path: Path, source: Path) -> Path:
     return path
 
 
+def restacked(path: Path, source: Path, view: str) -> Path:
+    """``source`` stored as ``view`` slices: its axes re-ordered, every voxel where it was."""
+    import SimpleITK as sitk
+
+    array, geometry = read_volume(source)
+    order = RESTACKED[view]
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(order)))
+    geometry.transposed(order).apply_to(image)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def restacked_series(folder: Path, source: Path, view: str) -> Path:
+    """``source`` as a DICOM series of ``view`` slices."""
+    array, geometry = read_volume(source)
+    moved = geometry.transposed(RESTACKED[view])
+    write_dicom_series(folder, array.transpose(RESTACKED[view]), moved.spacing, moved.origin, moved.direction)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """(CT, reference labels) per storage: the RAS NIfTI, an LPS copy of it, the DICOM series."""
-    folder = tmp_path_factory.mktemp("lps")
-    lps = (
-        lps_copy(folder / "ct.nii.gz", CT_SM),
-        lps_copy(folder / "ct_seg.nii.gz", SEG_SM),
-    )
-    return {
+    """(CT, reference labels) per storage: the RAS NIfTI, an LPS copy, the DICOM series, restacks."""
+    folder = tmp_path_factory.mktemp("stored")
+    scans = {
         "RAS NIfTI": (CT_SM, SEG_SM),
-        "LPS NIfTI": lps,
+        "LPS NIfTI": (lps_copy(folder / "ct.nii.gz", CT_SM), lps_copy(folder / "ct_seg.nii.gz", SEG_SM)),
         "DICOM": (DICOM_SERIES, SEG_DICOM),
     }
+    for view in RESTACKED:
+        scans[f"{view} NIfTI"] = (
+            restacked(folder / f"{view}.nii.gz", CT_SM, view),
+            restacked(folder / f"{view}_seg.nii.gz", SEG_SM, view),
+        )
+    scans["sagittal DICOM"] = (
+        restacked_series(folder / "sagittal_series", CT_SM, "sagittal"),
+        scans["sagittal NIfTI"][1],
+    )
+    return scans
 
 
 def layer_of(path: Path) -> Image | Labels:
@@ -77,19 +112,37 @@ def test_a_data_axis_is_matched_to_its_nearest_patient_axis():
     assert nearest_axes([[0, 0, 1], [0.9, 0.43, 0], [-0.43, 0.9, 0]]) == (1, 2, 0)
 
 
-@pytest.mark.parametrize("storage", ["RAS NIfTI", "LPS NIfTI", "DICOM"])
+@pytest.mark.parametrize("storage", STORAGES)
 def test_world_is_the_patient_position_with_superior_negated(scans, storage):
     ct_path, _ = scans[storage]
     array, geometry = read_volume(ct_path)
     layer = layer_of(ct_path)
-    np.testing.assert_array_equal(layer.data, array)  # the file's own voxel grid
-    np.testing.assert_allclose(layer.scale, geometry.spacing)
-    for index in ([0, 0, 0], [5, 17, 40], np.array(array.shape) - 1):
-        lps = (geometry.affine @ [*index, 1])[:3]
+    axial, axial_geometry = to_axial(array, geometry)
+    np.testing.assert_array_equal(layer.data, axial)  # the file's voxels, axes re-ordered
+    if storage.startswith(tuple(RESTACKED)):  # the axial slices under the slider, whatever the storage
+        np.testing.assert_array_equal(layer.data, ct_sm()[0])
+        assert VolumeGeometry.from_dict(layer.metadata["geometry"]).file_axes is not None
+    np.testing.assert_allclose(layer.scale, axial_geometry.spacing)
+    for index in ([0, 0, 0], [5, 17, 40], np.array(axial.shape) - 1):
+        lps = (axial_geometry.affine @ [*index, 1])[:3]
         np.testing.assert_allclose(layer.data_to_world(index), radiological_senses(3) * lps, atol=1e-4)
 
 
-@pytest.mark.parametrize("storage", ["RAS NIfTI", "LPS NIfTI", "DICOM"])
+@pytest.mark.parametrize("view", list(RESTACKED))
+def test_labels_saved_from_a_restacked_scan_go_back_on_its_file_grid(scans, view, tmp_path):
+    """Labels made on the axial display, saved by the plugin: equal to the file-grid reference."""
+    image = layer_of(scans[f"{view} NIfTI"][0])
+    reference, _ = read_volume(scans[f"{view} NIfTI"][1])
+    made = ct_sm()[1]  # the reference as the display shows it: axial
+    written, _ = napari_write_labels(
+        str(tmp_path / "seg.nii.gz"), made, {"metadata": image.metadata, "name": "seg"}
+    )
+    back, geometry = read_volume(written)
+    np.testing.assert_array_equal(back, reference)  # Dice 1 on every organ
+    np.testing.assert_allclose(geometry.affine, read_volume(scans[f"{view} NIfTI"][0])[1].affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("storage", STORAGES)
 def test_organs_land_where_3d_slicer_shows_them(scans, storage):
     labels = layer_of(scans[storage][1])
     assert isinstance(labels, Labels)
@@ -98,6 +151,7 @@ def test_organs_land_where_3d_slicer_shows_them(scans, storage):
     assert liver[1] + 100 < spleen[1]
     spine, stomach = on_screen(labels, "vertebrae_T12", "axial"), on_screen(labels, "stomach", "axial")
     assert stomach[0] + 50 < spine[0]
+    assert on_screen(labels, "aorta", "axial")[0] + 10 < spine[0]  # the aorta lies in front of the spine
     # coronal: superior up (T11 above T12), the patient's right on the left
     t11, t12 = on_screen(labels, "vertebrae_T11", "coronal"), on_screen(labels, "vertebrae_T12", "coronal")
     assert t11[0] + 10 < t12[0]
@@ -156,7 +210,7 @@ def test_volume_in_ml_comes_from_the_voxel_size_whatever_the_transform(placement
     elif placement == "scale in the affine":
         kwargs = {"affine": np.diag([*spacing, 1.0]), "units": "mm"}
     else:
-        kwargs = VolumeGeometry(spacing, (0.0, 0.0, 0.0), ((1, 0, 0), (0, -1, 0), (0, 0, -1))).layer_kwargs()
+        kwargs = layer_kwargs(VolumeGeometry(spacing, (0.0, 0.0, 0.0), ((1, 0, 0), (0, -1, 0), (0, 0, -1))))
     layer = Labels(labels, **kwargs)
     image = Image(np.full(labels.shape, 55, np.int16), **kwargs)
     (stats,) = labels_stats(layer, image, VIEWS["axial"], 3)
@@ -168,10 +222,11 @@ def test_volume_in_ml_comes_from_the_voxel_size_whatever_the_transform(placement
 
 
 @pytest.mark.gui
-def test_napari_draws_the_axial_slice_radiologically(make_napari_viewer, scans):
-    """What is rendered: the liver left of the spleen and the spine below the stomach."""
+@pytest.mark.parametrize("storage", ["RAS NIfTI", "sagittal NIfTI", "coronal NIfTI"])
+def test_napari_draws_the_axial_slice_radiologically(make_napari_viewer, scans, storage):
+    """What is rendered under the slider: the liver left of the spleen, the spine below the stomach."""
     viewer = make_napari_viewer(show=True)  # a hidden canvas renders nothing
-    ((data, kwargs, _),) = read_layers(str(scans["RAS NIfTI"][1]))
+    ((data, kwargs, _),) = read_layers(str(scans[storage][1]))
     shown = {"liver": (1, 0, 0), "spleen": (0, 1, 0), "vertebrae_T12": (0, 0, 1), "stomach": (1, 1, 0)}
     colors = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)} | {ORGANS[o]: (*rgb, 1) for o, rgb in shown.items()}
     labels = viewer.add_labels(data, **{**kwargs, "colormap": colors, "opacity": 1.0})

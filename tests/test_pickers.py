@@ -121,3 +121,26 @@ def test_layers_over_a_flipped_image_fit_it(open_widget):
     labels = widget.ensure_labels_layer()
     assert labels.name == "abdominal_ct MedSAM"
     np.testing.assert_allclose(labels.data_to_world([3, 4, 5]), image.data_to_world([3, 4, 5]))
+
+
+@pytest.mark.parametrize("placed", ["in world coordinates", "with the image's scale and translate"])
+def test_a_2d_box_of_a_script_over_a_3d_image_segments_the_slice_on_screen(open_widget, placed):
+    """``viewer.add_shapes([rectangle])`` over a volume: a 2D layer, drawn on every slice."""
+    viewer, open_ = open_widget
+    scale, translate = (2.5, 0.8, 0.6), (-10.0, 4.0, -8.0)
+    image = viewer.add_image(np.zeros((6, 40, 60), np.int16), scale=scale, translate=translate, name="ct")
+    corners = rectangle(5, 10, 20, 30)  # rows 5..20, columns 10..30 of the image
+    if placed == "in world coordinates":
+        world = np.array([image.data_to_world([0, r, c])[1:] for r, c in corners])
+        boxes = viewer.add_shapes([world], shape_type="rectangle", name="boxes")
+    else:
+        boxes = viewer.add_shapes([corners], shape_type="rectangle", scale=scale[1:], translate=translate[1:])
+    assert boxes.ndim == 2
+    viewer.add_shapes([rectangle(500, 500, 520, 530)], shape_type="rectangle", name="off the image")
+    widget = open_()
+    assert widget.boxes_layer is boxes  # the 2D layer that lies on the image, not the one off it
+    viewer.dims.set_point(0, image.data_to_world([4, 0, 0])[0])
+    assert widget.segment() == [1]
+    expected = np.zeros((6, 40, 60), bool)
+    expected[4, 5:21, 10:31] = True
+    np.testing.assert_array_equal(widget.labels_layer.data == 1, expected)

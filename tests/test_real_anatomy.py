@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_medsam.core.jobs import run_to_end
+from napari_medsam.core.metrics import dice, iou
 from napari_medsam.core.predictor import MedSamPredictor
 from napari_medsam.core.propagation import propagate
 from napari_medsam.core.windows import SOFT_TISSUE, training_window
@@ -16,8 +17,6 @@ from realdata import (
     ORGANS,
     ct_dicom,
     ct_sm,
-    dice,
-    iou,
     official_lite_medsam,
     oracle_box,
     soft_tissue_uint8,

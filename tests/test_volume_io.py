@@ -13,6 +13,7 @@ import pytest
 from napari_medsam._reader import napari_get_reader, read_layers
 from napari_medsam._writer import ImageInfo, labels_geometry, napari_write_labels
 from napari_medsam.core.windows import SOFT_TISSUE
+from napari_medsam.io.orientation import layer_kwargs, to_axial
 from napari_medsam.io.volumes import VolumeGeometry, read_volume, write_labels
 
 SPACING = (2.5, 0.7, 0.9)  # (k, j, i) = slice, row, column spacing in mm: anisotropic
@@ -42,17 +43,21 @@ def write_nifti(path: Path, array: np.ndarray, geometry: VolumeGeometry) -> None
     sitk.WriteImage(image, str(path))
 
 
-def write_dicom_series(folder: Path, hu: np.ndarray, spacing, origin) -> list[Path]:
-    """One CT file per slice, stored unsigned with rescale intercept -1024, shuffled names."""
+def write_dicom_series(folder: Path, hu: np.ndarray, spacing, origin, direction=None) -> list[Path]:
+    """One CT file per slice (axis 0), stored unsigned with rescale intercept -2048, shuffled names.
+
+    ``direction`` (napari order, default identity) places the slices: a sagittal or coronal
+    series is a volume whose axis 0 runs left-right or anterior-posterior.
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     folder.mkdir()
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    dz, dy, dx = spacing
-    z0, y0, x0 = origin
+    geometry = VolumeGeometry(spacing, origin, direction if direction is not None else np.eye(3))
+    columns, rows = np.asarray(geometry.direction)[::-1, 2], np.asarray(geometry.direction)[::-1, 1]
     paths = []
-    order = np.random.default_rng(1).permutation(len(hu))  # file names do not follow z
+    order = np.random.default_rng(1).permutation(len(hu))  # file names do not follow the slices
     for k in range(len(hu)):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -65,15 +70,15 @@ def write_dicom_series(folder: Path, hu: np.ndarray, spacing, origin) -> list[Pa
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.PatientID, ds.PatientName, ds.Modality = "phantom", "Phantom^CT", "CT"
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
-        ds.ImagePositionPatient = [x0, y0, z0 + k * dz]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [dy, dx]  # row spacing, column spacing
-        ds.SliceThickness = dz
+        ds.ImagePositionPatient = [round(float(v), 4) for v in (geometry.affine @ [k, 0, 0, 1])[2::-1]]
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*columns, *rows)]  # x, y, z
+        ds.PixelSpacing = [spacing[1], spacing[2]]  # row spacing, column spacing
+        ds.SliceThickness = spacing[0]
         ds.Rows, ds.Columns = hu.shape[1:]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        ds.RescaleIntercept, ds.RescaleSlope = -2048, 1
+        ds.PixelData = (hu[k].astype(np.int32) + 2048).astype(np.uint16).tobytes()
         path = folder / f"IM{order[k]:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -190,18 +195,20 @@ def test_reader_contribution_gives_a_layer_placed_in_the_world(tmp_path, ct, geo
     [(data, kwargs, layer_type)] = reader(str(path))
     assert layer_type == "image"
     assert kwargs["name"] == "abdomen"
-    np.testing.assert_array_equal(data, hu)
-    np.testing.assert_allclose(kwargs["scale"], SPACING, atol=1e-6)
-    # DIRECTION swaps rows and columns: data axis 1 runs left (world axis 1 holds x), axis 2 anterior
+    # DIRECTION swaps rows and columns (file axis 1 runs left, axis 2 anterior): the reader shows
+    # the file's axes 1 and 2 swapped, a view of the file's voxels, so rows run anterior-posterior
+    np.testing.assert_array_equal(data, hu.transpose(0, 2, 1))
+    assert data.base is not None  # a view of the voxels read, not a copy
+    np.testing.assert_allclose(kwargs["scale"], np.asarray(SPACING)[[0, 2, 1]], atol=1e-6)
     layer = Image(data, **kwargs)
-    for index in ([0, 0, 0], [3, 7, 5]):
-        z, y, x = (geometry.affine @ [*index, 1.0])[:3]
-        np.testing.assert_allclose(layer.data_to_world(index), [-z, x, y], atol=1e-5)
+    for k, j, i in ([0, 0, 0], [3, 7, 5]):
+        z, y, x = (geometry.affine @ [k, i, j, 1.0])[:3]  # the file's voxel (k, i, j) is shown at (k, j, i)
+        np.testing.assert_allclose(layer.data_to_world([k, j, i]), [-z, y, x], atol=1e-5)
     assert kwargs["units"] == "mm"
     assert kwargs["contrast_limits"] == SOFT_TISSUE  # data still in HU
     stored = VolumeGeometry.from_dict(kwargs["metadata"]["geometry"])
-    assert_same_geometry(stored, geometry)
-    np.testing.assert_allclose(kwargs["metadata"]["affine"], geometry.affine, atol=1e-5)
+    assert stored.file_axes == (0, 2, 1)
+    assert_same_geometry(stored.file_grid(), geometry)
 
 
 def test_reader_opens_segmentations_as_labels(tmp_path, ct, geometry):
@@ -212,7 +219,7 @@ def test_reader_opens_segmentations_as_labels(tmp_path, ct, geometry):
         [(data, kwargs, layer_type)] = read_layers(str(tmp_path / name))
         assert layer_type == "labels"
         assert kwargs["name"] == layer_name
-        np.testing.assert_array_equal(data, truth)
+        np.testing.assert_array_equal(data, to_axial(truth, geometry)[0])
 
 
 def test_reader_returns_none_for_foreign_files(tmp_path, ct):
@@ -263,24 +270,24 @@ def test_writer_contribution_saves_with_the_image_geometry(tmp_path, ct, geometr
     write_nifti(tmp_path / "ct.nii.gz", hu, geometry)
     [(_, kwargs, _)] = read_layers(str(tmp_path / "ct.nii.gz"))
     attributes = {"scale": kwargs["scale"], "translate": kwargs["translate"]}
-    labels = truth.astype(np.uint8) * 2
+    labels = to_axial(truth.astype(np.uint8) * 2, geometry)[0]  # on the layer's (axial) grid
     # labels made by the widget carry the image metadata
     written, sidecar = napari_write_labels(
         str(tmp_path / "seg.nii.gz"), labels, {**attributes, "metadata": kwargs["metadata"]}
     )
     back, back_geometry = read_volume(written)
-    np.testing.assert_array_equal(back, labels)
+    np.testing.assert_array_equal(back, truth.astype(np.uint8) * 2)  # back on the file's grid
     assert_same_geometry(back_geometry, geometry)
     assert sidecar == str(tmp_path / "seg.labels.json")  # the object names
 
 
 def test_writer_finds_the_image_geometry_of_labels_without_metadata(ct, geometry):
     hu, _ = ct
-    kwargs = geometry.layer_kwargs()
+    kwargs = layer_kwargs(geometry)
     scale, translate = np.asarray(kwargs["scale"]), np.asarray(kwargs["translate"])
     oblique = ImageInfo("oblique", kwargs["metadata"], scale, translate)
     straight_geometry = VolumeGeometry.identity(hu.shape, SPACING, ORIGIN)
-    straight = ImageInfo("straight", straight_geometry.layer_kwargs()["metadata"], scale, translate)
+    straight = ImageInfo("straight", layer_kwargs(straight_geometry)["metadata"], scale, translate)
     attributes = {"scale": scale, "translate": translate, "metadata": {}}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -323,8 +330,8 @@ def test_npe2_reads_and_writes_through_the_manifest(tmp_path, ct, geometry):
         [str(tmp_path / "ct.nii.gz")], stack=False, plugin_name="napari-medsam"
     )
     assert layer_type == "image"
-    np.testing.assert_array_equal(data, hu)
-    labels = (truth.astype(np.uint8), {**kwargs, "name": "seg"}, "labels")
+    np.testing.assert_array_equal(data, to_axial(hu, geometry)[0])
+    labels = (to_axial(truth.astype(np.uint8), geometry)[0], {**kwargs, "name": "seg"}, "labels")
     written = npe2.write(str(tmp_path / "seg"), [labels], plugin_name="napari-medsam")
     # the first extension is the default; the object names go beside it
     assert written == [str(tmp_path / "seg.nii.gz"), str(tmp_path / "seg.labels.json")]
@@ -351,7 +358,7 @@ def test_napari_opens_volumes_and_saves_labels_that_overlay(
     viewer._new_labels()
     labels = viewer.layers[-1]
     assert "geometry" not in labels.metadata
-    labels.data[truth] = 1
+    labels.data[to_axial(truth, geometry)[0]] = 1
     out = tmp_path / "seg.nrrd"
     labels.save(str(out), plugin="napari-medsam")
     back, back_geometry = read_volume(out)

@@ -9,10 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.objects import INDEX, NAME, palette_cycle
+from napari_medsam.core.objects import INDEX, NAME, LabelObject, palette_cycle
 from napari_medsam.core.windows import SOFT_TISSUE, looks_like_ct
-from napari_medsam.io.label_files import read_label_objects
-from napari_medsam.io.volumes import format_of, read_volume, volume_name
+from napari_medsam.io.dicom_seg import is_dicom_seg
+from napari_medsam.io.label_files import load_labels, place_labels
+from napari_medsam.io.label_names import read_sidecar
+from napari_medsam.io.orientation import layer_kwargs, to_axial
+from napari_medsam.io.volumes import GEOMETRY_KEY, VolumeGeometry, format_of, read_volume, volume_name
 
 LayerData = tuple[Any, dict[str, Any], str]
 _LABEL_NAME = re.compile(r"(^|[^a-z])(seg|segmentation|label|labels|labelmap|mask)([^a-z]|$)")
@@ -32,23 +35,30 @@ def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]]
 
 
 def read_layers(path: str | list[str]) -> list[LayerData]:
-    """Read one volume as a napari layer in the radiological display, its geometry in ``metadata``.
+    """Read one volume as a napari layer: axial slices under the slider, the radiological display.
 
-    Slicer segmentations (``.seg.nrrd``) and integer volumes named like a mask
-    (``*_seg``, ``*label*``, ``*mask*``) open as Labels, with the names and colours of their
-    segments or sidecar; everything else as Image. CT (DICOM modality CT, or values reaching
-    air at about -1000 HU) opens with the soft-tissue window as contrast limits; the data stay
-    in Hounsfield units. A DICOM series keeps its files in ``metadata["geometry"]``.
+    The axes are re-ordered (a view) so that the slider moves superior-inferior; the order and the
+    geometry go into ``metadata["geometry"]`` (the writer puts labels back on the file's grid).
+    DICOM Segmentations, Slicer segmentations (``.seg.nrrd``) and integer volumes named like a
+    mask (``*_seg``, ``*label*``, ``*mask*``) open as Labels, with the names and colours of their
+    segments or sidecar, on the grid of an open image they lie on (:func:`load_labels`);
+    everything else as Image. CT (DICOM modality CT, or values reaching air at about -1000 HU)
+    opens with the soft-tissue window as contrast limits; the data stay in Hounsfield units.
     """
     if isinstance(path, (list, tuple)):
         path = path[0]
     path = os.fspath(path)
+    name = volume_name(path)
+    if is_dicom_seg(path) or path.lower().endswith(".seg.nrrd"):
+        labels, geometry, objects = load_labels(path, open_image_geometries())
+        return [_labels_layer(labels, geometry, objects, path, name)]
     array, geometry = read_volume(path)
-    kwargs = geometry.layer_kwargs(source=path)
-    kwargs["name"] = volume_name(path)
     components = array.ndim > geometry.ndim
     if not components and _is_labels(path, array):
-        return [(array, {**kwargs, **_named_objects(path)}, "labels")]
+        labels, geometry = place_labels(array, geometry, open_image_geometries())
+        return [_labels_layer(labels, geometry, read_sidecar(path), path, name)]
+    array, geometry = to_axial(array, geometry)
+    kwargs = {**layer_kwargs(geometry, source=path), "name": name}
     if components:
         if array.shape[-1] in (3, 4) and array.dtype == np.uint8:
             kwargs["rgb"] = True
@@ -59,18 +69,33 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     return [(array, kwargs, "image")]
 
 
+def open_image_geometries() -> list[VolumeGeometry]:
+    """The geometries of the images open in the current viewer (none without a viewer)."""
+    from napari_medsam._writer import viewer_images
+
+    return [
+        VolumeGeometry.from_dict(image.metadata[GEOMETRY_KEY])
+        for image in viewer_images()
+        if isinstance(image.metadata.get(GEOMETRY_KEY), dict)
+    ]
+
+
+def _labels_layer(
+    labels: np.ndarray, geometry: VolumeGeometry, objects: list[LabelObject], path: str, name: str
+) -> LayerData:
+    kwargs = {**layer_kwargs(geometry, source=path), "name": name, **_named_objects(objects)}
+    return (labels, kwargs, "labels")
+
+
 def _is_labels(path: str, array: np.ndarray) -> bool:
     name = os.path.basename(os.path.normpath(path)).lower()
-    if name.endswith(".seg.nrrd"):
-        return True
     if not np.issubdtype(array.dtype, np.integer) or not _LABEL_NAME.search(volume_name(name)):
         return False
     return array.size == 0 or int(array.min()) >= 0
 
 
-def _named_objects(path: str) -> dict[str, Any]:
+def _named_objects(objects: list[LabelObject]) -> dict[str, Any]:
     """Labels layer keyword arguments for the objects a label file names: features and colours."""
-    objects = read_label_objects(path)
     if not objects:
         return {}
     features = {INDEX: [o.label for o in objects], NAME: [o.name for o in objects]}

@@ -29,7 +29,7 @@ class ImageInfo(NamedTuple):
 def napari_write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Write one Labels layer with its object names and colours; returns the paths written."""
     data = np.asarray(data)
-    geometry = labels_geometry(data.shape, attributes, _viewer_images())
+    geometry = labels_geometry(data.shape, attributes, viewer_images())
     colormap, ids, colors = attributes.get("colormap"), present_ids(data), {}
     if colormap is not None and ids:  # what the viewer shows; an object hidden gets the palette's
         colors = {i: rgba for i, rgba in zip(ids, colormap.map(np.asarray(ids)), strict=True) if rgba[3] > 0}
@@ -61,7 +61,7 @@ def labels_geometry(
     name = str(attributes.get("name", ""))
     found = [f for f in found if name.startswith(f[0])] or found
     if found:
-        if any(not _same(geometry, found[0][1]) for _, geometry in found[1:]):
+        if any(not geometry.same_grid(found[0][1]) for _, geometry in found[1:]):
             warnings.warn(
                 f"Several images could be the one these labels belong to; saved with the "
                 f"geometry of {found[0][0]!r}.",
@@ -86,14 +86,8 @@ def _stored(metadata: Mapping[str, Any] | None, shape: tuple[int, ...]) -> Volum
     return None
 
 
-def _same(a: VolumeGeometry, b: VolumeGeometry) -> bool:
-    return all(
-        np.allclose(getattr(a, field), getattr(b, field))
-        for field in ("spacing", "origin", "direction")
-    )
-
-
-def _viewer_images() -> list[ImageInfo]:
+def viewer_images() -> list[ImageInfo]:
+    """The image layers of the current viewer (none without one)."""
     try:
         import napari
         from napari.layers import Image

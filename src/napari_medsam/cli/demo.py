@@ -31,15 +31,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=run_demo)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
-
-
 def run_demo(args: argparse.Namespace) -> int:
     """Segment the reference liver's box on one slice, propagate it, print Dice and timings."""
     from napari_medsam.core.boxes import expand_box, mask_box
+    from napari_medsam.core.metrics import dice
     from napari_medsam.core.predictor import MedSamPredictor
     from napari_medsam.core.propagation import label_volume
     from napari_medsam.core.windows import training_window

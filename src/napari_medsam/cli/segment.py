@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from napari_medsam.cli.common import add_model_options, add_window_options, window_for
+from napari_medsam.core.label_policy import add_objects
+from napari_medsam.core.objects import LabelObject
 from napari_medsam.core.stats import object_stats
 from napari_medsam.io.files import read_image, write_mask
 from napari_medsam.io.formats import WRITE_SUFFIXES, suffix_of
 from napari_medsam.io.stats_files import STATS_SUFFIXES, write_stats
+from napari_medsam.io.volumes import VolumeGeometry
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -50,6 +53,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--family", choices=["medsam", "sam", "lite-medsam"], help="override the model family"
     )
     segment.add_argument("--propagate", action="store_true", help="propagate the object through the volume")
+    segment.add_argument(
+        "--labels",
+        metavar="IN",
+        help="continue from existing labels (.nii.gz .nrrd .mha with their .labels.json, .seg.nrrd, "
+        "DICOM-SEG .dcm) on the image's grid: they are kept as they are, with their names and colours; "
+        "the new objects get the next free ids and fill only unlabelled voxels",
+    )
     segment.add_argument(
         "-o",
         "--output",
@@ -104,6 +114,23 @@ def object_names(args: argparse.Namespace) -> dict[int, str]:
     return {i: name for i, name in enumerate(names, start=1)}
 
 
+def existing_labels(
+    path: Path, shape: tuple[int, ...], geometry: VolumeGeometry | None
+) -> tuple[np.ndarray, list[LabelObject]]:
+    """The ``--labels`` file on the image's grid and its objects; ValueError when it is not on it."""
+    from napari_medsam.io.label_files import load_labels
+
+    if geometry is None:
+        raise ValueError(f"--labels {path.name}: continuing needs a volume image, with its geometry")
+    labels, placed, objects = load_labels(path, [geometry])
+    if labels.shape != shape or not placed.same_grid(geometry):
+        raise ValueError(
+            f"--labels {path.name}: these labels (shape {labels.shape}) do not lie on the image's grid "
+            f"(shape {shape}); give the labels made on this image"
+        )
+    return labels, objects
+
+
 def run_segment(args: argparse.Namespace) -> int:
     """Segment the boxes (and clicks) on one slice; with ``--propagate`` through the volume."""
     from napari_medsam.core.key_slice import key_masks, volume_labels
@@ -115,6 +142,9 @@ def run_segment(args: argparse.Namespace) -> int:
         raise ValueError(f"--stats {args.stats}: write statistics as {' or '.join(STATS_SUFFIXES)}")
     image, geometry = read_image(Path(args.image))
     image = np.asarray(image)
+    existing, kept = None, []
+    if args.labels:
+        existing, kept = existing_labels(Path(args.labels), image.shape, geometry)
     plane, is_volume = _slice_of(image, args)
     points, labels = _points(args)
     if not args.box and points is None:
@@ -128,7 +158,8 @@ def run_segment(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     boxes = args.box or [None]
-    if is_volume and (args.propagate or suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")):
+    volume_file = suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")
+    if is_volume and (args.propagate or existing is not None or volume_file):
         output = volume_labels(
             predictor, image, args.slice, boxes, choice.window, propagate=args.propagate, axis=args.axis,
             points=points, point_labels=labels,
@@ -136,7 +167,13 @@ def run_segment(args: argparse.Namespace) -> int:
     else:
         masks = key_masks(predictor, plane, choice.window, boxes, points, labels)
         output = stack_labels(masks, plane.shape[:2])
-    write_mask(Path(args.output), output, geometry, names=names, model=args.model)
+    colors = {}
+    if existing is not None:
+        output, ids = add_objects(existing, output)
+        names = {o.label: o.name for o in kept} | {ids[i]: name for i, name in names.items() if i in ids}
+        colors = {o.label: o.color for o in kept}
+        print(f"kept {len(kept)} object(s) of {args.labels}; new object id(s) {sorted(ids.values())}")
+    write_mask(Path(args.output), output, geometry, names=names, colors=colors, model=args.model)
     if args.stats:
         pixels = image if output.shape == image.shape else plane if output.shape == plane.shape else None
         spacing = None if geometry is None or output.ndim != geometry.ndim else geometry.spacing

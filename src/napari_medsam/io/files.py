@@ -18,14 +18,19 @@ from napari_medsam.io.volumes import VolumeGeometry
 
 
 def read_image(path: Path) -> tuple[np.ndarray, VolumeGeometry | None]:
-    """Read a 2D image or a volume; returns (array, geometry or None)."""
+    """Read a 2D image or a volume; returns (array, geometry or None).
+
+    Volumes come as axial slices (:func:`~napari_medsam.io.orientation.read_axial`), as the viewer
+    shows them, so slice numbers match its slider; labels written with the geometry go back on the
+    file's own grid.
+    """
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     suffix = suffix_of(path)
     if path.is_dir() or suffix in READ_SUFFIXES:
-        from napari_medsam.io.volumes import read_volume
+        from napari_medsam.io.orientation import read_axial
 
-        return read_volume(path)
+        return read_axial(path)
     if suffix == ".npy":
         return np.load(path, allow_pickle=False), None
     if suffix in (".tif", ".tiff"):
@@ -47,17 +52,18 @@ def write_mask(
     geometry: VolumeGeometry | None,
     names: Mapping[int, str] | None = None,
     model: str | None = None,
+    colors: Mapping[int, tuple[float, float, float]] | None = None,
 ) -> None:
     """Write labels in the format the extension names (PNG: 0/255 for one object, else label ids).
 
-    Label volume formats keep ``names`` (:func:`~napari_medsam.io.label_files.save_labels`).
+    Label volume formats keep ``names`` and ``colors`` (:func:`~napari_medsam.io.label_files.save_labels`).
     """
     suffix = suffix_of(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in WRITE_SUFFIXES:
         from napari_medsam.io.label_files import save_labels
 
-        save_labels(path, labels, geometry, names=names, model=model)
+        save_labels(path, labels, geometry, names=names, colors=colors, model=model)
     elif suffix == ".npy":
         np.save(path, labels)
     elif suffix in (".tif", ".tiff"):

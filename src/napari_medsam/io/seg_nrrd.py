@@ -4,10 +4,13 @@ Slicer reads the segments from ``SegmentN_*`` header fields (N = 0 .. number of 
 documented at slicer.readthedocs.io (developer guide, Segmentations). The file is always 3D: a 2D
 label image is written as one slice. ``SegmentN_Extent`` is the segment's bounding box as
 ``minI maxI minJ maxJ minK maxK`` in the file's (i, j, k) order, the array's order reversed.
+Reading takes the segments' fields from slicerio (Slicer's own reader of them) and the voxels and
+geometry from SimpleITK, like every other volume.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -15,7 +18,9 @@ import numpy as np
 
 from napari_medsam.core.objects import LabelObject, label_objects
 from napari_medsam.io.terminology import terminology_tag
-from napari_medsam.io.volumes import VolumeGeometry, write_labels
+from napari_medsam.io.volumes import VolumeGeometry, read_volume, write_labels
+
+logger = logging.getLogger(__name__)
 
 BINARY_LABELMAP = "Binary labelmap"
 
@@ -64,26 +69,36 @@ def write_seg_nrrd(
     return write_labels(path, labels, geometry, header=seg_header(labels, objects))
 
 
-def read_seg_objects(path: str | os.PathLike) -> list[LabelObject]:
-    """The segments of a ``.seg.nrrd`` file's header (layer 0) as objects, in file order."""
-    import SimpleITK as sitk
+def read_seg_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry, list[LabelObject]]:
+    """A Slicer segmentation as one label volume (napari order, the file's grid) and its segments.
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(os.fspath(path))
-    reader.ReadImageInformation()
-    fields = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
-    ids, names, colors = [], {}, {}
-    n = 0
-    while f"Segment{n}_LabelValue" in fields:
-        if fields.get(f"Segment{n}_Layer", "0").strip() == "0":
-            label = int(fields[f"Segment{n}_LabelValue"])
-            ids.append(label)
-            names[label] = fields.get(f"Segment{n}_Name", "")
-            color = fields.get(f"Segment{n}_Color", "").split()
-            if len(color) == 3:
-                colors[label] = [float(c) for c in color]
-        n += 1
-    return label_objects(ids, names, colors)
+    Segments keep their label values. A file with several layers (overlapping segments, a 4D
+    array) is merged into one volume: a value already taken by an earlier layer's segment gets
+    the next free id, and where segments overlap the later one wins (logged).
+    """
+    import slicerio
+
+    array, geometry = read_volume(path)
+    segments = slicerio.read_segmentation(os.fspath(path), skip_voxels=True)["segments"]
+    layered = array.ndim == geometry.ndim + 1
+    if not layered:
+        labels = array
+        found = [(int(s["labelValue"]), s) for s in segments if int(s.get("layer", 0)) == 0]
+    else:
+        labels = np.zeros(array.shape[:-1], dtype=np.uint16)
+        found, overlap = [], 0
+        for segment in segments:
+            value = int(segment["labelValue"])
+            label = value if value not in {f[0] for f in found} else max(f[0] for f in found) + 1
+            mask = array[..., int(segment.get("layer", 0))] == value
+            overlap += int(np.count_nonzero(labels[mask]))
+            labels[mask] = label
+            found.append((label, segment))
+        if overlap:
+            logger.info("%s: %d voxels in more than one segment; the later segment kept them", path, overlap)
+    names = {label: str(segment.get("name") or "") for label, segment in found}
+    colors = {label: segment["color"] for label, segment in found if len(segment.get("color") or ()) == 3}
+    return labels, geometry, label_objects([label for label, _ in found], names, colors)
 
 
 def _one_slice(geometry: VolumeGeometry) -> VolumeGeometry:

@@ -2,7 +2,9 @@
 
 Everything goes through SimpleITK, which reads NIfTI, NRRD, MetaImage and DICOM series. Arrays
 come back in napari (k, j, i) order (slowest axis first), exactly as stored: no reorientation, no
-resampling. CT keeps Hounsfield units (DICOM rescale slope/intercept, NIfTI ``scl_slope`` applied).
+resampling (:mod:`napari_medsam.io.orientation` re-orders the axes for display, as a view, and
+:meth:`VolumeGeometry.to_file` undoes it). CT keeps Hounsfield units (DICOM rescale
+slope/intercept, NIfTI ``scl_slope`` applied).
 
 :class:`VolumeGeometry` keeps spacing, origin and direction in napari order; ITK keeps them in
 (i, j, k) = (x, y, z) order. The two are exact reversals of each other, so a label volume written
@@ -18,7 +20,7 @@ import os
 import re
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,9 +36,11 @@ __all__ = [
     "GEOMETRY_KEY",
     "VolumeGeometry",
     "format_of",
+    "holds_centre",
     "is_dicom_file",
     "is_dicom_folder",
     "read_volume",
+    "resample_labels",
     "volume_name",
     "write_labels",
 ]
@@ -54,7 +58,10 @@ class VolumeGeometry:
     The physical (LPS, millimetres) position of voxel index ``idx`` (napari order) is
     ``origin + direction @ (spacing * idx)``, also in napari order. ``direction[r][c]`` is
     component ``r`` of the unit vector along index axis ``c``. ``source_files`` are the DICOM
-    files of a series, one per index of the first axis, in that order (None for other formats).
+    files of a series, one per index of the file's first axis, in that order (None for other
+    formats). ``file_axes`` says how this grid's axes were re-ordered from the file's (axis ``d``
+    is the file's axis ``file_axes[d]``; None: the file's own order), so that
+    :meth:`to_file` can put labels back on the file's grid.
     """
 
     spacing: tuple[float, ...]
@@ -63,6 +70,7 @@ class VolumeGeometry:
     shape: tuple[int, ...] | None = None
     modality: str | None = None
     source_files: tuple[str, ...] | None = None
+    file_axes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.spacing)
@@ -76,6 +84,8 @@ class VolumeGeometry:
             raise ValueError(f"shape {self.shape} does not have {n} dimensions")
         if any(s <= 0 for s in self.spacing):
             raise ValueError(f"spacing must be positive, got {self.spacing}")
+        if self.file_axes is not None and sorted(self.file_axes) != list(range(n)):
+            raise ValueError(f"file_axes {self.file_axes} is not an order of {n} axes")
 
     # -- constructors ---------------------------------------------------------------------
     @classmethod
@@ -113,7 +123,7 @@ class VolumeGeometry:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VolumeGeometry:
         """Inverse of :meth:`to_dict`."""
-        shape, files = data.get("shape"), data.get("source_files")
+        shape, files, axes = data.get("shape"), data.get("source_files"), data.get("file_axes")
         return cls(
             spacing=_floats(data["spacing"]),
             origin=_floats(data["origin"]),
@@ -121,6 +131,7 @@ class VolumeGeometry:
             shape=None if shape is None else tuple(int(s) for s in shape),
             modality=data.get("modality"),
             source_files=None if files is None else tuple(str(f) for f in files),
+            file_axes=None if axes is None else tuple(int(a) for a in axes),
         )
 
     @classmethod
@@ -184,23 +195,48 @@ class VolumeGeometry:
             "shape": None if self.shape is None else list(self.shape),
             "modality": self.modality,
             "source_files": None if self.source_files is None else list(self.source_files),
+            "file_axes": None if self.file_axes is None else list(self.file_axes),
         }
 
-    def layer_kwargs(self, source: str | os.PathLike | None = None) -> dict[str, Any]:
-        """napari layer keyword arguments: the radiological display and the geometry in ``metadata``.
+    def transposed(self, order: Sequence[int]) -> VolumeGeometry:
+        """The geometry of ``array.transpose(order)``: axis ``d`` is this grid's axis ``order[d]``.
 
-        The data stay the file's voxel grid; ``scale``, ``translate`` and ``affine`` (flips) place
-        it in the radiological convention (:mod:`napari_medsam.io.orientation`). ``metadata``
-        keeps the full geometry and its affine (what the writers use) and the DICOM files.
+        The voxels keep their physical positions: spacing, shape and the direction's columns
+        follow the axes, the origin (voxel 0) stays.
         """
-        from napari_medsam.io.orientation import display_transform
+        order = tuple(int(a) for a in order)
+        if sorted(order) != list(range(self.ndim)):
+            raise ValueError(f"{order} is not an order of {self.ndim} axes")
+        file_axes = tuple((self.file_axes or range(self.ndim))[a] for a in order)
+        return replace(
+            self,
+            spacing=tuple(self.spacing[a] for a in order),
+            direction=_matrix(np.asarray(self.direction, dtype=float)[:, order]),
+            shape=None if self.shape is None else tuple(self.shape[a] for a in order),
+            file_axes=None if file_axes == tuple(range(self.ndim)) else file_axes,
+        )
 
-        metadata: dict[str, Any] = {GEOMETRY_KEY: self.to_dict(), "affine": self.affine}
-        if self.modality:
-            metadata["modality"] = self.modality
-        if source is not None:
-            metadata["source_path"] = os.fspath(source)
-        return {**display_transform(self), "metadata": metadata}
+    def file_grid(self) -> VolumeGeometry:
+        """The geometry of the file's own grid (this one when its axes were not re-ordered)."""
+        return self if self.file_axes is None else self.transposed(np.argsort(self.file_axes))
+
+    def to_file(self, array: np.ndarray) -> tuple[np.ndarray, VolumeGeometry]:
+        """``array`` on this grid as the file's own grid holds it (a view), with that grid's geometry."""
+        array = np.asarray(array)
+        if self.file_axes is None:
+            return array, self
+        inverse = tuple(int(a) for a in np.argsort(self.file_axes))
+        return np.transpose(array, (*inverse, *range(self.ndim, array.ndim))), self.file_grid()
+
+    def same_grid(self, other: VolumeGeometry) -> bool:
+        """True when ``other`` has this shape and places each voxel at the same position."""
+        return (
+            self.ndim == other.ndim
+            and self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, rtol=1e-4)
+            and np.allclose(self.origin, other.origin, atol=1e-3 * min(self.spacing))
+            and np.allclose(self.direction, other.direction, atol=1e-4)
+        )
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -403,6 +439,29 @@ def write_labels(
     except RuntimeError as exc:
         raise ValueError(f"Could not write {path}: {_itk_reason(exc)}") from exc
     return path
+
+
+def resample_labels(labels: np.ndarray, geometry: VolumeGeometry, target: VolumeGeometry) -> np.ndarray:
+    """``labels`` on ``geometry``'s grid resampled onto ``target``'s (nearest neighbour; 0 outside)."""
+    import SimpleITK as sitk
+
+    if target.shape is None:
+        raise ValueError("the target geometry has no shape")
+    source = geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(labels)))
+    reference = target.apply_to(sitk.Image([int(s) for s in target.shape[::-1]], sitk.sitkUInt8))
+    result = sitk.Resample(
+        source, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, source.GetPixelID()
+    )
+    return sitk.GetArrayFromImage(result)
+
+
+def holds_centre(geometry: VolumeGeometry, other: VolumeGeometry) -> bool:
+    """True when the centre of ``other``'s grid lies inside ``geometry``'s (both need a shape)."""
+    if geometry.shape is None or other.shape is None or geometry.ndim != other.ndim:
+        return False
+    centre = other.affine @ np.array([*((np.asarray(other.shape) - 1) / 2), 1.0])
+    index = np.linalg.solve(geometry.affine, centre)[:-1]
+    return bool(np.all(index >= -0.5) and np.all(index <= np.asarray(geometry.shape) - 0.5))
 
 
 def _label_array(labels: Any) -> np.ndarray:

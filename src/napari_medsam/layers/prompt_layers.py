@@ -204,29 +204,35 @@ class ClickPolarity:
 
 
 def fits_image(layer: Any, image: Any) -> bool:
-    """Whether ``layer`` could belong to ``image``: the same dimensions and its data in the image.
+    """Whether ``layer`` could belong to ``image``: its dimensions, and its data in the image.
 
     A Labels layer must have the image's spatial shape and transform. A Shapes or Points layer
     (whose own extent is only the bounding box of its data) must have the image's number of
-    dimensions and every vertex inside the image's world extent; an empty one fits.
+    dimensions, or two over a 3D or higher image (what ``viewer.add_shapes([rectangle])`` makes
+    in a script: napari draws it on every slice, and it prompts the slice on screen), and every
+    vertex inside the image's world extent (on the last two world axes, for a 2D layer); an
+    empty one fits.
     """
-    if layer.ndim != image.ndim:
-        return False
     from napari.layers import Labels
 
     if isinstance(layer, Labels):
+        if layer.ndim != image.ndim:
+            return False
         corners = np.vstack([np.zeros(image.ndim), np.eye(image.ndim)])  # where the grid's axes go
         same_transform = all(np.allclose(layer.data_to_world(c), image.data_to_world(c)) for c in corners)
         return tuple(layer.data.shape) == spatial_shape(image) and same_transform
+    if layer.ndim != image.ndim and not layer.ndim == 2 < image.ndim:
+        return False
     vertices = layer.data if isinstance(layer.data, np.ndarray) else [np.asarray(v) for v in layer.data]
     points = (
         np.concatenate([np.atleast_2d(v) for v in vertices]) if len(vertices) else np.zeros((0, layer.ndim))
     )
     if len(points) == 0:
         return True
-    world = np.array([layer.data_to_world(p) for p in points])
-    inside = np.array([image.world_to_data(w) for w in world])
     shape = np.asarray(spatial_shape(image))
+    centre = np.asarray(image.data_to_world((shape - 1) / 2), dtype=float)  # the axes a 2D layer lacks
+    world = np.array([np.concatenate([centre[: -layer.ndim], layer.data_to_world(p)]) for p in points])
+    inside = np.array([image.world_to_data(w) for w in world])
     return bool(((inside >= -0.5) & (inside <= shape - 0.5)).all())
 
 

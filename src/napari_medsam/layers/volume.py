@@ -18,8 +18,9 @@ import numpy as np
 
 from napari_medsam.core.boxes import BoxXYXY
 from napari_medsam.core.jobs import Job, relay
+from napari_medsam.core.label_policy import assign_label_ids
 from napari_medsam.core.propagation import SliceStep, interpolate_boxes, propagate, segment_boxes
-from napari_medsam.layers.labels import assign_label_ids, write_planes
+from napari_medsam.layers.labels import write_planes
 from napari_medsam.layers.objects import note_written
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids
 from napari_medsam.layers.prompts import (

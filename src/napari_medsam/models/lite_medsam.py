@@ -31,8 +31,9 @@ from napari_medsam.models import LoadedModel
 from napari_medsam.models.checkpoints import (
     GAUSSIAN_KEY,
     GAUSSIAN_TARGETS,
-    count_indices,
+    prompt_decoder_configs,
     read_state_dict,
+    require,
     state_dict_mismatches,
 )
 from napari_medsam.models.tinyvit import TinyViT
@@ -135,45 +136,18 @@ def is_lite_medsam_state_dict(state_dict: Mapping[str, object]) -> bool:
 # ------------------------------------------------------------------------------- SamModel
 
 
-def _shape(state_dict: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
-    if key not in state_dict:
-        raise ValueError(f"missing key {key}")
-    return tuple(state_dict[key].shape)
+def lite_medsam_sam_config(state_dict: Mapping[str, Tensor]) -> SamConfig:
+    """The ``SamConfig`` for LiteMedSAM's prompt encoder and mask decoder, sized from ``state_dict``.
 
-
-def lite_medsam_sam_config(state_dict: Mapping[str, Tensor] | None = None) -> SamConfig:
-    """The ``SamConfig`` for LiteMedSAM's prompt encoder and mask decoder.
-
-    Sizes are read from the (segment-anything-named) ``state_dict`` when given, so smaller test
-    checkpoints work; without it LiteMedSAM's sizes are used. The vision config is a tiny
-    placeholder (its ViT is never run); its ``num_pos_feats`` sizes the positional matrix.
+    The state dict has segment-anything names (smaller test checkpoints work too). The vision
+    config is a tiny placeholder (its ViT is never run); its ``num_pos_feats`` sizes the
+    positional matrix.
     """
-    from transformers import (
-        SamConfig,
-        SamMaskDecoderConfig,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-    )
+    from transformers import SamConfig, SamVisionConfig
 
-    prompt_hidden, num_pos_feats, mask_channels, num_points = 256, 128, 16, 4
-    decoder: dict[str, int] = {}
-    if state_dict is not None:
-        sd = state_dict
-        prompt_hidden = _shape(sd, "prompt_encoder.no_mask_embed.weight")[1]
-        num_pos_feats = _shape(sd, GAUSSIAN_KEY)[1]
-        mask_channels = _shape(sd, "prompt_encoder.mask_downscaling.3.weight")[0]
-        num_points = count_indices(sd, r"prompt_encoder\.point_embeddings\.(\d+)\..+")
-        hidden = _shape(sd, "mask_decoder.iou_token.weight")[1]
-        cross_q = _shape(sd, "mask_decoder.transformer.final_attn_token_to_image.q_proj.weight")
-        decoder = {
-            "hidden_size": hidden,
-            "num_hidden_layers": count_indices(sd, r"mask_decoder\.transformer\.layers\.(\d+)\..+"),
-            "mlp_dim": _shape(sd, "mask_decoder.transformer.layers.0.mlp.lin1.weight")[0],
-            "attention_downsample_rate": hidden // cross_q[0],
-            "num_multimask_outputs": _shape(sd, "mask_decoder.mask_tokens.weight")[0] - 1,
-            "iou_head_depth": count_indices(sd, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\..+"),
-            "iou_head_hidden_dim": _shape(sd, "mask_decoder.iou_prediction_head.layers.0.weight")[0],
-        }
+    prompt, decoder = prompt_decoder_configs(
+        state_dict, LITE_MEDSAM_INPUT_SIZE, patch_size=4, model="LiteMedSAM"  # 64 x 64 embedding
+    )
     vision = SamVisionConfig(
         hidden_size=32,
         num_hidden_layers=1,
@@ -184,21 +158,10 @@ def lite_medsam_sam_config(state_dict: Mapping[str, Tensor] | None = None) -> Sa
         use_abs_pos=False,
         use_rel_pos=False,
         global_attn_indexes=[],
-        output_channels=prompt_hidden,
-        num_pos_feats=num_pos_feats,
+        output_channels=prompt.hidden_size,
+        num_pos_feats=int(require(state_dict, GAUSSIAN_KEY, "LiteMedSAM").shape[1]),
     )
-    prompt = SamPromptEncoderConfig(
-        hidden_size=prompt_hidden,
-        image_size=LITE_MEDSAM_INPUT_SIZE,
-        patch_size=4,  # 256 / 4 = 64 x 64 image embedding
-        mask_input_channels=mask_channels,
-        num_point_embeddings=num_points,
-    )
-    return SamConfig(
-        vision_config=vision,
-        prompt_encoder_config=prompt,
-        mask_decoder_config=SamMaskDecoderConfig(**decoder),
-    )
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
 
 def _refuse_placeholder_vision_encoder(module: torch.nn.Module, args: object) -> None:
@@ -289,7 +252,7 @@ def load_lite_medsam(
     try:
         encoder = TinyViT.from_state_dict(state_dict, prefix="image_encoder.")
         sam = _build_sam(state_dict)
-    except ValueError as error:
+    except (ValueError, ModelLoadError) as error:
         raise ModelLoadError(
             f"{checkpoint.name} does not match LiteMedSAM ({error}). Is it a complete LiteMedSAM checkpoint?"
         ) from error

@@ -25,7 +25,9 @@ from napari_medsam.models.checkpoints import (
     GAUSSIAN_KEY,
     GAUSSIAN_TARGETS,
     count_indices,
+    prompt_decoder_configs,
     read_state_dict,
+    require,
     state_dict_mismatches,
 )
 from napari_medsam.models.fast_vit import SamImageEncoder
@@ -222,13 +224,11 @@ def _to_original_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 # Config from tensor shapes
 
 _SAM_HEADS = {768: 12, 1024: 16, 1280: 16}  # ViT-B / L / H
-_SAM_DECODER_HEADS = 8  # not visible in the shapes; every SAM / MedSAM decoder uses 8
+_MODEL = "SAM / MedSAM ViT"
 
 
 def _require(state_dict: Mapping[str, Tensor], key: str) -> Tensor:
-    if key not in state_dict:
-        raise ModelLoadError(f"The checkpoint has no '{key}': it is not a SAM / MedSAM ViT model.")
-    return state_dict[key]
+    return require(state_dict, key, _MODEL)
 
 
 def _with_original_names(state_dict: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
@@ -261,12 +261,7 @@ def sam_config_from_state_dict(state_dict: Mapping[str, Tensor]) -> SamConfig:
     and the prompt encoder's and mask decoder's sizes. The decoder's head count is not in the
     shapes: SAM's 8 is used.
     """
-    from transformers import (
-        SamConfig,
-        SamMaskDecoderConfig,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-    )
+    from transformers import SamConfig, SamVisionConfig
 
     _reject_lite_medsam(state_dict)
     sd = _with_original_names(state_dict)
@@ -323,25 +318,7 @@ def sam_config_from_state_dict(state_dict: Mapping[str, Tensor]) -> SamConfig:
         output_channels=int(_require(sd, "image_encoder.neck.0.weight").shape[0]),
         num_pos_feats=int(gaussian.shape[1]),
     )
-    prompt = SamPromptEncoderConfig(
-        hidden_size=int(_require(sd, "prompt_encoder.no_mask_embed.weight").shape[1]),
-        image_size=grid * patch_size,
-        patch_size=patch_size,
-        mask_input_channels=int(_require(sd, "prompt_encoder.mask_downscaling.3.weight").shape[0]),
-        num_point_embeddings=count_indices(sd, r"prompt_encoder\.point_embeddings\.(\d+)\..+"),
-    )
-    decoder_hidden = int(_require(sd, "mask_decoder.iou_token.weight").shape[1])
-    cross_q = _require(sd, "mask_decoder.transformer.final_attn_token_to_image.q_proj.weight")
-    decoder = SamMaskDecoderConfig(
-        hidden_size=decoder_hidden,
-        num_hidden_layers=count_indices(sd, r"mask_decoder\.transformer\.layers\.(\d+)\..+"),
-        num_attention_heads=_SAM_DECODER_HEADS,
-        mlp_dim=int(_require(sd, "mask_decoder.transformer.layers.0.mlp.lin1.weight").shape[0]),
-        attention_downsample_rate=decoder_hidden // int(cross_q.shape[0]),
-        num_multimask_outputs=int(_require(sd, "mask_decoder.mask_tokens.weight").shape[0]) - 1,
-        iou_head_depth=count_indices(sd, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\..+"),
-        iou_head_hidden_dim=int(_require(sd, "mask_decoder.iou_prediction_head.layers.0.weight").shape[0]),
-    )
+    prompt, decoder = prompt_decoder_configs(sd, grid * patch_size, patch_size, model=_MODEL)
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
 
