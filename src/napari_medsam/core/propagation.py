@@ -17,6 +17,7 @@ import numpy as np
 
 from napari_medsam.core.boxes import BoxXYXY, box_union, expand_box, mask_box, normalise_box
 from napari_medsam.core.jobs import relay, run_to_end
+from napari_medsam.core.metrics import iou
 from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.core.slicing import check_axis, take_slice
 from napari_medsam.core.windows import AUTO, WindowArg, resolve_window
@@ -342,12 +343,6 @@ def correct(
     out_z[old_z & ~merged] = 0
     out_z[merged & (out_z == 0)] = label_id
     return out
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1 when both are empty)."""
-    union = int(np.count_nonzero(a | b))
-    return 1.0 if union == 0 else float(np.count_nonzero(a & b)) / union
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
