@@ -21,7 +21,7 @@ from napari_medsam.io.label_names import read_sidecar
 from napari_medsam.io.samples import ABDOMINAL_CT
 from napari_medsam.io.seg_nrrd import write_seg_nrrd
 from napari_medsam.io.volumes import VolumeGeometry, read_volume
-from realdata import SEG_SM
+from realdata import SEG_SM, oracle_box
 from test_volume_io import ct_volume, write_dicom_series
 
 
@@ -229,6 +229,35 @@ def test_segment_continues_from_existing_labels_without_touching_them(sample_ct,
     args = segment_args(path, boxes[1:], "--labels", str(tmp_path / "other.seg.nrrd"))
     assert main([*args, "-o", str(tmp_path / "x.seg.nrrd")]) == 1
     assert "do not lie on the image's grid" in capsys.readouterr().err
+    assert not (tmp_path / "x.seg.nrrd").exists()
+
+
+def test_segment_corrects_one_object_from_a_box_on_one_slice(sample_ct, tmp_path, capsys):
+    """The right kidney with the liver leaked into slices 3-7: one kidney box on slice 5 fixes it."""
+    path, _, _ = sample_ct
+    _, geometry = read_volume(path)
+    reference, _ = read_volume(SEG_SM)
+    kidney = reference == 2
+    leaked = np.where(kidney, 2, 0).astype(np.uint8)
+    leaked[3:8][(reference[3:8] == 5)] = 2
+    leaked[reference == 1] = 1  # the spleen, another object
+    kept = label_objects([1, 2], {1: "spleen", 2: "kidney_right"}, {2: (0.5, 0.25, 1.0)})
+    write_seg_nrrd(tmp_path / "leaked.seg.nrrd", leaked, geometry, kept)
+    box = [str(v) for v in oracle_box(kidney[5])]
+    out, labels = tmp_path / "fixed.seg.nrrd", str(tmp_path / "leaked.seg.nrrd")
+    base = ["segment", str(path), "--slice", "5", "--box", *box, "--labels", labels]
+    assert main([*base, "--correct", "2", "-o", str(out)]) == 0
+    assert "corrected object 2 on" in capsys.readouterr().out
+    fixed, _, objects = load_labels(out)
+    assert dice(fixed == 2, kidney) > dice(leaked == 2, kidney) + 0.1
+    assert not (fixed == 2)[reference == 5].any()  # the liver is out of the kidney
+    np.testing.assert_array_equal(fixed == 1, leaked == 1)
+    assert objects == kept
+
+    assert main([*base, "--correct", "7", "-o", str(tmp_path / "x.seg.nrrd")]) == 1
+    assert "has no object 7" in capsys.readouterr().err
+    assert main([*base[:-2], "--correct", "2", "-o", str(tmp_path / "x.seg.nrrd")]) == 1
+    assert "needs the labels to correct" in capsys.readouterr().err
     assert not (tmp_path / "x.seg.nrrd").exists()
 
 

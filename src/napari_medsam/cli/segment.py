@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="continue from existing labels (.nii.gz .nrrd .mha with their .labels.json, .seg.nrrd, "
         "DICOM-SEG .dcm) on the image's grid: they are kept as they are, with their names and colours; "
         "the new objects get the next free ids and fill only unlabelled voxels",
+    )
+    segment.add_argument(
+        "--correct",
+        type=int,
+        metavar="ID",
+        help="with --labels and one --box on --slice: re-segment object ID on that slice and re-propagate "
+        "it both ways only as far as the new masks differ from the old ones; the rest is kept",
     )
     segment.add_argument(
         "-o",
@@ -131,6 +139,33 @@ def existing_labels(
     return labels, objects
 
 
+def check_correction(args: argparse.Namespace, existing: np.ndarray | None) -> None:
+    """ValueError unless ``--correct ID`` has what it needs: --labels holding ID, --slice, one --box."""
+    if existing is None:
+        raise ValueError("--correct ID needs the labels to correct: --labels IN")
+    if args.slice is None or not args.box or len(args.box) != 1 or args.point:
+        raise ValueError("--correct ID takes one --box on the slice to correct (--slice Z), no --point")
+    if not np.any(existing == args.correct):
+        raise ValueError(f"--correct {args.correct}: {args.labels} has no object {args.correct}")
+
+
+def corrected(
+    args: argparse.Namespace, predictor: Any, image: np.ndarray, existing: np.ndarray, window: Any
+) -> np.ndarray:
+    """The labels with object ``--correct`` re-segmented from the ``--box`` on ``--slice``."""
+    from napari_medsam.core.jobs import run_to_end
+    from napari_medsam.core.propagation import correct
+
+    steps = correct(
+        predictor, image, existing, args.correct, args.slice, args.box[0], axis=args.axis, window=window
+    )
+    output = run_to_end(steps)
+    changed = np.moveaxis((existing == args.correct) != (output == args.correct), args.axis, 0)
+    slices = np.flatnonzero(changed.any(axis=(1, 2))).tolist()
+    print(f"corrected object {args.correct} on {len(slices)} slice(s): {slices}")
+    return output
+
+
 def run_segment(args: argparse.Namespace) -> int:
     """Segment the boxes (and clicks) on one slice; with ``--propagate`` through the volume."""
     from napari_medsam.core.key_slice import key_masks, volume_labels
@@ -145,6 +180,8 @@ def run_segment(args: argparse.Namespace) -> int:
     existing, kept = None, []
     if args.labels:
         existing, kept = existing_labels(Path(args.labels), image.shape, geometry)
+    if args.correct is not None:
+        check_correction(args, existing)
     plane, is_volume = _slice_of(image, args)
     points, labels = _points(args)
     if not args.box and points is None:
@@ -159,7 +196,9 @@ def run_segment(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     boxes = args.box or [None]
     volume_file = suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")
-    if is_volume and (args.propagate or existing is not None or volume_file):
+    if args.correct is not None:
+        output = corrected(args, predictor, image, existing, choice.window)
+    elif is_volume and (args.propagate or existing is not None or volume_file):
         output = volume_labels(
             predictor, image, args.slice, boxes, choice.window, propagate=args.propagate, axis=args.axis,
             points=points, point_labels=labels,
@@ -169,10 +208,14 @@ def run_segment(args: argparse.Namespace) -> int:
         output = stack_labels(masks, plane.shape[:2])
     colors = {}
     if existing is not None:
-        output, ids = add_objects(existing, output)
-        names = {o.label: o.name for o in kept} | {ids[i]: name for i, name in names.items() if i in ids}
+        if args.correct is None:
+            output, ids = add_objects(existing, output)
+            names = {ids[i]: name for i, name in names.items() if i in ids}
+            print(f"kept {len(kept)} object(s) of {args.labels}; new object id(s) {sorted(ids.values())}")
+        else:
+            names = {}
+        names = {o.label: o.name for o in kept} | names
         colors = {o.label: o.color for o in kept}
-        print(f"kept {len(kept)} object(s) of {args.labels}; new object id(s) {sorted(ids.values())}")
     write_mask(Path(args.output), output, geometry, names=names, colors=colors, model=args.model)
     if args.stats:
         pixels = image if output.shape == image.shape else plane if output.shape == plane.shape else None
