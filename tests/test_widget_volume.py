@@ -328,6 +328,41 @@ def test_propagate_button_carries_each_object_through_the_volume(make_setup, spy
     np.testing.assert_array_equal(labels.data == 1, first)
 
 
+def test_a_box_on_another_slice_of_the_selected_object_corrects_it_in_3d(make_setup, spy, qtbot):
+    """Object 1 leaked onto a neighbour on slices 3-5: select it, box it on slice 4, Propagate."""
+    volume, (organ, neighbour) = ellipsoids(
+        objects=(((6.0, 14.0, 15.0), (4.6, 9.0, 10.0)), ((4.0, 34.0, 38.0), (2.6, 8.0, 12.0)))
+    )
+    s = make_setup(volume)
+    w, viewer = s.widget, s.viewer
+    viewer.dims.set_current_step(0, 6)
+    s.boxes.add_rectangles(box_around(organ[6], 6))
+    assert w.segment() == [1]
+    assert w.propagate() == [1]
+    labels = w.labels_layer
+    leaked = labels.data.copy()
+    leaked[neighbour] = 1  # the bad part: slices 2..6 of the neighbour
+    leaked[9, 30:40, 30:40] = 7  # another object, never touched
+    labels.data = leaked
+    labels.selected_label = 1  # what a click in the objects table does
+    viewer.dims.set_current_step(0, 4)
+    s.boxes.add_rectangles(box_around(organ[4], 4))  # a new box, no label id yet
+    prompts = len(spy.prompts)
+    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS) as blocker:
+        w.propagate_button.native.click()
+    assert blocker.args == ["done"]
+    fixed = labels.data
+    np.testing.assert_array_equal(fixed == 1, organ)  # the neighbour's voxels are gone
+    np.testing.assert_array_equal(fixed == 7, leaked == 7)
+    visited = [p["box"] for p in spy.prompts[prompts:]]
+    assert len(visited) < volume.shape[0]  # it stopped where the masks agreed again
+    for z in (0, 1, 10, 11):
+        np.testing.assert_array_equal(fixed[z], leaked[z])
+    assert int(s.boxes.features["label_id"].iloc[-1]) == 1  # the box now belongs to object 1
+    labels.undo()  # one step
+    np.testing.assert_array_equal(labels.data, leaked)
+
+
 def test_propagate_along_a_reordered_axis(make_setup, spy):
     volume, (truth,) = ellipsoids(objects=(((6.0, 24.0, 28.0), (4.6, 12.0, 14.0)),))
     s = make_setup(volume)

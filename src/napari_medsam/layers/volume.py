@@ -9,7 +9,7 @@ As for Segment, a request is read on the viewer's thread, the job touches no lay
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 from napari_medsam.core.boxes import BoxXYXY
 from napari_medsam.core.jobs import Job, relay
 from napari_medsam.core.label_policy import assign_label_ids
-from napari_medsam.core.propagation import SliceStep, interpolate_boxes, propagate, segment_boxes
+from napari_medsam.core.propagation import SliceStep, correct, interpolate_boxes, propagate, segment_boxes
 from napari_medsam.layers.labels import write_planes
 from napari_medsam.layers.objects import note_written
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids
@@ -85,12 +85,18 @@ def current_stack(image: Any, world_point: Sequence[float], dims_order: Sequence
 
 @dataclass
 class VolumeObject:
-    """One object of a volume run: its label id and its key mask (Propagate) or key boxes."""
+    """One object of a volume run: its label id and its key mask (Propagate) or key boxes.
+
+    A correction has ``correct_box`` (on the stack's current slice) and ``labels``, the labels
+    of the whole stack as they were (what :func:`~napari_medsam.core.propagation.correct` keeps).
+    """
 
     label_id: int
     key_mask: np.ndarray | None = None
     key_boxes: dict[int, BoxXYXY] = field(default_factory=dict)
     box_rows: tuple[int, ...] = ()
+    correct_box: BoxXYXY | None = None
+    labels: np.ndarray | None = None
 
 
 @dataclass
@@ -125,6 +131,34 @@ def propagation_objects(labels: Any, stack: PlaneStack) -> list[VolumeObject]:
             "segment an object here first, then press Propagate."
         )
     return [VolumeObject(i, key_mask=current == i) for i in ids]
+
+
+def correction_objects(inputs: LayerInputs, stack: PlaneStack) -> list[VolumeObject]:
+    """The selected object, to correct from a new box drawn on this slice, or nothing.
+
+    A correction is Propagate with one box on this slice that has no label id yet, over the
+    object selected in the labels layer (``selected_label``: the objects table selects it) where
+    that object lies here or on a neighbouring slice, and on other slices too: the object is
+    re-segmented here and re-propagated only as far as its masks change.
+    """
+    labels, boxes = inputs.labels, inputs.boxes
+    label_id = 0 if labels is None else int(labels.selected_label)
+    if boxes is None or label_id <= 0:
+        return []
+    prompts, _ = boxes_from_shapes(boxes, inputs.image, inputs.world_point, inputs.dims_order)
+    ids = feature_ids(boxes)
+    new = [b for b in prompts if b.plane == stack.plane and ids[b.source_index] == 0]
+    if len(new) != 1:
+        return []
+    planes = np.stack([stack.plane_at(z).extract(labels.data) for z in range(stack.shape[0])])
+    z, (x0, y0, x1, y1) = stack.index, new[0].box_xyxy
+    near = (planes[max(z - 1, 0) : z + 2] == label_id).any(axis=0)
+    elsewhere = np.delete(planes, range(max(z - 1, 0), z + 2), axis=0) == label_id
+    under_box = near[max(round(y0), 0) : round(y1) + 1, max(round(x0), 0) : round(x1) + 1]
+    if not under_box.any() or not elsewhere.any():
+        return []
+    box = new[0]
+    return [VolumeObject(label_id, box_rows=(box.source_index,), correct_box=box.box_xyxy, labels=planes)]
 
 
 def interpolation_objects(
@@ -177,7 +211,7 @@ def read_volume_request(
     image, labels, boxes = inputs.image, inputs.labels, inputs.boxes
     stack = current_stack(image, inputs.world_point, inputs.dims_order)
     if action == PROPAGATE:
-        objects = propagation_objects(labels, stack)
+        objects = correction_objects(inputs, stack) or propagation_objects(labels, stack)
     elif action == INTERPOLATE:
         if boxes is None:
             raise ValueError("Interpolate needs boxes: pick a Shapes layer as 'boxes'.")
@@ -205,7 +239,15 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
     predictor = predictor_for(settings.source, settings.device)
     masks, spans = [], []
     for k, obj in enumerate(request.objects):
-        if request.action == PROPAGATE:
+        if obj.correct_box is not None:
+            steps = _corrected_mask(
+                correct(
+                    predictor, request.stack, obj.labels, obj.label_id, request.stack.index, obj.correct_box,
+                    window=settings.window, **request.options,
+                ),
+                obj.label_id,
+            )  # fmt: skip
+        elif request.action == PROPAGATE:
             steps = propagate(
                 predictor, request.stack, request.stack.index, key_mask=obj.key_mask,
                 window=settings.window, **request.options,
@@ -216,10 +258,21 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
         visited: list[int] = []
         title = f"{request.action} object {k + 1} of {len(request.objects)} (label {obj.label_id}): "
         progress = partial(_object_progress, visited, 1 + k * depth, depth, total, title)
-        masks.append((yield from relay(steps, progress)))
+        mask = yield from relay(steps, progress)
+        if obj.labels is not None:  # a correction also clears the old object where it ran too far
+            visited += np.flatnonzero((mask != (obj.labels == obj.label_id)).any(axis=(1, 2))).tolist()
+        masks.append(mask)
         spans.append((min(visited), max(visited)))
     yield total, total, "Writing labels…"
     return VolumeOutcome(masks, spans)
+
+
+def _corrected_mask(
+    steps: Generator[SliceStep, None, np.ndarray], label_id: int
+) -> Generator[SliceStep, None, np.ndarray]:
+    """:func:`~napari_medsam.core.propagation.correct`'s steps, returning the object's mask."""
+    labels = yield from steps
+    return labels == label_id
 
 
 def _object_progress(
