@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 Family = Literal["medsam", "sam", "lite-medsam"]
 FAMILIES: tuple[Family, ...] = ("medsam", "sam", "lite-medsam")
+#: What runs a model's image encoder (``"auto"`` chooses one: :mod:`napari_medsam.models.onnx_encoder`).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 
 
 @dataclass(eq=False)

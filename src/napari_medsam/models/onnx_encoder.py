@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.core.preprocessing import INPUT_SIZE
+from napari_medsam.models import BACKENDS
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -39,8 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Backend = Literal["torch", "onnxruntime", "onnxruntime-int8"]
-#: What ``backend=`` accepts: a backend, or ``"auto"``.
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 #: The ONNX variant each ONNX Runtime backend runs.
 VARIANTS: dict[str, str] = {"onnxruntime": "float32", "onnxruntime-int8": "int8"}
 
@@ -275,29 +275,42 @@ class _VisionEmbeddings(nn.Module):
 
 def export_module(model: LoadedModel) -> nn.Module:
     """The module exported for ``model``'s family: TinyViT itself, or the ``SamModel``'s ViT."""
-    return model.encoder if model.family == "lite-medsam" else _VisionEmbeddings(model.sam)
+    return model.encoder if model.family == "lite-medsam" else _VisionEmbeddings(model.sam).eval()
 
 
 def _export(model: LoadedModel, key: str) -> bytes:
     import onnx
 
     size = INPUT_SIZE[model.family]
-    example = torch.zeros(1, 3, size, size)
+    module = export_module(model)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    # the exporter's noise (torchvision absent, its own deprecations) is not the user's business
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
     try:
-        program = torch.onnx.export(
-            export_module(model),
-            (example,),
-            dynamo=True,
-            optimize=True,
-            opset_version=OPSET,
-            input_names=[_INPUT],
-            output_names=[_OUTPUT],
-            verbose=False,
-        )
+        quiet.setLevel(logging.ERROR)
+        for parameter in trainable:  # transformers' attention views export only without autograd
+            parameter.requires_grad_(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (torch.zeros(1, 3, size, size),),
+                dynamo=True,
+                optimize=True,
+                opset_version=OPSET,
+                input_names=[_INPUT],
+                output_names=[_OUTPUT],
+                verbose=False,
+            )
     except Exception as error:  # the exporter raises many error types
         raise ModelLoadError(
             f"could not export the {model.family} image encoder to ONNX ({error}); use backend 'torch'"
         ) from error
+    finally:
+        quiet.setLevel(level)
+        for parameter in trainable:
+            parameter.requires_grad_(True)
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {_METADATA_KEY: key})
     if proto.ByteSize() > MAX_GRAPH_BYTES:
