@@ -108,6 +108,11 @@ def load_model(
     resolved = resolve_source(source)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    from napari_medsam.models.onnx_encoder import resolve_backend
+
+    known = family or resolved.family
+    if known is not None:  # "auto" and what it chooses share one registry entry
+        backend = resolve_backend(backend, known, torch_device, torch_dtype)
     with _loaded_lock:
         key = (resolved, family, str(torch_device), torch_dtype, backend)
         if key in _loaded:
