@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.predictor import SlicePredictor
+from napari_medsam.core.predictor import MedSamPredictor, SlicePredictor
 from napari_medsam.core.slicing import check_axis, take_slice
 
 logger = logging.getLogger(__name__)
@@ -155,17 +155,24 @@ class Lookahead:
     ``set_image`` finds the embedding in the cache, or waits for the encode in progress (the
     predictor encodes one slice at a time and a second caller for it then hits the cache). So
     each slice is encoded at most once. One slice is in flight at a time; :meth:`close` waits for it.
+    A walk that stops early has encoded one slice past its end. Only a ``MedSamPredictor`` (whose
+    ``precompute`` is thread-safe and leaves the current image alone) is pipelined; with others,
+    and with ``Lookahead.enabled`` False, :meth:`submit` does nothing.
     """
+
+    #: Switch for A/B measurements (``benchmarks/bench_inference.py``).
+    enabled = True
 
     def __init__(self, predictor: SlicePredictor, volume: Any, axis: int, window: Any) -> None:
         self.predictor, self.volume, self.axis, self.window = predictor, volume, axis, window
+        self.active = self.enabled and isinstance(predictor, MedSamPredictor)
         self._thread: threading.Thread | None = None
         #: Slices whose encoder run this lookahead started (precompute returned True).
         self.encoded = 0
 
     def submit(self, z: int) -> None:
         """Encode slice ``z`` in the background (after the one in flight; outside the volume: nothing)."""
-        if not 0 <= z < np.shape(self.volume)[self.axis]:
+        if not self.active or not 0 <= z < np.shape(self.volume)[self.axis]:
             return
         self.close()
         self._thread = threading.Thread(target=self._encode, args=(z,), name="napari-medsam-lookahead")

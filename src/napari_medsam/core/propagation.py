@@ -18,6 +18,7 @@ import numpy as np
 from napari_medsam.core.boxes import BoxXYXY, box_union, expand_box, mask_box, normalise_box
 from napari_medsam.core.jobs import run_to_end
 from napari_medsam.core.predictor import SlicePredictor
+from napari_medsam.core.prefetch import Lookahead
 from napari_medsam.core.slicing import check_axis, take_slice
 from napari_medsam.core.windows import AUTO, WindowArg, resolve_window
 
@@ -177,12 +178,15 @@ def propagate(
     def grown(mask: np.ndarray) -> BoxXYXY:
         return expand_box(mask_box(mask), plane, margin, pad)  # type: ignore[arg-type]
 
+    ahead = Lookahead(predictor, volume, axis, window)  # the next slice encodes while this one decodes
     for direction in (1, -1):
         mask, previous_logits, best = first, logits, score
         z = key_slice + direction
         while 0 <= z < depth and abs(z - key_slice) <= limit:
             box = grown(mask)  # rule 1
             predictor.set_image(take_slice(volume, z, axis), window)
+            if abs(z + direction - key_slice) <= limit:
+                ahead.submit(z + direction)
             new_logits = previous_logits
             for _ in range(1 + max_refine):  # rule 2
                 prediction = predictor.predict(
@@ -216,6 +220,7 @@ def propagate(
             yield SliceStep(z, done, total, area, new, box, None, score)
             mask, previous_logits, best = new, new_logits, max(score, best or 0.0)
             z += direction
+    ahead.close()
     return result
 
 
