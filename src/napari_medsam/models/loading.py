@@ -88,14 +88,15 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     family: Family | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> LoadedModel:
     """Load a model once per (source, device, dtype, family, backend) and share it afterwards.
 
     ``backend`` runs the image encoder: ``"torch"``, ``"onnxruntime"`` (float32 on the CPU; the
     graph is exported on first use and cached, :mod:`~napari_medsam.models.onnx_encoder`),
-    ``"onnxruntime-int8"`` (only when asked for) or ``"auto"`` (ONNX Runtime for the families whose
-    masks passed the fidelity guard, on the CPU in float32; else torch).
+    ``"onnxruntime-int8"`` (only when asked for) or ``"auto"`` (the default: ONNX Runtime for the
+    families measured faithful and faster with it, on the CPU in float32, else torch; see
+    :data:`~napari_medsam.models.onnx_encoder.AUTO_DECISIONS`).
 
     At most :data:`MAX_LOADED_MODELS` stay loaded: loading another drops the least recently used
     from the registry (its memory is freed once no predictor holds it). :func:`unload_model`
