@@ -62,6 +62,8 @@ AUTO_DECISIONS: dict[str, str] = {
 }
 #: Bump when the exported graph changes for the same weights (old cache files are then rebuilt).
 ONNX_FORMAT = 1
+#: How each variant is made from the exported graph (part of the cache key).
+VARIANT_RECIPES: dict[str, str] = {"float32": "export", "int8": "quantize_dynamic QInt8 per-channel"}
 OPSET = 18
 #: Where the ONNX cache lives (default: ``$XDG_CACHE_HOME/napari-medsam/onnx``).
 CACHE_ENV = "NAPARI_MEDSAM_ONNX_CACHE"
@@ -130,6 +132,7 @@ def cache_key(model: LoadedModel, variant: str) -> dict[str, object]:
         "identity": weights_identity(model),
         "family": model.family,
         "variant": variant,
+        "recipe": VARIANT_RECIPES[variant],
         "input_size": INPUT_SIZE[model.family],
     }
 
@@ -168,7 +171,7 @@ def onnx_encoder(
     model: LoadedModel, variant: str = "float32", cache_dir: str | os.PathLike[str] | None = None
 ) -> OnnxEncoder:
     """The ONNX Runtime encoder of ``model`` (float32 CPU): from the cache, else exported and cached."""
-    if variant not in VARIANTS.values():
+    if variant not in VARIANT_RECIPES:
         raise ValueError(f"unknown ONNX variant {variant!r}: use float32 or int8")
     if model.device.type != "cpu" or model.dtype != torch.float32:
         raise ValueError("the ONNX graph is exported from a float32 model on the CPU")
