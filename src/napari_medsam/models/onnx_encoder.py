@@ -54,10 +54,12 @@ AUTO_ONNX_FAMILIES: frozenset[str] = frozenset()
 #: The measured decision per family (2-core AMD EPYC with AVX-512, torch 2.13, onnxruntime 1.32).
 AUTO_DECISIONS: dict[str, str] = {
     "lite-medsam": "torch. ONNX Runtime float32 passes the guard (IoU mean 1.0000, worst 1.0000 over "
-    "162 organ slices, real weights) but is no faster: both run TinyViT's ~35 GMAC at the float32 "
-    "limit of two cores (embedding 0.80-0.97 s vs torch 0.86-0.95 s in one run, interleaved), and a "
-    "first start pays the export. int8 fails the guard (mean 0.844, worst 0.253) and is slower",
-    "medsam": "torch: no real MedSAM weights offline to measure the guard on (random ViT-B: timing only)",
+    "162 organ slices, real weights) but is no faster: both run TinyViT's ~35 GMAC near the float32 "
+    "limit of two cores (embedding 0.80-0.97 s vs torch 0.86-0.95 s interleaved on a quiet machine, "
+    "1.8 s vs 1.4 s on a busy one), it shares the cores worse with the pipelined decoder, and a first "
+    "start pays the export (~7 s). int8 fails the guard and is slower",
+    "medsam": "torch: no real MedSAM weights offline to measure the guard on; on a random ViT-B, ONNX "
+    "Runtime float32 took 0.59x of transformers' time against 0.62x for torch's fast ViT (one run)",
     "sam": "torch: no real SAM weights offline to measure the guard on",
 }
 #: Bump when the exported graph changes for the same weights (old cache files are then rebuilt).
