@@ -1,7 +1,15 @@
 """Where napari-medsam's time goes: one table per model family, beside the plain way, in one run.
 
-    python benchmarks/bench_inference.py                  # LiteMedSAM and MedSAM ViT-B
-    python benchmarks/bench_inference.py --family lite-medsam --repeats 9
+    python benchmarks/bench_inference.py                  # encoder backends (torch / ONNX Runtime)
+    python benchmarks/bench_inference.py --section families --family lite-medsam --repeats 9
+
+``--section backends`` (the default) compares the encoder backends and dtypes of LiteMedSAM (real
+weights) and MedSAM ViT-B (random weights, timing only) in one run: embedding and decoder ms,
+propagation slices/s through one liver of the shipped CT, cold start (load + first mask, each in a
+fresh process; ONNX Runtime with an empty and then a warm graph cache) with its peak RSS, and for
+LiteMedSAM the fidelity guard: mask IoU against torch float32 for a box from the label on every
+slice of every organ of the shared real CT (``/work/shared`` or ``--ct``/``--seg``).
+``--section families`` is the per-family table beside the plain way (phantom slices).
 
 Each row times napari-medsam (``MedSamPredictor`` with its defaults: fast ViT encoder, fast mask
 decoder, float16 embedding cache, ``dtype="auto"``) and the baseline (our preprocessing and
@@ -46,6 +54,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import PlainPredictor, PlainTinyViT, SamGetImageEmbeddings
 
 WINDOW = (-160.0, 240.0)
+SHARED_CT = "/work/shared/data/totalseg/example_ct_sm.nii.gz"
+SHARED_SEG = "/work/shared/data/totalseg/example_seg.nii.gz"
 SIDE = 512
 TARGETS = {
     "embed_ratio": 0.45,  # ViT-B embedding, ratio to the baseline
@@ -289,6 +299,24 @@ def child_peak(args: argparse.Namespace) -> None:
     print(peak_rss(lambda: predictor.set_image(image, window=WINDOW)))
 
 
+def cold_child(source: str, backend: str, cache: str) -> None:
+    """In a fresh process: load ``source`` with ``backend`` and segment one box; prints seconds, MB."""
+    from napari_medsam.models.onnx_encoder import CACHE_ENV
+
+    os.environ[CACHE_ENV] = cache
+    image, _, box = ct_phantom_slice(SIDE, SIDE, seed=0)
+    start = time.perf_counter()
+    predictor = MedSamPredictor.from_pretrained(source, device="cpu", dtype="float32", backend=backend)
+    loaded = time.perf_counter()
+    predictor.set_image(image, window=WINDOW)
+    predictor.predict(box=box)
+    done = time.perf_counter()
+    # VmHWM (the process's own peak; ru_maxrss survives exec and reports the parent's)
+    with open("/proc/self/status") as status:
+        peak_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1e3
+    print(f"{loaded - start} {done - start} {peak_mb}")
+
+
 def fresh_peak(args: argparse.Namespace, family: str, which: str) -> float | None:
     """Peak memory of one embedding measured in a fresh process (no memory kept from earlier runs)."""
     script = os.path.abspath(__file__)
@@ -321,11 +349,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--propagation-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--peak-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--section", choices=["backends", "families"], default="backends")
+    parser.add_argument("--ct", default=SHARED_CT, help="the real CT for the fidelity guard")
+    parser.add_argument("--seg", default=SHARED_SEG, help="its labels")
+    parser.add_argument("--skip-vit", action="store_true", help="backends: LiteMedSAM only")
+    parser.add_argument("--cold-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.peak_child:
         child_peak(args)
+        return
+    if args.cold_child:
+        cold_child(*args.cold_child)
+        return
+    if args.section == "backends":
+        bench_backends(args)
         return
 
     import transformers
@@ -352,6 +391,259 @@ def main(argv: list[str] | None = None) -> None:
                 slices = args.lite_slices if family == "lite-medsam" else args.vit_slices
                 repeats = args.repeats if family == "lite-medsam" else args.vit_repeats
                 bench_family(title, fast, plain, args, repeats, slices)
+
+
+# ------------------------------------------------------------------------------ backends
+
+
+def read_ct(ct: str, seg: str) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(ct)), sitk.GetArrayFromImage(sitk.ReadImage(seg))
+
+
+#: TotalSegmentator "total" ids judged by the fidelity guard.
+GUARD_ORGANS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "stomach": 6, "aorta": 52}
+
+
+def label_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """The label's bounding box on a slice, as (x0, y0, x1, y1)."""
+    rows, cols = np.nonzero(mask)
+    return float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max())
+
+
+def guard_masks(predictor: object, ct: np.ndarray, seg: np.ndarray) -> list[np.ndarray]:
+    """Masks for a box from the label on every slice of every guard organ (each slice encoded once)."""
+    masks = []
+    for index in range(len(ct)):
+        labels = [label for label in GUARD_ORGANS.values() if (seg[index] == label).any()]
+        if labels:
+            predictor.set_image(ct[index], window=WINDOW)  # type: ignore[attr-defined]
+            for label in labels:
+                masks.append(predictor.predict(box=label_box(seg[index] == label)).mask)  # type: ignore[attr-defined]
+    return masks
+
+
+def liver_run(predictor: object, volume: np.ndarray, seg: np.ndarray) -> float:
+    """Slices per second propagating the liver from its largest slice, cache empty."""
+    liver = seg == GUARD_ORGANS["liver"]
+    key = int(np.argmax(liver.sum(axis=(1, 2))))
+    if hasattr(predictor, "cache"):
+        predictor.cache.clear()  # type: ignore[attr-defined]
+    steps: list[object] = []
+    start = time.perf_counter()
+    run_to_end(propagate(predictor, volume, key, key_box=label_box(liver[key]), window=WINDOW), steps.append)  # type: ignore[arg-type]
+    return len(steps) / (time.perf_counter() - start)
+
+
+def cold_start(source: str, backend: str, cache: str) -> tuple[float, float, float]:
+    """(load s, load + first mask s, peak RSS MB) of a fresh process."""
+    script = os.path.abspath(__file__)
+    command = [sys.executable, script, "--cold-child", source, backend, cache]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        load, first, peak = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
+    except (ValueError, IndexError):
+        print(f"cold-start child failed: {done.stderr[-800:]}", file=sys.stderr)
+        return float("nan"), float("nan"), float("nan")
+    return load, first, peak
+
+
+def print_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n### {title}\n")
+    for i, row in enumerate([header, *rows]):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    sys.stdout.flush()
+
+
+OFFICIAL = "official script (PlainTinyViT + SamModel)"
+TRANSFORMERS = "transformers baseline (get_image_embeddings)"
+
+
+def lite_variants() -> dict[str, object]:
+    """LiteMedSAM per backend and dtype (real weights), and the official script's way (PlainTinyViT)."""
+    from napari_medsam.models.lite_medsam import bundled_checkpoint_path
+    from napari_medsam.models.loading import load_model, with_backend
+
+    base = load_model("lite-medsam", device="cpu", dtype="float32")
+    variants: dict[str, object] = {
+        "torch float32": MedSamPredictor(base),
+        "onnxruntime float32": MedSamPredictor(with_backend(base, "onnxruntime")),
+        "onnxruntime int8": MedSamPredictor(with_backend(base, "onnxruntime-int8")),
+    }
+    if cpu_has_native_bfloat16():
+        bf16 = load_model("lite-medsam", device="cpu", dtype="bfloat16")
+        variants["torch bfloat16"] = MedSamPredictor(bf16)
+    state = torch.load(bundled_checkpoint_path(), map_location="cpu", weights_only=True)
+    variants[OFFICIAL] = PlainPredictor("lite-medsam", base.sam, PlainTinyViT(state))
+    return variants
+
+
+def bench_backends(args: argparse.Namespace) -> None:
+    """The backend tables (see the module docstring)."""
+    import tempfile
+
+    import transformers
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    print(
+        f"napari-medsam backend benchmark: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}, onnxruntime {_ort_version()}; native bf16 "
+        f"{cpu_has_native_bfloat16()}; load average at start {load}; OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}\n"
+        "times: medians over repeats, the variants interleaved within each repeat; CUDA unmeasured (no GPU)"
+    )
+    ct, seg = read_ct(args.ct, args.seg)
+    from napari_medsam.io.samples import ABDOMINAL_CT
+
+    shipped, shipped_seg = read_ct(str(ABDOMINAL_CT), args.seg)
+    variants = lite_variants()
+    image, organ = ct[15], seg[15] == GUARD_ORGANS["liver"]
+    box = label_box(organ)
+
+    def miss(predictor: object) -> Callable[[], None]:
+        def run() -> None:
+            if hasattr(predictor, "cache"):
+                predictor.cache.clear()  # type: ignore[attr-defined]
+            predictor.set_image(image, window=WINDOW)  # type: ignore[attr-defined]
+
+        return run
+
+    embed = interleaved({n: miss(p) for n, p in variants.items()}, args.repeats, args.warmup)
+    for predictor in variants.values():
+        predictor.set_image(image, window=WINDOW)  # type: ignore[attr-defined]
+    decode = interleaved(
+        {n: (lambda p=p: p.predict(box=box)) for n, p in variants.items()}, args.prompt_repeats, 3  # type: ignore[attr-defined]
+    )
+    from napari_medsam.core.prefetch import Lookahead
+
+    rates: dict[str, list[float]] = {n: [] for n in variants}  # pipelined (the default)
+    sequential: dict[str, list[float]] = {n: [] for n in variants}
+    for _ in range(args.propagation_repeats):
+        for name, predictor in variants.items():
+            for pipelined, into in ((True, rates), (False, sequential)):
+                Lookahead.enabled = pipelined
+                into[name].append(liver_run(predictor, shipped, shipped_seg))
+    Lookahead.enabled = True
+    reference = guard_masks(variants["torch float32"], ct, seg)
+    fidelity = {}
+    for name, predictor in variants.items():
+        ious = [_iou(a, b) for a, b in zip(guard_masks(predictor, ct, seg), reference, strict=True)]
+        fidelity[name] = (float(np.mean(ious)), float(np.min(ious)), len(ious))
+    official = median(rates[OFFICIAL])
+    rows = []
+    for name in variants:
+        mean, worst, count = fidelity[name]
+        passes = "pass" if mean >= 0.99 and worst >= 0.97 else "FAIL"
+        rate = median(rates[name])
+        rows.append((
+            name, f"{1e3 * median(embed[name]):.0f}", f"{1e3 * median(decode[name]):.1f}",
+            f"{rate:.2f} / {median(sequential[name]):.2f}", f"{official / rate:.2f}x",
+            f"{mean:.4f} / {worst:.4f} ({count}) {passes}",
+        ))  # fmt: skip
+    print_table(
+        "LiteMedSAM (real weights), 2D box prompts",
+        ("backend, dtype", "embedding ms", "decoder ms", "liver slices/s pipelined / sequential",
+         "per-slice cost vs official",
+         "mask IoU vs torch fp32 mean / worst (n) guard"),
+        rows,
+    )  # fmt: skip
+
+    # cold start in fresh processes: torch; ONNX Runtime with an empty, then a warm graph cache
+    with tempfile.TemporaryDirectory(prefix="napari-medsam-onnx-") as cache:
+        cold = {
+            "torch float32": cold_start("lite-medsam", "torch", cache),
+            "onnxruntime float32, empty cache (export)": cold_start("lite-medsam", "onnxruntime", cache),
+            "onnxruntime float32, warm cache": cold_start("lite-medsam", "onnxruntime", cache),
+            "onnxruntime int8, warm float32 cache": cold_start("lite-medsam", "onnxruntime-int8", cache),
+            "onnxruntime int8, warm cache": cold_start("lite-medsam", "onnxruntime-int8", cache),
+        }
+    print_table(
+        "LiteMedSAM cold start, fresh process (model load; load + first 512 x 512 mask; peak RSS)",
+        ("backend", "load s", "load + first mask s", "peak RSS MB"),
+        [(n, f"{a:.2f}", f"{b:.2f}", f"{c:.0f}") for n, (a, b, c) in cold.items()],
+    )
+    if not args.skip_vit:
+        bench_vit_backends(args)
+
+
+def _ort_version() -> str:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:
+        return "not installed"
+
+
+def bench_vit_backends(args: argparse.Namespace) -> None:
+    """MedSAM ViT-B (random weights: timing only) per backend, against transformers' get_image_embeddings."""
+    import tempfile
+
+    from transformers import SamConfig, SamModel
+
+    from napari_medsam.models import LoadedModel
+    from napari_medsam.models.fast_vit import SamImageEncoder
+    from napari_medsam.models.loading import with_backend
+    from napari_medsam.models.onnx_encoder import CACHE_ENV
+
+    torch.manual_seed(0)
+    sam = SamModel(SamConfig()).eval().requires_grad_(False)
+    with torch.no_grad():
+        for name, param in sam.named_parameters():
+            if param.ndim > 1 and "layer_norm" not in name:
+                param.normal_(0.0, 0.02)
+    cpu = torch.device("cpu")
+    base = LoadedModel("medsam", sam, SamImageEncoder(sam), "vit-b-random", cpu, torch.float32)
+    image, _, box = ct_phantom_slice(SIDE, SIDE, seed=0)
+    with tempfile.TemporaryDirectory(prefix="napari-medsam-onnx-") as cache:
+        os.environ[CACHE_ENV] = cache
+        start = time.perf_counter()
+        onnx_model = with_backend(base, "onnxruntime")
+        export_s = time.perf_counter() - start
+        variants: dict[str, object] = {
+            TRANSFORMERS: PlainPredictor("medsam", sam, SamGetImageEmbeddings(sam)),
+            "torch float32 (fast ViT)": MedSamPredictor(base),
+            "onnxruntime float32": MedSamPredictor(onnx_model),
+            "onnxruntime int8": MedSamPredictor(with_backend(base, "onnxruntime-int8")),
+        }
+        if cpu_has_native_bfloat16():
+            bf16 = copy.deepcopy(sam).to(torch.bfloat16)
+            variants["torch bfloat16 (fast ViT)"] = MedSamPredictor(
+                LoadedModel("medsam", bf16, SamImageEncoder(bf16), "vit-b-random", cpu, torch.bfloat16)
+            )
+
+        def miss(predictor: object) -> Callable[[], None]:
+            def run() -> None:
+                if hasattr(predictor, "cache"):
+                    predictor.cache.clear()  # type: ignore[attr-defined]
+                predictor.set_image(image, window=WINDOW)  # type: ignore[attr-defined]
+
+            return run
+
+        embed = interleaved({n: miss(p) for n, p in variants.items()}, args.vit_repeats, args.warmup)
+        for predictor in variants.values():
+            predictor.set_image(image, window=WINDOW)  # type: ignore[attr-defined]
+        decode = interleaved(
+            {n: (lambda p=p: p.predict(box=box)) for n, p in variants.items()}, args.prompt_repeats, 3  # type: ignore[attr-defined]
+        )
+        masks = {n: p.predict(box=box).mask for n, p in variants.items()}  # type: ignore[attr-defined]
+    baseline = median(embed[TRANSFORMERS])
+    rows = [
+        (n, f"{median(embed[n]):.2f}", f"{median(embed[n]) / baseline:.2f}x",
+         f"{1e3 * median(decode[n]):.1f}", f"{_iou(masks[n], masks['torch float32 (fast ViT)']):.4f}")
+        for n in variants
+    ]  # fmt: skip
+    print_table(
+        f"MedSAM ViT-B, RANDOM weights (timing only; fidelity unmeasured), 512 x 512 phantom; "
+        f"ONNX export {export_s:.0f} s",
+        ("backend, dtype", "embedding s", "vs transformers", "decoder ms", "phantom mask IoU vs torch fp32"),
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -182,3 +182,45 @@ def test_prefetch_makes_the_next_slice_decoder_only(prefetcher, tiny_sam_dir):
     assert len(encoder_calls) == 4
     predictor.set_image(volume[1], (-100.0, 100.0))  # so does another window
     assert len(encoder_calls) == 5
+
+
+def test_propagation_encodes_the_next_slice_while_decoding_and_each_slice_once(tiny_sam_dir):
+    """Pipelined propagation (core/prefetch.Lookahead): slice k+1 is encoded in a worker thread while
+    slice k decodes, and every slice of the walk is encoded exactly once."""
+    import hashlib
+    from dataclasses import replace
+
+    from napari_medsam.core.jobs import run_to_end
+    from napari_medsam.core.predictor import MedSamPredictor, Prediction
+    from napari_medsam.core.propagation import propagate
+    from napari_medsam.models.loading import load_model
+
+    model = load_model(tiny_sam_dir, device="cpu", dtype="float32")
+    predictor = MedSamPredictor(replace(model))
+    encodes: list[tuple[str, str]] = []  # (thread, digest of the pixels)
+    hook = predictor.model.encoder.register_forward_hook(
+        lambda _m, args, _o: encodes.append(
+            (threading.current_thread().name, hashlib.sha1(args[0].numpy().tobytes()).hexdigest())
+        )
+    )
+    organ = np.zeros((48, 64), bool)
+    organ[12:30, 16:44] = True
+    decodes = []
+    real_predict = predictor.predict
+
+    def predict(box=None, mask_input=None, **kwargs):  # the real decoder, a steady organ mask
+        decodes.append(real_predict(box=box, mask_input=mask_input, **kwargs))
+        return Prediction(mask=organ, score=0.9, logits=decodes[-1].logits)
+
+    predictor.predict = predict  # type: ignore[method-assign]
+    volume = np.random.default_rng(0).normal(0, 100, (7, 48, 64)).astype(np.float32)
+    try:
+        steps: list = []
+        walk = propagate(predictor, volume, 3, key_box=(16, 12, 43, 29), window=(-150.0, 150.0))
+        run_to_end(walk, steps.append)
+    finally:
+        hook.remove()
+    assert [s.stop for s in steps] == [None] * 7  # the whole volume
+    digests = [digest for _, digest in encodes]
+    assert len(digests) == len(set(digests)) == 7  # each slice encoded once
+    assert sum(thread == "napari-medsam-lookahead" for thread, _ in encodes) >= 4

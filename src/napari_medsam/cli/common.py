@@ -8,13 +8,14 @@ from typing import Any
 import numpy as np
 
 from napari_medsam.core.windows import WINDOW_PRESETS, WindowChoice, training_window
+from napari_medsam.models import BACKENDS
 
 #: ``--preset`` value that asks for each slice's own min..max.
 MIN_MAX = "min-max"
 
 
 def add_model_options(sub: argparse.ArgumentParser) -> None:
-    """``--model``, ``--device`` and ``--dtype``."""
+    """``--model``, ``--device``, ``--dtype`` and ``--backend``."""
     sub.add_argument(
         "--model",
         default="lite-medsam",
@@ -23,6 +24,14 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     sub.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16 or float16")
+    sub.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="what runs the image encoder: auto (default: ONNX Runtime on the CPU for the models whose "
+        "masks match PyTorch's, else PyTorch), torch, onnxruntime (float32, CPU; exported once and "
+        "cached), onnxruntime-int8 (faster on some CPUs, less faithful: see bench_inference.py)",
+    )
 
 
 def add_window_options(sub: argparse.ArgumentParser) -> None:

@@ -102,14 +102,17 @@ class MedSamPredictor:
         family: Family | None = None,
         cache: EmbeddingCache | None = None,
         store: EmbeddingStore | str | os.PathLike[str] | None = None,
+        backend: str = "auto",
     ) -> MedSamPredictor:
         """Load (or reuse) a model: an alias, a hub id, a Hugging Face folder or a ``.pth`` file.
 
         ``store`` (a path or an ``EmbeddingStore``) reads and writes embeddings through a disk store.
+        ``backend`` runs the image encoder: ``"torch"``, ``"onnxruntime"``, ``"onnxruntime-int8"``
+        or ``"auto"`` (the default; see :func:`~napari_medsam.models.loading.load_model`).
         """
         from napari_medsam.models.loading import load_model
 
-        model = load_model(source, device=device, dtype=dtype, family=family)
+        model = load_model(source, device=device, dtype=dtype, family=family, backend=backend)
         return cls(model, cache=cache, store=store)
 
     @property

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.predictor import SlicePredictor
+from napari_medsam.core.predictor import MedSamPredictor, SlicePredictor
 from napari_medsam.core.slicing import check_axis, take_slice
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,58 @@ class Prefetcher:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+class Lookahead:
+    """Encode the next slice of a walk through a volume while the caller decodes the current one.
+
+    ``propagate`` calls :meth:`submit` with the slice it will ask for next, right after
+    ``set_image`` of the current one: the encoder (a worker thread, through
+    ``predictor.precompute``) then runs beside the decoder's refinement retries, and the next
+    ``set_image`` finds the embedding in the cache, or waits for the encode in progress (the
+    predictor encodes one slice at a time and a second caller for it then hits the cache). So
+    each slice is encoded at most once. One slice is in flight at a time; :meth:`close` waits for it.
+    A walk that stops early has encoded one slice past its end. Only a ``MedSamPredictor`` (whose
+    ``precompute`` is thread-safe and leaves the current image alone) is pipelined; with others,
+    and with ``Lookahead.enabled`` False, :meth:`submit` does nothing.
+    """
+
+    #: Switch for A/B measurements (``benchmarks/bench_inference.py``).
+    enabled = True
+
+    def __init__(self, predictor: SlicePredictor, volume: Any, axis: int, window: Any) -> None:
+        self.predictor, self.volume, self.axis, self.window = predictor, volume, axis, window
+        self.active = self.enabled and isinstance(predictor, MedSamPredictor)
+        self._thread: threading.Thread | None = None
+        #: Slices whose encoder run this lookahead started (precompute returned True).
+        self.encoded = 0
+
+    def submit(self, z: int) -> None:
+        """Encode slice ``z`` in the background (after the one in flight; outside the volume: nothing)."""
+        if not self.active or not 0 <= z < np.shape(self.volume)[self.axis]:
+            return
+        self.close()
+        self._thread = threading.Thread(target=self._encode, args=(z,), name="napari-medsam-lookahead")
+        self._thread.start()
+
+    def _encode(self, z: int) -> None:
+        try:
+            if self.predictor.precompute(take_slice(self.volume, z, self.axis), self.window):
+                self.encoded += 1
+        except Exception:  # the caller's own set_image of this slice then reports the problem
+            logger.debug("lookahead encoding of slice %d failed", z, exc_info=True)
+
+    def close(self) -> None:
+        """Wait for the slice in flight."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Lookahead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @atexit.register

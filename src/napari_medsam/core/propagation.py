@@ -19,6 +19,7 @@ from napari_medsam.core.boxes import BoxXYXY, box_union, expand_box, mask_box, n
 from napari_medsam.core.jobs import relay, run_to_end
 from napari_medsam.core.metrics import iou
 from napari_medsam.core.predictor import SlicePredictor
+from napari_medsam.core.prefetch import Lookahead
 from napari_medsam.core.slicing import check_axis, take_slice
 from napari_medsam.core.windows import AUTO, WindowArg, resolve_window
 
@@ -229,50 +230,53 @@ def propagate(
 
     best = score  # the object's best predicted IoU so far, both directions
     scores: dict[int, float] = {}  # predicted IoU of each propagated slice kept
-    for direction in (1, -1):
-        mask, previous_logits = first, logits
-        z = key_slice + direction
-        while 0 <= z < depth and abs(z - key_slice) <= limit:
-            box = grown(mask)  # rule 1
-            predictor.set_image(take_slice(volume, z, axis), window)
-            new_logits = previous_logits
-            for _ in range(1 + max_refine):  # rule 3
-                prediction = predictor.predict(
-                    box=box, mask_input=new_logits if use_previous_logits else None
-                )
-                new = touching(np.asarray(prediction.mask, dtype=bool), mask)  # rule 2
-                score, new_logits = float(prediction.score), prediction.logits
-                if not new.any():
+    with Lookahead(predictor, volume, axis, window) as ahead:  # the next slice encodes while this one decodes
+        for direction in (1, -1):
+            mask, previous_logits = first, logits
+            z = key_slice + direction
+            while 0 <= z < depth and abs(z - key_slice) <= limit:
+                box = grown(mask)  # rule 1
+                predictor.set_image(take_slice(volume, z, axis), window)
+                if abs(z + direction - key_slice) <= limit:
+                    ahead.submit(z + direction)
+                new_logits = previous_logits
+                for _ in range(1 + max_refine):  # rule 3
+                    prediction = predictor.predict(
+                        box=box, mask_input=new_logits if use_previous_logits else None
+                    )
+                    new = touching(np.asarray(prediction.mask, dtype=bool), mask)  # rule 2
+                    score, new_logits = float(prediction.score), prediction.logits
+                    if not new.any():
+                        break
+                    joined = box_union(box, grown(new))
+                    if np.allclose(joined, box):
+                        break
+                    box = joined
+                area = int(new.sum())
+                done += 1
+                stop = None  # rule 4
+                if area == 0:
+                    stop = "moved" if np.asarray(prediction.mask).any() else "empty"
+                elif area < min_area_fraction * key_area:
+                    stop = "small"
+                elif score < max(
+                    min_score if min_score is not None else 0.0,
+                    score_drop * best if score_drop is not None and best is not None else 0.0,
+                ):
+                    stop = "low score"
+                elif min_overlap is not None and overlap(new, mask) < min_overlap:
+                    stop = "moved"
+                elif old is not None and iou(new, old[z]) >= agree:
+                    stop = "agrees"
+                if stop is not None:
+                    logger.info("propagation stops at slice %d (%s)", z, stop)
+                    yield SliceStep(z, done, total, area, None, box, stop, score)
                     break
-                joined = box_union(box, grown(new))
-                if np.allclose(joined, box):
-                    break
-                box = joined
-            area = int(new.sum())
-            done += 1
-            stop = None  # rule 4
-            if area == 0:
-                stop = "moved" if np.asarray(prediction.mask).any() else "empty"
-            elif area < min_area_fraction * key_area:
-                stop = "small"
-            elif score < max(
-                min_score if min_score is not None else 0.0,
-                score_drop * best if score_drop is not None and best is not None else 0.0,
-            ):
-                stop = "low score"
-            elif min_overlap is not None and overlap(new, mask) < min_overlap:
-                stop = "moved"
-            elif old is not None and iou(new, old[z]) >= agree:
-                stop = "agrees"
-            if stop is not None:
-                logger.info("propagation stops at slice %d (%s)", z, stop)
-                yield SliceStep(z, done, total, area, None, box, stop, score)
-                break
-            view[z] = new
-            yield SliceStep(z, done, total, area, new, box, None, score)
-            mask, previous_logits, best = new, new_logits, max(score, best or 0.0)
-            scores[z] = score
-            z += direction
+                view[z] = new
+                yield SliceStep(z, done, total, area, new, box, None, score)
+                mask, previous_logits, best = new, new_logits, max(score, best or 0.0)
+                scores[z] = score
+                z += direction
     if score_drop is not None and best is not None:
         for z in sorted((z for z in scores if z > key_slice), reverse=True):  # the first direction's far end
             if scores[z] >= score_drop * best:

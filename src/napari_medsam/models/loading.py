@@ -88,8 +88,15 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     family: Family | None = None,
+    backend: str = "auto",
 ) -> LoadedModel:
-    """Load a model once per (source, device, dtype, family) and share it afterwards.
+    """Load a model once per (source, device, dtype, family, backend) and share it afterwards.
+
+    ``backend`` runs the image encoder: ``"torch"``, ``"onnxruntime"`` (float32 on the CPU; the
+    graph is exported on first use and cached, :mod:`~napari_medsam.models.onnx_encoder`),
+    ``"onnxruntime-int8"`` (only when asked for) or ``"auto"`` (the default: ONNX Runtime for the
+    families measured faithful and faster with it, on the CPU in float32, else torch; see
+    :data:`~napari_medsam.models.onnx_encoder.AUTO_DECISIONS`).
 
     At most :data:`MAX_LOADED_MODELS` stay loaded: loading another drops the least recently used
     from the registry (its memory is freed once no predictor holds it). :func:`unload_model`
@@ -102,17 +109,37 @@ def load_model(
     resolved = resolve_source(source)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    key = (resolved, family, str(torch_device), torch_dtype)
+    from napari_medsam.models.onnx_encoder import resolve_backend
+
+    known = family or resolved.family
+    if known is not None:  # "auto" and what it chooses share one registry entry
+        backend = resolve_backend(backend, known, torch_device, torch_dtype)
     with _loaded_lock:
+        key = (resolved, family, str(torch_device), torch_dtype, backend)
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]
         model = replace(_load(resolved, family, torch_device, torch_dtype), weights=source_digest(resolved))
+        model = with_backend(model, backend)
         _loaded[key] = model
         while len(_loaded) > MAX_LOADED_MODELS:
             _, dropped = _loaded.popitem(last=False)
             logger.info("unloading %s to stay within %d loaded models", dropped.name, MAX_LOADED_MODELS)
         return model
+
+
+def with_backend(model: LoadedModel, backend: str = "auto") -> LoadedModel:
+    """``model`` with its encoder run by ``backend`` (see :func:`load_model`); the same model for torch."""
+    from napari_medsam.models.onnx_encoder import VARIANTS, onnx_encoder, resolve_backend
+
+    chosen = resolve_backend(backend, model.family, model.device, model.dtype)
+    if chosen == model.backend:
+        return model
+    if model.backend != "torch":
+        raise ValueError(f"{model.name} already runs on {model.backend}; load it again for {chosen}")
+    encoder = onnx_encoder(model, VARIANTS[chosen])
+    logger.info("%s: image encoder on ONNX Runtime (%s, %s)", model.name, VARIANTS[chosen], encoder.path)
+    return replace(model, encoder=encoder, backend=chosen)
 
 
 def loaded_models() -> list[LoadedModel]:

@@ -116,7 +116,8 @@ class _InvertedBottleneck(nn.Module):
     On the CPU the map goes through in stripes of about ``STRIPE_ROWS`` input rows, each with
     the halo rows the depthwise conv needs recomputed: the wide hidden map (256 channels at
     256 x 256 in stage 0, the memory-bound part of the encoder) then stays in cache between the
-    three convolutions. The result is identical to the unstriped computation.
+    three convolutions. The result is identical to the unstriped computation. An exported graph
+    (ONNX) is unstriped: ONNX Runtime plans its own memory.
     """
 
     STRIPE_ROWS = 32
@@ -138,7 +139,7 @@ class _InvertedBottleneck(nn.Module):
         s, p = self.conv2.stride, self.conv2.padding
         h_out = (h + 2 * p - k) // s + 1
         rows = max(1, self.STRIPE_ROWS // s)
-        if x.device.type != "cpu" or h_out <= rows:
+        if x.device.type != "cpu" or h_out <= rows or torch.compiler.is_exporting():
             return self._rows(x, 0, h_out)
         b, _, w, _ = x.shape
         w_out = (w + 2 * p - k) // s + 1
@@ -246,7 +247,7 @@ class _Mlp(nn.Module):
         chunk = self.CHUNK_TOKENS
         tokens = x.reshape(-1, x.shape[-1])
         n = tokens.shape[0]
-        if x.device.type != "cpu" or n <= 2 * chunk:
+        if x.device.type != "cpu" or n <= 2 * chunk or torch.compiler.is_exporting():
             return self._residual(x)
         out = torch.empty_like(tokens)
         for start in range(0, n, chunk):
