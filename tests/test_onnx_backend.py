@@ -18,9 +18,10 @@ if importlib.util.find_spec("onnxruntime") is None:  # a dependency: missing is 
 
 import torch
 
+from napari_medsam.core.metrics import iou
 from napari_medsam.models import BACKENDS, FAMILIES, LoadedModel
 from napari_medsam.models import onnx_encoder as ox
-from realdata import ORGANS, ct_sm, iou, oracle_box
+from realdata import ORGANS, ct_sm, oracle_box
 
 
 @pytest.fixture
@@ -203,15 +204,31 @@ def test_int8_is_offered_on_request(tiny_medsam, tmp_path):
     assert torch.isfinite(out).all()
 
 
-def test_cli_backend_option():
+def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, exports):
+    """``segment --backend onnxruntime`` runs the real LiteMedSAM encoder through ONNX Runtime."""
     import argparse
 
+    from napari_medsam.cli import main
     from napari_medsam.cli.common import add_model_options
+    from napari_medsam.models.loading import unload_model
 
     parser = argparse.ArgumentParser()
     add_model_options(parser)
     assert parser.parse_args([]).backend == "auto"
-    assert parser.parse_args(["--backend", "onnxruntime-int8"]).backend == "onnxruntime-int8"
     assert set(BACKENDS) == {"auto", "torch", "onnxruntime", "onnxruntime-int8"}
     with pytest.raises(SystemExit):
         parser.parse_args(["--backend", "tensorrt"])
+    monkeypatch.setenv(ox.CACHE_ENV, str(tmp_path))
+    ct, seg = ct_sm()
+    np.save(tmp_path / "slice.npy", ct[15])
+    box = [str(v) for v in oracle_box(seg[15] == ORGANS["liver"])]
+    args = ["segment", str(tmp_path / "slice.npy"), "--box", *box, "--preset", "soft-tissue"]
+    try:
+        assert main([*args, "--backend", "onnxruntime", "-o", str(tmp_path / "onnx.npy")]) == 0
+        assert exports == ["lite-medsam"]
+        assert main([*args, "--backend", "torch", "-o", str(tmp_path / "torch.npy")]) == 0
+    finally:
+        unload_model()
+    onnx, reference = np.load(tmp_path / "onnx.npy"), np.load(tmp_path / "torch.npy")
+    assert reference.any()
+    assert iou(onnx > 0, reference > 0) > 0.99

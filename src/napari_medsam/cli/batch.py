@@ -116,7 +116,7 @@ def _run(
 
     from napari_medsam.cli import cluster
 
-    spec = cluster.PredictorSpec(args.model, args.device, args.dtype, store)
+    spec = cluster.PredictorSpec(args.model, args.device, args.dtype, store, backend=args.backend)
     window = window_options(args)
     results: dict[str, list[RowResult]] = {}
     total = sum(len(image.rows) for image in images)

@@ -67,6 +67,7 @@ class PredictorSpec:
     dtype: str
     store: str | None
     cache_bytes: int = DEFAULT_MAX_BYTES
+    backend: str = "auto"
 
 
 class PredictorPlugin(distributed.WorkerPlugin):
@@ -100,6 +101,7 @@ class PredictorPlugin(distributed.WorkerPlugin):
                     dtype=spec.dtype,
                     cache=EmbeddingCache(spec.cache_bytes),
                     store=spec.store,
+                    backend=spec.backend,
                 )
             return self._predictor
 

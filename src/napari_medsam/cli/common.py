@@ -28,9 +28,9 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="what runs the image encoder: auto (default: ONNX Runtime on the CPU for the models whose "
-        "masks match PyTorch's, else PyTorch), torch, onnxruntime (float32, CPU; exported once and "
-        "cached), onnxruntime-int8 (faster on some CPUs, less faithful: see bench_inference.py)",
+        help="what runs the image encoder: auto (default: ONNX Runtime on the CPU for the families where "
+        "it was measured faithful and faster, today none, so PyTorch), torch, onnxruntime (float32, CPU; "
+        "exported once and cached), onnxruntime-int8 (less faithful: see bench_inference.py)",
     )
 
 

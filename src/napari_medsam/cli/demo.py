@@ -48,7 +48,9 @@ def run_demo(args: argparse.Namespace) -> int:
     box = expand_box(mask_box(liver[z]), ct.shape[1:], fraction=0.0, pixels=BOX_MARGIN)
     choice = training_window(ct, geometry.modality)
     start = time.perf_counter()
-    predictor = MedSamPredictor.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    predictor = MedSamPredictor.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, backend=args.backend
+    )
     loaded = time.perf_counter()
     predictor.set_image(ct[z], window=choice.window)
     encoded = time.perf_counter()

@@ -104,7 +104,9 @@ def run_embed(args: argparse.Namespace) -> int:
 
     store = EmbeddingStore(args.store)  # refused before any worker starts if it is not a store
     # No memory cache on the workers: every embedding goes to the store and is not used again there.
-    spec = cluster.PredictorSpec(args.model, args.device, args.dtype, str(store.path), cache_bytes=0)
+    spec = cluster.PredictorSpec(
+        args.model, args.device, args.dtype, str(store.path), cache_bytes=0, backend=args.backend
+    )
     options = window_options(args)
     paths = list(dict.fromkeys(args.volumes))
     report = {path: VolumeProgress() for path in paths}
