@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait for the hub here
 
@@ -66,6 +67,27 @@ TARGETS = {
 
 
 # ------------------------------------------------------------------------------ measuring
+
+
+def embed_and_decode(
+    variants: dict[str, Any], image: np.ndarray, box: Any, repeats: int, prompt_repeats: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per uncached embedding and per box -> mask of each variant, interleaved."""
+
+    def miss(predictor: Any) -> Callable[[], None]:
+        def run() -> None:
+            if hasattr(predictor, "cache"):
+                predictor.cache.clear()
+            predictor.set_image(image, window=WINDOW)
+
+        return run
+
+    embed = interleaved({n: miss(p) for n, p in variants.items()}, repeats, warmup)
+    for predictor in variants.values():
+        predictor.set_image(image, window=WINDOW)
+    decodes = {n: (lambda p=p: p.predict(box=box)) for n, p in variants.items()}
+    decode = interleaved(decodes, prompt_repeats, 3)
+    return embed, decode
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -505,20 +527,7 @@ def bench_backends(args: argparse.Namespace) -> None:
     image, organ = ct[15], seg[15] == GUARD_ORGANS["liver"]
     box = label_box(organ)
 
-    def miss(predictor: object) -> Callable[[], None]:
-        def run() -> None:
-            if hasattr(predictor, "cache"):
-                predictor.cache.clear()  # type: ignore[attr-defined]
-            predictor.set_image(image, window=WINDOW)  # type: ignore[attr-defined]
-
-        return run
-
-    embed = interleaved({n: miss(p) for n, p in variants.items()}, args.repeats, args.warmup)
-    for predictor in variants.values():
-        predictor.set_image(image, window=WINDOW)  # type: ignore[attr-defined]
-    decode = interleaved(
-        {n: (lambda p=p: p.predict(box=box)) for n, p in variants.items()}, args.prompt_repeats, 3  # type: ignore[attr-defined]
-    )
+    embed, decode = embed_and_decode(variants, image, box, args.repeats, args.prompt_repeats, args.warmup)
     from napari_medsam.core.prefetch import Lookahead
 
     rates: dict[str, list[float]] = {n: [] for n in variants}  # pipelined (the default)
@@ -617,19 +626,8 @@ def bench_vit_backends(args: argparse.Namespace) -> None:
                 LoadedModel("medsam", bf16, SamImageEncoder(bf16), "vit-b-random", cpu, torch.bfloat16)
             )
 
-        def miss(predictor: object) -> Callable[[], None]:
-            def run() -> None:
-                if hasattr(predictor, "cache"):
-                    predictor.cache.clear()  # type: ignore[attr-defined]
-                predictor.set_image(image, window=WINDOW)  # type: ignore[attr-defined]
-
-            return run
-
-        embed = interleaved({n: miss(p) for n, p in variants.items()}, args.vit_repeats, args.warmup)
-        for predictor in variants.values():
-            predictor.set_image(image, window=WINDOW)  # type: ignore[attr-defined]
-        decode = interleaved(
-            {n: (lambda p=p: p.predict(box=box)) for n, p in variants.items()}, args.prompt_repeats, 3  # type: ignore[attr-defined]
+        embed, decode = embed_and_decode(
+            variants, image, box, args.vit_repeats, args.prompt_repeats, args.warmup
         )
         masks = {n: p.predict(box=box).mask for n, p in variants.items()}  # type: ignore[attr-defined]
     baseline = median(embed[TRANSFORMERS])

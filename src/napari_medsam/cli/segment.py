@@ -168,7 +168,7 @@ def corrected(
 
 def run_segment(args: argparse.Namespace) -> int:
     """Segment the boxes (and clicks) on one slice; with ``--propagate`` through the volume."""
-    from napari_medsam.core.key_slice import key_masks, volume_labels
+    from napari_medsam.core.key_slice import key_predictions, volume_labels
     from napari_medsam.core.predictor import MedSamPredictor
     from napari_medsam.core.propagation import stack_labels
 
@@ -205,7 +205,7 @@ def run_segment(args: argparse.Namespace) -> int:
             points=points, point_labels=labels,
         )  # fmt: skip
     else:
-        masks = key_masks(predictor, plane, choice.window, boxes, points, labels)
+        masks = [mask for mask, _ in key_predictions(predictor, plane, choice.window, boxes, points, labels)]
         output = stack_labels(masks, plane.shape[:2])
     colors = {}
     if existing is not None:

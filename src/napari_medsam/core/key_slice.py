@@ -33,18 +33,6 @@ def key_predictions(
     return out
 
 
-def key_masks(
-    predictor: SlicePredictor,
-    plane: np.ndarray,
-    window: Sequence[float] | None,
-    boxes: Sequence[Sequence[float] | None],
-    points: np.ndarray | None = None,
-    point_labels: np.ndarray | None = None,
-) -> list[np.ndarray]:
-    """One mask per box on ``plane`` (a box of None: the clicks alone), clicks shared by all."""
-    return [mask for mask, _ in key_predictions(predictor, plane, window, boxes, points, point_labels)]
-
-
 def volume_labels(
     predictor: SlicePredictor,
     volume: Any,
