@@ -329,7 +329,7 @@ def test_propagate_button_carries_each_object_through_the_volume(make_setup, spy
 
 
 def test_a_box_on_another_slice_of_the_selected_object_corrects_it_in_3d(make_setup, spy, qtbot):
-    """Object 1 leaked onto a neighbour on slices 3-5: select it, box it on slice 4, Propagate."""
+    """Object 1 leaked onto a neighbour on slices 2-6: select it, box it on slice 4, Propagate."""
     volume, (organ, neighbour) = ellipsoids(
         objects=(((6.0, 14.0, 15.0), (4.6, 9.0, 10.0)), ((4.0, 34.0, 38.0), (2.6, 8.0, 12.0)))
     )
