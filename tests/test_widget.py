@@ -64,9 +64,10 @@ def test_segment_box_writes_labels_and_ids(setup, spy):
     np.testing.assert_array_equal(labels.data, expected)
     assert setup.boxes.features["label_id"].tolist() == [1]
     # the spy saw the slice and the (x, y) box; window: MedSAM's training window for this
-    # non-CT image, the 0.5-99.5 percentiles of its non-zero voxels
+    # non-CT image, the 0.5-99.5 percentiles of its voxels > 0 (MedSAM's MR rule)
     data = setup.image.data
-    assert spy.images == [((40, 64), tuple(np.percentile(data[data != 0], [0.5, 99.5])))]
+    assert (data < 0).any()  # where the rule differs from taking the non-zero voxels
+    assert spy.images == [((40, 64), tuple(np.percentile(data[data > 0], [0.5, 99.5])))]
     w.window = "layer contrast limits"
     w.segment()
     assert spy.images[-1] == ((40, 64), tuple(setup.image.contrast_limits))
