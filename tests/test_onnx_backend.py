@@ -204,8 +204,9 @@ def test_int8_is_offered_on_request(tiny_medsam, tmp_path):
     assert torch.isfinite(out).all()
 
 
-def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, exports):
-    """``segment --backend onnxruntime`` runs the real LiteMedSAM encoder through ONNX Runtime."""
+def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, exports, lite_onnx):
+    """``segment --backend onnxruntime`` runs the real LiteMedSAM encoder through ONNX Runtime
+    (the graph ``lite_onnx`` exported, from its cache)."""
     import argparse
 
     from napari_medsam.cli import main
@@ -218,14 +219,21 @@ def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, exports):
     assert set(BACKENDS) == {"auto", "torch", "onnxruntime", "onnxruntime-int8"}
     with pytest.raises(SystemExit):
         parser.parse_args(["--backend", "tensorrt"])
-    monkeypatch.setenv(ox.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(ox.CACHE_ENV, str(lite_onnx.encoder.path.parent))
+    built: list[str] = []
+    real = ox.onnx_encoder
+    def counted(model, *args, **kwargs):
+        built.append(model.family)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(ox, "onnx_encoder", counted)
     ct, seg = ct_sm()
     np.save(tmp_path / "slice.npy", ct[15])
     box = [str(v) for v in oracle_box(seg[15] == ORGANS["liver"])]
     args = ["segment", str(tmp_path / "slice.npy"), "--box", *box, "--preset", "soft-tissue"]
     try:
         assert main([*args, "--backend", "onnxruntime", "-o", str(tmp_path / "onnx.npy")]) == 0
-        assert exports == ["lite-medsam"]
+        assert (built, exports) == (["lite-medsam"], [])  # the ONNX encoder, from the cache
         assert main([*args, "--backend", "torch", "-o", str(tmp_path / "torch.npy")]) == 0
     finally:
         unload_model()
