@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from napari_medsam.core.label_policy import next_label_id
 from napari_medsam.core.objects import LabelObject, label_objects
 from napari_medsam.io.terminology import terminology_tag
 from napari_medsam.io.volumes import VolumeGeometry, read_volume, write_labels
@@ -88,8 +89,8 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry, 
         labels = np.zeros(array.shape[:-1], dtype=np.uint16)
         found, overlap = [], 0
         for segment in segments:
-            value = int(segment["labelValue"])
-            label = value if value not in {f[0] for f in found} else max(f[0] for f in found) + 1
+            value, taken = int(segment["labelValue"]), [f[0] for f in found]
+            label = value if value not in taken else next_label_id(labels, taken)
             mask = array[..., int(segment.get("layer", 0))] == value
             overlap += int(np.count_nonzero(labels[mask]))
             labels[mask] = label

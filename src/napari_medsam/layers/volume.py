@@ -150,14 +150,14 @@ def correction_objects(inputs: LayerInputs, stack: PlaneStack) -> list[VolumeObj
     new = [b for b in prompts if b.plane == stack.plane and ids[b.source_index] == 0]
     if len(new) != 1:
         return []
-    planes = np.stack([stack.plane_at(z).extract(labels.data) for z in range(stack.shape[0])])
-    z, (x0, y0, x1, y1) = stack.index, new[0].box_xyxy
-    near = (planes[max(z - 1, 0) : z + 2] == label_id).any(axis=0)
-    elsewhere = np.delete(planes, range(max(z - 1, 0), z + 2), axis=0) == label_id
-    under_box = near[max(round(y0), 0) : round(y1) + 1, max(round(x0), 0) : round(x1) + 1]
-    if not under_box.any() or not elsewhere.any():
+    (box,), around = new, range(max(stack.index - 1, 0), min(stack.index + 2, stack.shape[0]))
+    near = np.any([stack.plane_at(z).extract(labels.data) == label_id for z in around], axis=0)
+    x0, y0, x1, y1 = box.box_xyxy
+    if not near[max(round(y0), 0) : round(y1) + 1, max(round(x0), 0) : round(x1) + 1].any():
         return []
-    box = new[0]
+    planes = np.stack([stack.plane_at(z).extract(labels.data) for z in range(stack.shape[0])])
+    if not (np.delete(planes, around, axis=0) == label_id).any():  # nothing to correct elsewhere
+        return []
     return [VolumeObject(label_id, box_rows=(box.source_index,), correct_box=box.box_xyxy, labels=planes)]
 
 

@@ -16,6 +16,7 @@ The prompt encoder and mask decoder stay in PyTorch (``models/fast_decoder.py``)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -124,7 +125,7 @@ def weights_identity(model: LoadedModel) -> str:
     for name, tensor in model.encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return f"tensors:{digest.hexdigest()}|{model.family}|{str(model.dtype).removeprefix('torch.')}"
+    return dataclasses.replace(model, weights=f"tensors:{digest.hexdigest()}").identity
 
 
 def cache_key(model: LoadedModel, variant: str) -> dict[str, object]:
