@@ -62,7 +62,7 @@ step "the next load uses the cached checkpoint (no package source at all)"
 mkdir -p "$work/empty"
 PIP_FIND_LINKS="$work/empty" PIP_NO_INDEX=1 "$py" - <<'EOF' || fail "the cached checkpoint was not used"
 from napari_medsam.models import weights
-path = weights.lite_checkpoint(progress=lambda step: print(step))
+path = weights.lite_checkpoint()
 assert path == weights.cached_checkpoint_path(), path
 print("cached:", path)
 EOF

