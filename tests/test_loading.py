@@ -141,7 +141,7 @@ def test_the_onnx_backend_without_its_extra_names_the_extra(monkeypatch, capsys,
 
     for module in ox.ONNX_MODULES:
         monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
-    monkeypatch.setattr(ox.importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(ox, "onnx_extra_installed", lambda: False)
     cpu = torch.device("cpu")
     with pytest.raises(MissingExtraError, match=r"pip install 'napari-medsam\[onnx\]'"):
         ox.resolve_backend("onnxruntime", "lite-medsam", cpu, torch.float32)
