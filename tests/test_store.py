@@ -181,8 +181,8 @@ def test_sizes_read_as_powers_of_1024(text, size):
 
 
 def test_the_weights_digest_follows_the_file_contents_not_its_path(tmp_path, lite_checkpoint, tiny_sam_dir):
-    from napari_medsam.models.lite_medsam import LITE_MEDSAM_SHA256
     from napari_medsam.models.loading import source_digest
+    from napari_medsam.models.weights import LITE_MEDSAM_SHA256
 
     copy = tmp_path / "elsewhere" / "weights.pth"
     copy.parent.mkdir()

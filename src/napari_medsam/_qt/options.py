@@ -11,7 +11,7 @@ from napari_medsam.layers.prompt_layers import image_training_window
 
 CUSTOM = "custom"
 MODELS = [
-    ("LiteMedSAM (bundled, fast)", "lite-medsam"),
+    ("LiteMedSAM (fast)", "lite-medsam"),
     ("MedSAM ViT-B", "medsam"),
     ("SAM ViT-B", "sam-vit-base"),
     ("SAM ViT-L", "sam-vit-large"),

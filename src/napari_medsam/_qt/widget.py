@@ -44,7 +44,13 @@ from napari_medsam._qt.options import (
 from napari_medsam._qt.pickers import LayerPickers
 from napari_medsam._qt.watchers import CloseWatcher
 from napari_medsam.core.jobs import Job, run_to_end
-from napari_medsam.core.model_slot import ModelSlot, PredictorFactory, load_predictor, unload_predictor
+from napari_medsam.core.model_slot import (
+    ModelSlot,
+    PredictorFactory,
+    fetch_weights,
+    load_predictor,
+    unload_predictor,
+)
 from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
@@ -90,7 +96,11 @@ class MedSamWidget(Container):
         self._boxes, self._clicks, self._labels = self.pickers.companions.values()
         c = self.controls = Controls(default_model())
         #: The one predictor: switching the model releases the previous one; it reads through the store.
-        self.models = ModelSlot(c.store.wrap(predictor_factory or load_predictor), unload_predictor)
+        self.models = ModelSlot(
+            c.store.wrap(predictor_factory or load_predictor),
+            unload_predictor,
+            fetch=None if predictor_factory else fetch_weights,  # a given factory has its own weights
+        )
         self.segment_button, self.propagate_button, self.interpolate_button = c.run_buttons
         self.cancel_button, self.run_buttons, self.actions = c.cancel_button, c.run_buttons, c.actions
         self.progress_bar, self.status_label = c.progress_bar, c.status_label
@@ -237,7 +247,7 @@ class MedSamWidget(Container):
 
     def segment_job(self, request: seg.SegmentRequest) -> Job[seg.SegmentOutcome]:
         """The model part of a Segment run (no layer access): yields (done, total, message)."""
-        return seg.segment_steps(request, self.models.get)
+        return self.models.fetch_then(request.settings.source, seg.segment_steps(request, self.models.get))
 
     def apply(self, request: seg.SegmentRequest, outcome: seg.SegmentOutcome) -> list[int]:
         """Write the masks into the labels layer as one undo step; return the ids written."""
@@ -251,7 +261,7 @@ class MedSamWidget(Container):
 
     def volume_job(self, request: vol.VolumeRequest) -> Job[vol.VolumeOutcome]:
         """The model part of a Propagate or Interpolate run: yields (done, total, message) per slice."""
-        return vol.volume_steps(request, self.models.get)
+        return self.models.fetch_then(request.settings.source, vol.volume_steps(request, self.models.get))
 
     def apply_volume(self, request: vol.VolumeRequest, outcome: vol.VolumeOutcome) -> list[int]:
         """Write a volume run's objects as one undo step; return the ids written."""

@@ -15,11 +15,13 @@ MIN_MAX = "min-max"
 
 
 def add_model_options(sub: argparse.ArgumentParser) -> None:
-    """``--model``, ``--device``, ``--dtype`` and ``--backend``."""
+    """``--model``, ``--device``, ``--dtype`` and ``--backend``; the command's model is fetched
+    (downloaded on first use, with progress) before it runs."""
     sub.add_argument(
         "--model",
         default="lite-medsam",
-        help="lite-medsam (bundled, offline; default), medsam, sam-vit-base/-large/-huge, "
+        help="lite-medsam (default; offline once its weights are here: installed, or downloaded on "
+        "first use), medsam, sam-vit-base/-large/-huge, "
         "a hub id, a Hugging Face folder or a .pth file",
     )
     sub.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -30,8 +32,9 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
         default="auto",
         help="what runs the image encoder: auto (default: ONNX Runtime on the CPU for the families where "
         "it was measured faithful and faster, today none, so PyTorch), torch, onnxruntime (float32, CPU; "
-        "exported once and cached), onnxruntime-int8 (less faithful: see bench_inference.py)",
+        "exported once and cached; pip install 'napari-medsam[onnx]')",
     )
+    sub.set_defaults(fetch_model=True)
 
 
 def add_window_options(sub: argparse.ArgumentParser) -> None:

@@ -13,15 +13,17 @@ class MissingExtraError(ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 
 
-#: The extra that installs dask.distributed and zarr (embedding store, cohorts, clusters).
-CLUSTER_EXTRA = "pip install 'napari-medsam[cluster]'"
+def import_extra(module: str, purpose: str, extra: str = "cluster") -> ModuleType:
+    """Import an optional dependency, or say which extra installs it.
 
-
-def import_extra(module: str, purpose: str) -> ModuleType:
-    """Import an optional dependency of the ``cluster`` extra, or say how to install it."""
+    ``extra``: ``"cluster"`` (dask.distributed and zarr: embedding store, cohorts, clusters) or
+    ``"onnx"`` (ONNX Runtime, onnx and onnxscript: the ONNX Runtime encoder backend).
+    """
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise MissingExtraError(f"{purpose} needs {module.split('.')[0]}: {CLUSTER_EXTRA}") from error
+        raise MissingExtraError(
+            f"{purpose} needs {module.split('.')[0]}: pip install 'napari-medsam[{extra}]'"
+        ) from error

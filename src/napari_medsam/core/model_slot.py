@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
+from napari_medsam.core.jobs import Job
 from napari_medsam.core.predictor import SlicePredictor
 
+T = TypeVar("T")
 #: Loads a predictor for (model source, device).
 PredictorFactory = Callable[[str, str], SlicePredictor]
+#: Downloads what loading a model source needs, yielding progress.
+Fetch = Callable[[str], Job[None]]
 
 
 class ModelSlot:
@@ -16,13 +21,17 @@ class ModelSlot:
 
     :meth:`get` loads it on first use; asking for another model or device first releases the one
     held (``release`` is called with it, e.g. to unload it from the model registry). Thread-safe:
-    loading runs in a worker while the viewer's thread may read :attr:`predictor`.
+    loading runs in a worker while the viewer's thread may read :attr:`predictor`. ``fetch``
+    (e.g. :func:`fetch_weights`) downloads what the factory will need, in :meth:`fetch_then`.
     """
 
     def __init__(
-        self, factory: PredictorFactory, release: Callable[[SlicePredictor], None] = lambda _: None
+        self,
+        factory: PredictorFactory,
+        release: Callable[[SlicePredictor], None] = lambda _: None,
+        fetch: Fetch | None = None,
     ) -> None:
-        self._factory, self._release = factory, release
+        self._factory, self._release, self._fetch = factory, release, fetch
         self._lock = threading.Lock()
         self.predictor: SlicePredictor | None = None
         self.key: tuple[str, str] | None = None
@@ -36,6 +45,13 @@ class ModelSlot:
                 self.predictor = self._factory(*key)
                 self.key = key
             return self.predictor
+
+    def fetch_then(self, source: str, job: Job[T]) -> Job[T]:
+        """``job``, after the slot's ``fetch`` for ``source``: a first download's progress comes
+        before the job's own (its loading step then finds the files)."""
+        if self._fetch is not None:
+            yield from self._fetch(source)
+        return (yield from job)
 
     def holds(self, source: str, device: str) -> bool:
         """Whether the predictor held is the one for ``source`` on ``device``."""
@@ -57,6 +73,14 @@ def load_predictor(source: str, device: str) -> SlicePredictor:
     from napari_medsam.core.predictor import MedSamPredictor
 
     return MedSamPredictor.from_pretrained(source=source, device=device)
+
+
+def fetch_weights(source: str) -> Job[None]:
+    """The default factory's fetch: :func:`napari_medsam.models.loading.fetch_steps` (LiteMedSAM's
+    checkpoint, downloaded on first use), with progress."""
+    from napari_medsam.models.loading import fetch_steps
+
+    yield from fetch_steps(source)
 
 
 def unload_predictor(predictor: SlicePredictor) -> None:

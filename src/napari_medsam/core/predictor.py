@@ -107,8 +107,8 @@ class MedSamPredictor:
         """Load (or reuse) a model: an alias, a hub id, a Hugging Face folder or a ``.pth`` file.
 
         ``store`` (a path or an ``EmbeddingStore``) reads and writes embeddings through a disk store.
-        ``backend`` runs the image encoder: ``"torch"``, ``"onnxruntime"``, ``"onnxruntime-int8"``
-        or ``"auto"`` (the default; see :func:`~napari_medsam.models.loading.load_model`).
+        ``backend`` runs the image encoder: ``"torch"``, ``"onnxruntime"`` (the ``[onnx]`` extra) or
+        ``"auto"`` (the default; see :func:`~napari_medsam.models.loading.load_model`).
         """
         from napari_medsam.models.loading import load_model
 

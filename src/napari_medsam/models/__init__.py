@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 Family = Literal["medsam", "sam", "lite-medsam"]
 FAMILIES: tuple[Family, ...] = ("medsam", "sam", "lite-medsam")
 #: What runs a model's image encoder (``"auto"`` chooses one: :mod:`napari_medsam.models.onnx_encoder`).
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 
 
 @dataclass(eq=False)
@@ -22,7 +22,7 @@ class LoadedModel:
     ``encoder`` maps ``pixel_values`` (B, 3, S, S) to image embeddings (B, 256, 64, 64);
     ``sam`` holds the prompt encoder and mask decoder used with those embeddings; ``weights`` is
     a digest of the files the weights came from (:func:`~napari_medsam.models.identity.weights_digest`);
-    ``backend`` runs the encoder: ``"torch"``, ``"onnxruntime"`` or ``"onnxruntime-int8"``
+    ``backend`` runs the encoder: ``"torch"`` or ``"onnxruntime"``
     (:mod:`napari_medsam.models.onnx_encoder`).
     """
 
@@ -40,7 +40,7 @@ class LoadedModel:
         """What an embedding of this model depends on: its weights (not their path), family and dtype.
 
         Models built in memory (no weights file) fall back to their name. An encoder run by ONNX
-        Runtime adds its backend: its embeddings differ from PyTorch's by float rounding (int8: more),
+        Runtime adds its backend: its embeddings differ from PyTorch's by float rounding,
         and a cache or store hit must give exactly the masks of the first run.
         """
         weights = self.weights or f"name:{self.name}"

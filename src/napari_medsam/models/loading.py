@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 from collections import OrderedDict
+from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,13 +17,17 @@ from urllib.parse import urlparse
 
 from napari_medsam.core.errors import ModelLoadError
 from napari_medsam.models import FAMILIES, Family, LoadedModel
+from napari_medsam.models.weights import LITE_MEDSAM_SHA256, download_steps, local_checkpoint
 
 if TYPE_CHECKING:
     import torch
 
+    from napari_medsam.core.jobs import Progress
+
 logger = logging.getLogger(__name__)
 
-#: Alias -> (Hugging Face hub id, family). "lite-medsam" is the bundled offline checkpoint.
+#: Alias -> (Hugging Face hub id, family). "lite-medsam" is the published LiteMedSAM checkpoint
+#: (installed, a local copy or downloaded once: :mod:`napari_medsam.models.weights`).
 HUB_ALIASES: dict[str, tuple[str, Family]] = {
     "medsam": ("flaviagiammarino/medsam-vit-base", "medsam"),
     "sam-vit-base": ("facebook/sam-vit-base", "sam"),
@@ -92,11 +97,11 @@ def load_model(
 ) -> LoadedModel:
     """Load a model once per (source, device, dtype, family, backend) and share it afterwards.
 
-    ``backend`` runs the image encoder: ``"torch"``, ``"onnxruntime"`` (float32 on the CPU; the
-    graph is exported on first use and cached, :mod:`~napari_medsam.models.onnx_encoder`),
-    ``"onnxruntime-int8"`` (only when asked for) or ``"auto"`` (the default: ONNX Runtime for the
-    families measured faithful and faster with it, on the CPU in float32, else torch; see
-    :data:`~napari_medsam.models.onnx_encoder.AUTO_DECISIONS`).
+    ``backend`` runs the image encoder: ``"torch"``, ``"onnxruntime"`` (the ``[onnx]`` extra;
+    float32 on the CPU; the graph is exported on first use and cached,
+    :mod:`~napari_medsam.models.onnx_encoder`) or ``"auto"`` (the default: ONNX Runtime for the
+    families measured faithful and faster with it, on the CPU in float32, when installed, else
+    torch; see :data:`~napari_medsam.models.onnx_encoder.AUTO_DECISIONS`).
 
     At most :data:`MAX_LOADED_MODELS` stay loaded: loading another drops the least recently used
     from the registry (its memory is freed once no predictor holds it). :func:`unload_model`
@@ -130,15 +135,15 @@ def load_model(
 
 def with_backend(model: LoadedModel, backend: str = "auto") -> LoadedModel:
     """``model`` with its encoder run by ``backend`` (see :func:`load_model`); the same model for torch."""
-    from napari_medsam.models.onnx_encoder import VARIANTS, onnx_encoder, resolve_backend
+    from napari_medsam.models.onnx_encoder import onnx_encoder, resolve_backend
 
     chosen = resolve_backend(backend, model.family, model.device, model.dtype)
     if chosen == model.backend:
         return model
     if model.backend != "torch":
         raise ValueError(f"{model.name} already runs on {model.backend}; load it again for {chosen}")
-    encoder = onnx_encoder(model, VARIANTS[chosen])
-    logger.info("%s: image encoder on ONNX Runtime (%s, %s)", model.name, VARIANTS[chosen], encoder.path)
+    encoder = onnx_encoder(model)
+    logger.info("%s: image encoder on ONNX Runtime (%s)", model.name, encoder.path)
     return replace(model, encoder=encoder, backend=chosen)
 
 
@@ -166,21 +171,30 @@ def unload_model(model: LoadedModel | None = None) -> int:
     return len(keys)
 
 
-def weights_location(source: ModelSource) -> Path:
-    """The checkpoint file or Hugging Face folder the weights of ``source`` are read from."""
-    if source.kind == "lite":
-        from napari_medsam.models.lite_medsam import bundled_checkpoint_path
-
-        return bundled_checkpoint_path()
-    return Path(source.target if source.kind != "hub" else _hub_snapshot(source.target))
-
-
 def source_digest(source: str | os.PathLike[str] | ModelSource) -> str:
-    """The digest of a model's weights (:func:`~napari_medsam.models.identity.weights_digest`)."""
+    """The digest of a model's weights (:func:`~napari_medsam.models.identity.weights_digest`).
+
+    LiteMedSAM's is its pinned SHA-256, which every route's file is checked against before it is
+    loaded (:mod:`~napari_medsam.models.weights`): nothing is read or downloaded for it here.
+    """
     from napari_medsam.models.identity import weights_digest
 
     resolved = source if isinstance(source, ModelSource) else resolve_source(source)
-    return weights_digest(weights_location(resolved))
+    if resolved.kind == "lite":
+        return LITE_MEDSAM_SHA256
+    return weights_digest(resolved.target if resolved.kind != "hub" else _hub_snapshot(resolved.target))
+
+
+def fetch_steps(source: str | os.PathLike[str]) -> Generator[Progress, None, None]:
+    """Download what loading ``source`` needs, yielding ``(done, total, message)`` meanwhile.
+
+    Today that is LiteMedSAM's checkpoint when no local route has it
+    (:func:`~napari_medsam.models.weights.download_steps`); nothing for every other source (hub
+    models download inside :func:`load_model`). Run it before loading, where progress can be
+    shown (the widget's job, the CLI).
+    """
+    if resolve_source(source).kind == "lite" and local_checkpoint() is None:
+        yield from download_steps()
 
 
 def _load(
@@ -288,8 +302,9 @@ def _hub_snapshot(repo_id: str) -> str:
 
 
 _OFFLINE_ADVICE = (
-    "Use the bundled offline model (source 'lite-medsam'), or download the weights where the hub "
-    "is reachable and pass the local folder (save_pretrained) or an original MedSAM/SAM .pth file"
+    "Use LiteMedSAM (source 'lite-medsam'; offline once its weights are here), or download the "
+    "weights where the hub is reachable and pass the local folder (save_pretrained) or an original "
+    "MedSAM/SAM .pth file"
 )
 
 
@@ -320,10 +335,8 @@ def is_available_offline(source: str | os.PathLike[str]) -> bool:
     except (ValueError, TypeError, FileNotFoundError):
         return False
     if resolved.kind == "lite":
-        from napari_medsam.models.lite_medsam import bundled_checkpoint_path
-
         try:
-            return bundled_checkpoint_path().is_file()
+            return local_checkpoint() is not None
         except ModelLoadError:
             return False
     if resolved.kind != "hub":
@@ -339,5 +352,5 @@ def is_available_offline(source: str | os.PathLike[str]) -> bool:
 
 
 def default_source() -> str:
-    """MedSAM ViT-B when its weights are already on this machine, else the bundled LiteMedSAM."""
+    """MedSAM ViT-B when its weights are already on this machine, else LiteMedSAM."""
     return "medsam" if is_available_offline("medsam") else LITE_ALIAS

@@ -4,14 +4,16 @@ The graph is exported (``torch.onnx.export``, the dynamo exporter) from the weig
 loaded with, the first time a model is asked for with ``backend="onnxruntime"``; later loads read
 it from :func:`default_cache_dir`. A cache file is named by a hash of everything the graph depends
 on (:func:`cache_key`: the weights digest, family and dtype of :attr:`LoadedModel.identity`, the
-variant, the format version) and is used only when its sidecar says so and the file's SHA-256
+format version) and is used only when its sidecar says so and the file's SHA-256
 matches the one recorded when it was written; a damaged or foreign file is rebuilt, never trusted.
 
-Variants: ``"float32"`` (the exported graph) and ``"int8"`` (``onnxruntime.quantization``'s dynamic
-int8 weights, from the float32 graph). ``"auto"`` chooses ONNX Runtime only for the families in
-:data:`AUTO_ONNX_FAMILIES` (none yet: :data:`AUTO_DECISIONS` has the measurements), on the
-CPU, in float32; int8 is never chosen by ``"auto"``.
-The prompt encoder and mask decoder stay in PyTorch (``models/fast_decoder.py``).
+ONNX Runtime, onnx and onnxscript (what torch's exporter needs) are the optional ``[onnx]`` extra
+(``pip install 'napari-medsam[onnx]'``): asking for ``backend="onnxruntime"`` without them raises
+``MissingExtraError`` naming it. ``"auto"`` chooses ONNX Runtime only for the families in
+:data:`AUTO_ONNX_FAMILIES` (none yet: :data:`AUTO_DECISIONS` has the measurements), on the CPU, in
+float32, when it is installed; so ``"auto"`` never needs the extra. The graph runs float32 only: the
+dynamic int8 variant was removed because it failed the fidelity guard (mask IoU mean 0.89, worst
+0.36 on real CT). The prompt encoder and mask decoder stay in PyTorch (``models/fast_decoder.py``).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.core.errors import ModelLoadError, import_extra
 from napari_medsam.core.preprocessing import INPUT_SIZE
 from napari_medsam.models import BACKENDS
+from napari_medsam.models.weights import user_cache_dir
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -42,9 +45,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["torch", "onnxruntime", "onnxruntime-int8"]
-#: The ONNX variant each ONNX Runtime backend runs.
-VARIANTS: dict[str, str] = {"onnxruntime": "float32", "onnxruntime-int8": "int8"}
+Backend = Literal["torch", "onnxruntime"]
+#: What the ONNX Runtime backend needs (the ``[onnx]`` extra): the runtime, and torch's exporter's.
+ONNX_MODULES = ("onnxruntime", "onnx", "onnxscript")
+_PURPOSE = "the ONNX Runtime encoder backend"
 
 #: Families for which ``backend="auto"`` runs the float32 ONNX Runtime encoder on the CPU: those
 #: whose masks passed the fidelity guard against PyTorch float32 (mask IoU mean >= 0.99, worst
@@ -58,17 +62,15 @@ AUTO_DECISIONS: dict[str, str] = {
     "162 organ slices, real weights) but is no faster: both run TinyViT's ~35 GMAC near the float32 "
     "limit of two cores (embedding 0.80-0.97 s vs torch 0.86-0.95 s interleaved on a quiet machine, "
     "1.8 s vs 1.4 s on a busy one), it shares the cores worse with the pipelined decoder, and a first "
-    "start pays the export (~7 s). int8 fails the guard and is slower",
+    "start pays the export (~7 s)",
     "medsam": "torch: no real MedSAM weights offline to measure the guard on; on a random ViT-B, ONNX "
     "Runtime float32 took 0.59x of transformers' time against 0.62x for torch's fast ViT (one run)",
     "sam": "torch: no real SAM weights offline to measure the guard on",
 }
 #: Bump when the exported graph changes for the same weights (old cache files are then rebuilt).
 ONNX_FORMAT = 1
-#: How each variant is made from the exported graph (part of the cache key).
-VARIANT_RECIPES: dict[str, str] = {"float32": "export", "int8": "quantize_dynamic QInt8 per-channel"}
 OPSET = 18
-#: Where the ONNX cache lives (default: ``$XDG_CACHE_HOME/napari-medsam/onnx``).
+#: Where the ONNX cache lives (default: ``onnx`` in :func:`~napari_medsam.models.weights.user_cache_dir`).
 CACHE_ENV = "NAPARI_MEDSAM_ONNX_CACHE"
 #: The largest graph kept in one file (protobuf's 2 GiB limit); SAM ViT-H is larger.
 MAX_GRAPH_BYTES = 2**31 - 2**24
@@ -76,44 +78,44 @@ _INPUT, _OUTPUT = "pixel_values", "image_embeddings"
 _METADATA_KEY = "napari-medsam"
 
 
-def onnxruntime_available() -> bool:
-    """Whether ONNX Runtime is installed (it is a dependency; a broken install falls back to torch)."""
-    return importlib.util.find_spec("onnxruntime") is not None
+def onnx_extra_installed() -> bool:
+    """Whether the ``[onnx]`` extra's modules are installed (``"auto"`` keeps torch without them)."""
+    return all(importlib.util.find_spec(module) is not None for module in ONNX_MODULES)
 
 
 def resolve_backend(backend: str, family: Family, device: torch.device, dtype: torch.dtype) -> Backend:
-    """Turn ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"onnxruntime-int8"`` into the backend to run.
+    """Turn ``"auto"``, ``"torch"`` or ``"onnxruntime"`` into the backend to run.
 
-    ``"auto"``: ONNX Runtime for the families of :data:`AUTO_ONNX_FAMILIES` on the CPU in float32,
-    else PyTorch (CUDA and MPS keep PyTorch). ONNX Runtime runs only on the CPU, in float32 (or int8).
+    ``"auto"``: ONNX Runtime for the families of :data:`AUTO_ONNX_FAMILIES` on the CPU in float32
+    when the ``[onnx]`` extra is installed, else PyTorch (CUDA and MPS keep PyTorch).
+    ``"onnxruntime"`` runs only on the CPU, in float32, and raises ``MissingExtraError`` (naming the
+    extra) without it.
     """
     if not isinstance(backend, str) or backend.strip().lower() not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     name = backend.strip().lower()
     if name == "auto":
         if device.type == "cpu" and dtype == torch.float32 and family in AUTO_ONNX_FAMILIES:
-            if onnxruntime_available():
+            if onnx_extra_installed():
                 return "onnxruntime"
-            logger.warning("onnxruntime is not installed: the %s encoder runs in PyTorch", family)
+            logger.warning("the [onnx] extra is not installed: the %s encoder runs in PyTorch", family)
         return "torch"
     if name != "torch":
         if device.type != "cpu":
             raise ValueError(f"backend {name!r} runs on the CPU only; use device 'cpu' or backend 'torch'")
         if dtype != torch.float32:
-            raise ValueError(
-                f"backend {name!r} runs float32 (or int8) graphs; use dtype 'float32' or backend 'torch'"
-            )
-        if not onnxruntime_available():
-            raise ModelLoadError(f"backend {name!r} needs onnxruntime: pip install onnxruntime")
+            raise ValueError(f"backend {name!r} runs float32 graphs; use dtype 'float32' or backend 'torch'")
+        for module in ONNX_MODULES:
+            import_extra(module, _PURPOSE, "onnx")
     return name  # type: ignore[return-value]
 
 
 def default_cache_dir() -> Path:
-    """``$NAPARI_MEDSAM_ONNX_CACHE``, else ``$XDG_CACHE_HOME/napari-medsam/onnx`` (``~/.cache``)."""
+    """``$NAPARI_MEDSAM_ONNX_CACHE``, else ``onnx`` in napari-medsam's cache
+    (:func:`~napari_medsam.models.weights.user_cache_dir`)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "napari-medsam" / "onnx"
+    return user_cache_dir() / "onnx"
 
 
 def weights_identity(model: LoadedModel) -> str:
@@ -128,24 +130,22 @@ def weights_identity(model: LoadedModel) -> str:
     return dataclasses.replace(model, weights=f"tensors:{digest.hexdigest()}").identity
 
 
-def cache_key(model: LoadedModel, variant: str) -> dict[str, object]:
+def cache_key(model: LoadedModel) -> dict[str, object]:
     """Everything a cached graph depends on (recorded in its sidecar and its ONNX metadata)."""
     return {
         "format": ONNX_FORMAT,
         "identity": weights_identity(model),
         "family": model.family,
-        "variant": variant,
-        "recipe": VARIANT_RECIPES[variant],
         "input_size": INPUT_SIZE[model.family],
     }
 
 
-def cache_path(model: LoadedModel, variant: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache file of ``model``'s graph in ``variant``: one name per :func:`cache_key`."""
-    key = json.dumps(cache_key(model, variant), sort_keys=True)
+def cache_path(model: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache file of ``model``'s graph: one name per :func:`cache_key`."""
+    key = json.dumps(cache_key(model), sort_keys=True)
     name = hashlib.sha256(key.encode()).hexdigest()[:32]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return folder / f"{model.family}-{variant}-{name}.onnx"
+    return folder / f"{model.family}-float32-{name}.onnx"
 
 
 class OnnxEncoder(nn.Module):
@@ -154,11 +154,10 @@ class OnnxEncoder(nn.Module):
     Holds no weights of its own (the session has them); returns float32 CPU tensors.
     """
 
-    def __init__(self, session: onnxruntime.InferenceSession, path: Path, variant: str) -> None:
+    def __init__(self, session: onnxruntime.InferenceSession, path: Path) -> None:
         super().__init__()
         self.session = session
         self.path = path
-        self.variant = variant
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         pixels = pixel_values.detach().to("cpu", torch.float32).numpy()
@@ -167,33 +166,20 @@ class OnnxEncoder(nn.Module):
         return torch.from_numpy(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
 
     def extra_repr(self) -> str:
-        return f"{self.variant}, {self.path.name}"
+        return self.path.name
 
 
-def onnx_encoder(
-    model: LoadedModel, variant: str = "float32", cache_dir: str | os.PathLike[str] | None = None
-) -> OnnxEncoder:
+def onnx_encoder(model: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> OnnxEncoder:
     """The ONNX Runtime encoder of ``model`` (float32 CPU): from the cache, else exported and cached."""
-    if variant not in VARIANT_RECIPES:
-        raise ValueError(f"unknown ONNX variant {variant!r}: use float32 or int8")
     if model.device.type != "cpu" or model.dtype != torch.float32:
         raise ValueError("the ONNX graph is exported from a float32 model on the CPU")
-    if variant == "float32":
-        graph = onnx_graph_bytes(model, cache_dir)
-    else:
-        path, key = cache_path(model, variant, cache_dir), cache_key(model, variant)
-        graph = _read_cached(path, key)
-        if graph is None:
-            graph = _quantize(onnx_graph_bytes(model, cache_dir), json.dumps(key, sort_keys=True))
-            _write_cached(path, key, graph)
-    return OnnxEncoder(_session(graph), cache_path(model, variant, cache_dir), variant)
+    return OnnxEncoder(_session(onnx_graph_bytes(model, cache_dir)), cache_path(model, cache_dir))
 
 
 def session_options() -> onnxruntime.SessionOptions:
     """One intra-op thread per physical core (torch's default thread count), no spinning, all graph
     optimisations: the encoder shares the CPU with the decoder and the viewer."""
-    import onnxruntime
-
+    onnxruntime = import_extra("onnxruntime", _PURPOSE, "onnx")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -207,8 +193,7 @@ def session_options() -> onnxruntime.SessionOptions:
 
 
 def _session(graph: bytes) -> onnxruntime.InferenceSession:
-    import onnxruntime
-
+    onnxruntime = import_extra("onnxruntime", _PURPOSE, "onnx")
     return onnxruntime.InferenceSession(graph, session_options(), providers=["CPUExecutionProvider"])
 
 
@@ -237,8 +222,7 @@ def _read_cached(path: Path, key: dict[str, object]) -> bytes | None:
 
 def _graph_key(graph: bytes) -> dict[str, object] | None:
     """The key recorded in a graph's own metadata (None: none, or not a readable graph)."""
-    import onnx
-
+    onnx = import_extra("onnx", _PURPOSE, "onnx")
     try:
         proto = onnx.load_model_from_string(graph)
         text = {p.key: p.value for p in proto.metadata_props}.get(_METADATA_KEY)
@@ -262,7 +246,7 @@ def _write_cached(path: Path, key: dict[str, object], graph: bytes) -> None:
 
 def onnx_graph_bytes(model: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> bytes:
     """The float32 graph of ``model``'s encoder, from the cache or exported (and cached)."""
-    path, key = cache_path(model, "float32", cache_dir), cache_key(model, "float32")
+    path, key = cache_path(model, cache_dir), cache_key(model)
     graph = _read_cached(path, key)
     if graph is None:
         logger.info("exporting the %s image encoder to ONNX (cached in %s)", model.family, path)
@@ -289,8 +273,8 @@ def export_module(model: LoadedModel) -> nn.Module:
 
 
 def _export(model: LoadedModel, key: str) -> bytes:
-    import onnx
-
+    onnx = import_extra("onnx", _PURPOSE, "onnx")
+    import_extra("onnxscript", _PURPOSE, "onnx")  # torch.onnx.export(dynamo=True) imports it itself
     size = INPUT_SIZE[model.family]
     module = export_module(model)
     trainable = [p for p in module.parameters() if p.requires_grad]
@@ -329,18 +313,3 @@ def _export(model: LoadedModel, key: str) -> bytes:
         )
     return proto.SerializeToString()
 
-
-def _quantize(graph: bytes, key: str) -> bytes:
-    """Dynamic int8 quantization (per-channel weights: closer to float32 than per-tensor on real CT)."""
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory(prefix="napari-medsam-int8-") as folder:
-        source, target = Path(folder) / "float32.onnx", Path(folder) / "int8.onnx"
-        source.write_bytes(graph)
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
-        proto = onnx.load(target)
-    onnx.helper.set_model_props(proto, {_METADATA_KEY: key})
-    return proto.SerializeToString()
