@@ -4,9 +4,12 @@ One task per image, on the workers: read it, choose its window, segment each row
 :func:`~napari_medsam.core.objects.volume_labels` (what ``segment --slice S --box ... --propagate``
 runs), combine them in row order (an earlier row keeps a voxel two objects claim), and write
 ``OUTDIR/<image>.nii.gz`` with the image's geometry, its ``.labels.json`` names and a
-``.batch.json`` record. A rerun skips an image whose record matches its rows, model, dtype,
-window options, file and package version and has no failed row. ``OUTDIR/summary.csv`` is
-rewritten on every run, one row per object.
+``.batch.json`` record (each written beside and renamed into place). A rerun skips an image whose
+record matches its rows, model, dtype, window options, file and package version, has no failed
+row, and whose outputs still have the SHA-256 the record holds (a damaged output is redone).
+``OUTDIR/summary.csv`` is rewritten on every run, one row per object. Before anything runs, the
+planned outputs are checked against every input (images, DICOM series files, the manifest): a
+run that would replace one is refused.
 
 Exit status: 0 when every row is done or skipped, 1 when any failed, 2 for invalid arguments or
 an invalid manifest (nothing runs then).
@@ -20,10 +23,8 @@ import hashlib
 import io
 import json
 import logging
-import os
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from napari_medsam.cli.common import add_cohort_options, window_for, window_options
 from napari_medsam.cli.manifest import ImageRows, ObjectRow, read_manifest
+from napari_medsam.core.atomic import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -203,20 +205,27 @@ def _row_results(
 def _write_outputs(
     image: ImageRows, labels: np.ndarray, geometry: object, results: list[RowResult], image_hash: str
 ) -> None:
-    """Labels, then names, then the record last (each file replaced whole, never half written)."""
-    from napari_medsam.core.objects import label_objects
+    """Labels and names, then the record last, with their checksums (each file replaced whole)."""
     from napari_medsam.io.files import write_mask
-    from napari_medsam.io.label_names import sidecar_path, write_sidecar
 
-    image.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = image.output.with_name(f".{uuid.uuid4().hex}.partial.nii.gz")
-    write_mask(partial, labels, geometry)  # type: ignore[arg-type]
-    os.replace(partial, image.output)
-    sidecar_path(partial).unlink(missing_ok=True)  # the sidecar follows below, under the final name
     done = [r for r in results if r.status == DONE]
-    write_sidecar(image.output, label_objects([r.label for r in done], {r.label: r.name for r in done}))
-    record = {"hash": image_hash, "rows": [asdict(r) for r in results]}
-    _replace_text(_record_path(image), json.dumps(record, indent=1) + "\n")
+    names = {r.label: r.name for r in done}
+    write_mask(image.output, labels, geometry, names=names)  # type: ignore[arg-type]
+    record = {"hash": image_hash, "rows": [asdict(r) for r in results], "outputs": _checksums(image)}
+    write_text(_record_path(image), json.dumps(record, indent=1) + "\n")
+
+
+def _checksums(image: ImageRows) -> dict[str, str | None]:
+    """SHA-256 of each output file of an image (labels, names) by file name; None for a missing one."""
+    from napari_medsam.io.label_names import sidecar_path
+
+    sums: dict[str, str | None] = {}
+    for path in (image.output, sidecar_path(image.output)):
+        try:
+            sums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            sums[path.name] = None
+    return sums
 
 
 def _resumable(image: ImageRows, image_hash: str) -> list[RowResult] | None:
@@ -226,10 +235,10 @@ def _resumable(image: ImageRows, image_hash: str) -> list[RowResult] | None:
         rows = [RowResult(**row) for row in record["rows"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    complete = image.output.is_file() and len(rows) == len(image.rows)
-    if record.get("hash") != image_hash or not complete or any(r.status == FAILED for r in rows):
+    intact = record.get("outputs") == _checksums(image) and image.output.is_file()
+    if record.get("hash") != image_hash or not intact or len(rows) != len(image.rows):
         return None
-    return rows
+    return None if any(r.status == FAILED for r in rows) else rows
 
 
 def _run_fingerprint(args: argparse.Namespace, weights: str) -> str:
@@ -280,10 +289,4 @@ def _write_summary(path: Path, rows: list[RowResult]) -> None:
             "" if values[c] is None else formats.get(c, "{}").format(values[c]) for c in SUMMARY_COLUMNS
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_text(path, buffer.getvalue())
-
-
-def _replace_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    write_text(path, buffer.getvalue())

@@ -72,8 +72,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "-o",
         "--output",
         required=True,
-        help="mask file: .png .tif .npy, or .nii.gz .nrrd .mha (geometry kept, names in <stem>.labels.json), "
-        ".seg.nrrd (3D Slicer), .dcm (DICOM Segmentation of a DICOM series input)",
+        help="mask file: .png .tif .npy, or .nii.gz .nrrd .mha (geometry kept, names in "
+        "<output>.labels.json), .seg.nrrd (3D Slicer), .dcm (DICOM Segmentation of a DICOM series input)",
     )
     segment.add_argument(
         "--stats",

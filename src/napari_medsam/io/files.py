@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_medsam.core.atomic import atomic_path
 from napari_medsam.io.formats import (
     PLAIN_READ_SUFFIXES,
     PLAIN_WRITE_SUFFIXES,
@@ -56,6 +57,8 @@ def write_mask(
 ) -> None:
     """Write labels in the format the extension names (PNG: 0/255 for one object, else label ids).
 
+    Every format is written beside ``path`` and renamed over it (:mod:`~napari_medsam.core.atomic`).
+
     Label volume formats keep ``names`` and ``colors`` (:func:`~napari_medsam.io.label_files.save_labels`).
     """
     suffix = suffix_of(path)
@@ -65,11 +68,13 @@ def write_mask(
 
         save_labels(path, labels, geometry, names=names, colors=colors, model=model)
     elif suffix == ".npy":
-        np.save(path, labels)
+        with atomic_path(path, suffix) as tmp:
+            np.save(tmp, labels)
     elif suffix in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(path, labels)
+        with atomic_path(path, suffix) as tmp:
+            tifffile.imwrite(tmp, labels)
     elif suffix in (".png", ".bmp"):
         from skimage.io import imsave
 
@@ -80,6 +85,7 @@ def write_mask(
         if labels.max() > 255:
             raise ValueError(f"{path.name}: more than 255 labels; use .tif or .npy")
         image = (labels > 0).astype(np.uint8) * 255 if labels.max() <= 1 else labels.astype(np.uint8)
-        imsave(path, image, check_contrast=False)
+        with atomic_path(path, suffix) as tmp:
+            imsave(tmp, image, check_contrast=False)
     else:
         raise ValueError(f"cannot write {path.name}: use {', '.join(PLAIN_WRITE_SUFFIXES + WRITE_SUFFIXES)}")

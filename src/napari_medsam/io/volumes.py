@@ -13,6 +13,7 @@ with the geometry of its image lines up with it in 3D Slicer and ITK-SNAP.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import math
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_medsam.core.atomic import atomic_path
 from napari_medsam.io.formats import ITK_WRITE_SUFFIXES, READ_SUFFIXES, VOLUME_FORMATS, stem_of, suffix_of
 
 logger = logging.getLogger(__name__)
@@ -434,11 +436,32 @@ def write_labels(
     geometry.apply_to(image)
     for key, value in (header or {}).items():
         image.SetMetaData(key, value)
+    old_data = _mhd_data_file(path)
     try:
-        sitk.WriteImage(image, path, useCompression=True)
+        with atomic_path(path, suffix_of(path)) as tmp:  # ITK picks the format by the ending
+            sitk.WriteImage(image, str(tmp), useCompression=True)
     except RuntimeError as exc:
         raise ValueError(f"Could not write {path}: {_itk_reason(exc)}") from exc
+    if old_data is not None and old_data != _mhd_data_file(path):
+        with contextlib.suppress(OSError):  # the replaced header's data, now unused
+            os.remove(old_data)
     return path
+
+
+def _mhd_data_file(path: str) -> str | None:
+    """The data file a ``.mhd`` header names (None for other formats or no readable header).
+
+    A ``.mhd`` is written with its data under the temporary header's name, which the renamed
+    header keeps naming: the header's rename replaces header and data together.
+    """
+    if suffix_of(path) != ".mhd" or not os.path.isfile(path):
+        return None
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="ascii") as header:
+        for line in header:
+            key, _, value = line.partition("=")
+            if key.strip() == "ElementDataFile" and value.strip() != "LOCAL":
+                return os.path.join(os.path.dirname(path), value.strip())
+    return None
 
 
 def resample_labels(labels: np.ndarray, geometry: VolumeGeometry, target: VolumeGeometry) -> np.ndarray:
