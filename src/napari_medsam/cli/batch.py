@@ -87,6 +87,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
     try:
         images = read_manifest(args.manifest.absolute(), args.output_dir.absolute())  # as workers see them
+        check_plan(args.manifest, args.output_dir, images)
         fingerprint = _run_fingerprint(args, source_digest(args.model))
         store = None if args.store is None else str(EmbeddingStore(args.store).path)
     except (ValueError, FileNotFoundError, ModelLoadError) as error:
@@ -108,6 +109,29 @@ def run_batch(args: argparse.Namespace) -> int:
     counts = {status: sum(row.status == status for row in summary) for status in (DONE, SKIPPED, FAILED)}
     print(f"{args.output_dir / 'summary.csv'}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
     return 1 if failed else 0
+
+
+def check_plan(manifest: Path, output_dir: Path, images: list[ImageRows]) -> None:
+    """ValueError, before anything runs, when the output folder cannot be written or a planned
+    output (labels, names, records, summary.csv) would replace an input (an image, a file of a
+    DICOM series folder, the manifest)."""
+    from napari_medsam.io.files import check_folder, overwritten_inputs
+    from napari_medsam.io.label_names import sidecar_path
+
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"-o {output_dir} is a file; give a folder for the labels and summary.csv")
+    check_folder(output_dir / "summary.csv")
+    planned = [output_dir / "summary.csv"]
+    for image in images:
+        planned += [image.output, sidecar_path(image.output), _record_path(image), _error_log(image)]
+    inputs = [manifest, *(image.path for image in images if image.path.exists())]
+    clashes = overwritten_inputs(planned, inputs)
+    if clashes:
+        output, replaced = clashes[0]
+        raise ValueError(
+            f"-o {output_dir}: {output.name} would replace the input {replaced}"
+            f"{f' (and {len(clashes) - 1} more)' if len(clashes) > 1 else ''}; choose another output folder"
+        )
 
 
 def _run(
@@ -149,6 +173,7 @@ def segment_image(image: ImageRows, image_hash: str, options: BatchOptions) -> l
     from napari_medsam.cli.cluster import one_line, worker_predictor
     from napari_medsam.core.jobs import user_message
     from napari_medsam.core.key_slice import volume_labels
+    from napari_medsam.core.preprocessing import check_finite_slices
     from napari_medsam.core.store import store_volume
     from napari_medsam.io.files import read_image
 
@@ -171,14 +196,15 @@ def segment_image(image: ImageRows, image_hash: str, options: BatchOptions) -> l
             error = row.problem or ""
             if not error:
                 try:
+                    check_finite_slices(volume, 0, None if row.propagate else [row.slice])
                     mask = volume_labels(
                         predictor, volume, row.slice, [row.box], window, propagate=row.propagate
                     )
                     labels[(mask > 0) & (labels == 0)] = row.label
                 except Exception as failure:  # this row fails; the image's other rows go on
-                    if user_message(failure) is None:  # a bug: its traceback goes to the worker's log
-                        logger.exception("%s, line %d", image.image, row.line)
                     error = one_line(failure)
+                    if user_message(failure) is None:  # a bug: its traceback goes to a log file
+                        error += f" (traceback in {_log_traceback(image, row)})"
             outcomes.append((row, error, time.perf_counter() - start))
     results = _row_results(outcomes, labels, geometry)
     _write_outputs(image, labels, geometry, results, image_hash)
@@ -275,6 +301,24 @@ def _record_path(image: ImageRows) -> Path:
     from napari_medsam.io.formats import stem_of
 
     return image.output.with_name(stem_of(image.output) + RECORD_SUFFIX)
+
+
+def _error_log(image: ImageRows) -> Path:
+    from napari_medsam.io.formats import stem_of
+
+    return image.output.with_name(stem_of(image.output) + ".error.log")
+
+
+def _log_traceback(image: ImageRows, row: ObjectRow) -> Path:
+    """Append the traceback being handled to the image's ``.error.log``; returns its path."""
+    import traceback
+
+    path = _error_log(image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger.exception("%s, line %d", image.image, row.line)  # the worker's log too
+    with path.open("a") as log:  # a log, appended to: not an output a reader relies on being whole
+        log.write(f"{image.image}, manifest line {row.line}:\n{traceback.format_exc()}\n")
+    return path
 
 
 def _write_summary(path: Path, rows: list[RowResult]) -> None:

@@ -82,7 +82,9 @@ def check_output(
             f"{path.name}: a {dimensions}D result needs a volume format (.nii.gz, .nrrd, .mha, .tif, .npy)"
         )
     if suffix == ".dcm" and not dicom_series:
-        raise ValueError(f"{path.name}: a DICOM Segmentation needs a DICOM series as the image; use .nii.gz")
+        from napari_medsam.io.dicom_seg import NOT_DICOM
+
+        raise ValueError(f"{path.name}: {NOT_DICOM}")
     check_folder(path)
     from napari_medsam.io.label_names import sidecar_path
 
