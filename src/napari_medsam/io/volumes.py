@@ -50,8 +50,6 @@ __all__ = [
 #: Key under which a layer's ``metadata`` holds ``VolumeGeometry.to_dict()``.
 GEOMETRY_KEY = "geometry"
 
-_DICOM_PROBE_FILES = 20  # files looked at before deciding a folder holds no DICOM
-
 
 @dataclass(frozen=True)
 class VolumeGeometry:
@@ -266,13 +264,13 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 
 def is_dicom_folder(path: str | os.PathLike) -> bool:
-    """True if one of the first few files of folder ``path`` is a DICOM file."""
+    """True if a file of folder ``path`` is a DICOM file (however many other files come first)."""
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError:
         return False
     files = [e.path for e in entries if e.is_file() and not e.name.startswith(".")]
-    return any(is_dicom_file(f) for f in files[:_DICOM_PROBE_FILES])
+    return any(is_dicom_file(f) for f in files)
 
 
 def volume_name(path: str | os.PathLike) -> str:
@@ -319,7 +317,10 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry]:
 
 
 def _read_dicom_series(path: str) -> tuple[sitk.Image, str | None, tuple[str, ...]]:
+    """The series of a folder (its largest) or of one of its files, checked (:func:`check_series`)."""
     import SimpleITK as sitk
+
+    from napari_medsam.io.dicom_series import check_series, describe_series
 
     if os.path.isdir(path):
         folder, wanted = path, None
@@ -332,15 +333,19 @@ def _read_dicom_series(path: str) -> tuple[sitk.Image, str | None, tuple[str, ..
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if not series:
         raise RuntimeError("sitk::ERROR: no DICOM image series found")
+    members = {s: _series_files(folder, s) for s in series}
     if wanted and wanted.strip() in (s.strip() for s in series):
         ids = [s for s in series if s.strip() == wanted.strip()]
     else:  # a folder: take the series with the most slices
-        ids = sorted(series, key=lambda s: -len(_series_files(folder, s)))
+        ids = sorted(series, key=lambda s: -len(members[s]))
         if len(ids) > 1:
             logger.warning(
-                "%s holds %d DICOM series; reading the largest (%s)", folder, len(ids), ids[0]
-            )
-    files = _series_files(folder, ids[0])
+                "%s holds %d DICOM series: %s; reading the largest, %s (open one of its files for another)",
+                folder, len(ids), ", ".join(describe_series(members[s]) for s in ids),
+                describe_series(members[ids[0]]),
+            )  # fmt: skip
+    files = members[ids[0]]
+    check_series(folder, files, [f for s in series for f in members[s]])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
