@@ -114,8 +114,8 @@ def _whole_image(path: str) -> bool:
 
     try:
         dataset = pydicom.dcmread(path)
-        if "PixelData" not in dataset:
-            return "Rows" not in dataset  # an image header without pixels is damaged
+        if "PixelData" not in dataset:  # a report or structure set names its class; an image has pixels
+            return "Rows" not in dataset and bool(dataset.get("SOPClassUID"))
         frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
         samples = int(getattr(dataset, "SamplesPerPixel", 1) or 1)
         pixels = int(dataset.Rows) * int(dataset.Columns) * samples * frames
