@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import napari_medsam
 from napari_medsam.cli import main
 from napari_medsam.cli.batch import RowResult, _resumable, _write_outputs
 from napari_medsam.cli.manifest import ImageRows, ObjectRow
@@ -43,7 +44,8 @@ def one_line_error(capsys, code: int, expected: str) -> str:
     err = capsys.readouterr().err
     assert code == 1, err
     assert expected in err
-    assert "Traceback" not in err and "unknown model source" not in err
+    assert "Traceback" not in err
+    assert "unknown model source" not in err
     assert len(err.strip().splitlines()) == 1
     return err
 
@@ -74,10 +76,8 @@ def test_1_a_kill_during_a_write_leaves_the_old_file_or_the_whole_new_one(tmp_pa
     old[10:20, 30:40, 50:60] = 3
     write_mask(target, old, VolumeGeometry.identity(old.shape), names={3: "spleen"})
     before = folder_state(tmp_path)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(map(str, [Path(__file__).parents[1] / "src", *sys.path])),
-    }
+    package = Path(napari_medsam.__file__).parents[1]  # the code under test, in the writer too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [package, *sys.path]))}
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, env=env, text=True
     )
@@ -127,7 +127,9 @@ def test_3_batch_refuses_an_output_folder_whose_files_would_replace_the_inputs(t
     manifest.write_text("image,slice,box\na.nii.gz,1,5 5 20 20\n")
     assert main(["batch", str(manifest), "-o", str(tmp_path), *NO_MODEL]) == 2
     err = capsys.readouterr().err
-    assert "would replace the input" in err and "a.nii.gz" in err and "unknown model" not in err
+    assert "would replace the input" in err
+    assert "a.nii.gz" in err
+    assert "unknown model" not in err
     assert (tmp_path / "a.nii.gz").read_bytes() == content
 
 
@@ -272,11 +274,14 @@ def test_9_an_axis_a_volume_does_not_have_is_one_line(tmp_path, capsys):
 
 
 # 10 ------------------------------------------------------------------------------------------
+HEADER_ONLY = b"\x93NUMPY\x01\x00v\x00{'descr': '<i2', 'fortran_order': False, 'shape': (9,), }"
+
+
 @pytest.mark.parametrize(("name", "content", "expected"), [
     ("empty.npy", b"", "is empty"),
     ("empty.png", b"", "is empty"),
     ("nifti.png", "nifti", "it is a gzip file"),
-    ("short.npy", b"\x93NUMPY\x01\x00v\x00{'descr': '<i2', 'fortran_order': False, 'shape': (9, 9), }", "damaged"),
+    ("short.npy", HEADER_ONLY, "damaged"),
 ])  # fmt: skip
 def test_10_empty_damaged_or_misnamed_images_are_one_line(tmp_path, capsys, name, content, expected):
     path = tmp_path / name
@@ -325,7 +330,9 @@ def test_13_batch_to_an_existing_file_is_refused_before_anything_runs(tmp_path, 
     (tmp_path / "out").write_text("a file")
     assert main(["batch", str(manifest), "-o", str(tmp_path / "out"), *NO_MODEL]) == 2
     err = capsys.readouterr().err
-    assert "is a file" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "is a file" in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
 
 
 # 14 ------------------------------------------------------------------------------------------
@@ -353,14 +360,15 @@ def test_14_an_upper_case_ending_is_written_and_read(tmp_path):
 def test_15_messages_say_what_is_wrong(tmp_path, capsys):
     ct = str(ABDOMINAL_CT)
     run = ["--slice", "20", *NO_MODEL]
-    one_line_error(capsys, main(segment(ABDOMINAL_CT, *run, "--labels", ct, "-o", str(tmp_path / "o.nii.gz"))),
-                   "is not a label image")  # fmt: skip
+    out = str(tmp_path / "o.nii.gz")
+    code = main(segment(ABDOMINAL_CT, *run, "--labels", ct, "-o", out))
+    one_line_error(capsys, code, "is not a label image")
     shape = read_volume(ABDOMINAL_CT)[0].shape
     huge = np.zeros(shape, np.uint32)
     huge[0, 0, 0], huge[1, 1, 1] = 1, 70000
     write_labels(tmp_path / "huge.nii.gz", huge, read_volume(ABDOMINAL_CT)[1])
-    one_line_error(capsys, main(segment(ABDOMINAL_CT, *run, "--labels", str(tmp_path / "huge.nii.gz"),
-                                        "-o", str(tmp_path / "o.nii.gz"))), "label ids are 1..65535")  # fmt: skip
+    code = main(segment(ABDOMINAL_CT, *run, "--labels", str(tmp_path / "huge.nii.gz"), "-o", out))
+    one_line_error(capsys, code, "label ids are 1..65535")
     png = tmp_path / "png.nii.gz"
     from skimage.io import imsave
 
@@ -435,3 +443,24 @@ def test_17_two_series_in_one_folder_are_named_by_description_and_number(tmp_pat
     with caplog.at_level("WARNING"):
         assert read_volume(folder)[0].shape == (6, 24, 28)
     assert "'T1 axial' (series 1, 6 files), 'T2 axial' (series 1, 4 files)" in caplog.text
+
+
+# Must show: the viewer's Save -------------------------------------------------------------------
+def test_save_never_writes_over_an_open_image_and_replaces_labels_whole(make_napari_viewer, tmp_path):
+    from napari_medsam._writer import napari_write_labels
+
+    volume = ct_volume((4, 40, 48))[0]
+    write_labels(tmp_path / "ct.nii.gz", volume)
+    content = (tmp_path / "ct.nii.gz").read_bytes()
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(tmp_path / "ct.nii.gz"), plugin="napari-medsam")
+    labels = viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="ct labels")
+    labels.data[1, 5:10, 5:10] = 2
+    with pytest.raises(ValueError, match="file of an open image"):
+        napari_write_labels(str(tmp_path / "ct.nii.gz"), labels.data, labels._get_state())
+    assert (tmp_path / "ct.nii.gz").read_bytes() == content
+    target = str(tmp_path / "labels.nii.gz")
+    assert napari_write_labels(target, labels.data, labels._get_state())[0] == target
+    assert napari_write_labels(target, labels.data, labels._get_state())[0] == target  # replaced whole
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["ct.nii.gz", "labels.nii.gz", "labels.nii.gz.labels.json"]
