@@ -48,36 +48,18 @@ def stem_of(path: str | os.PathLike) -> str:
 
 #: What a file's first bytes say it holds: (offset, signature, format), the formats met in practice.
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\x89PNG", "PNG"),
-    (0, b"\xff\xd8\xff", "JPEG"),
-    (0, b"II*\x00", "TIFF"),
-    (0, b"MM\x00*", "TIFF"),
-    (0, b"BM", "BMP"),
-    (0, b"\x93NUMPY", "NumPy"),
-    (0, b"NRRD", "NRRD"),
-    (0, b"ObjectType", "MetaImage"),
-    (0, b"\x1f\x8b", "gzip"),
-    (128, b"DICM", "DICOM"),
-    (344, b"n+1\x00", "NIfTI"),
-    (344, b"ni1\x00", "NIfTI"),
-    (344, b"n+2\x00", "NIfTI"),
-)
-#: The contents each file ending should have (a ``.nii.gz`` is gzip-compressed).
+    (0, b"\x89PNG", "PNG"), (0, b"\xff\xd8\xff", "JPEG"), (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"),
+    (0, b"BM", "BMP"), (0, b"\x93NUMPY", "NumPy"), (0, b"NRRD", "NRRD"), (0, b"ObjectType", "MetaImage"),
+    (0, b"\x1f\x8b", "gzip"), (128, b"DICM", "DICOM"),
+    (344, b"n+1\x00", "NIfTI"), (344, b"ni1\x00", "NIfTI"), (344, b"n+2\x00", "NIfTI"),
+)  # fmt: skip
+#: The contents each file ending should have (a ``.nii.gz`` is gzip-compressed; ``.dcm`` files may
+#: lack the preamble).
 _EXPECTED: dict[str, str] = {
+    **{suffix: fmt for suffix, fmt in VOLUME_FORMATS.items() if fmt != "DICOM"},
     ".nii.gz": "gzip",
-    ".nii": "NIfTI",
-    ".seg.nrrd": "NRRD",
-    ".nrrd": "NRRD",
-    ".nhdr": "NRRD",
-    ".mha": "MetaImage",
-    ".mhd": "MetaImage",
-    ".npy": "NumPy",
-    ".png": "PNG",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".bmp": "BMP",
+    **{".npy": "NumPy", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"},
+    **{".tif": "TIFF", ".tiff": "TIFF"},
 }
 
 
@@ -91,7 +73,7 @@ def content_format(path: str | os.PathLike) -> str | None:
 def check_contents(path: str | os.PathLike) -> None:
     """ValueError when a file is empty or its contents are another format than its ending says
     (a PNG named ``.nii.gz``, a NIfTI named ``.png``), naming what it holds; nothing for endings
-    without a known signature (``.dcm`` files may lack the preamble)."""
+    without a known signature."""
     path = Path(path)
     if path.is_dir():
         return
