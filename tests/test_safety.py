@@ -464,3 +464,26 @@ def test_save_never_writes_over_an_open_image_and_replaces_labels_whole(make_nap
     assert napari_write_labels(target, labels.data, labels._get_state())[0] == target  # replaced whole
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["ct.nii.gz", "labels.nii.gz", "labels.nii.gz.labels.json"]
+
+
+def test_13_a_batch_row_that_hits_a_bug_names_the_log_file_holding_its_traceback(tmp_path, monkeypatch):
+    import argparse
+
+    from napari_medsam.cli import cluster
+    from napari_medsam.cli.batch import BatchOptions, segment_image
+
+    class Broken:
+        def set_image(self, image, window=None):
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(cluster, "worker_predictor", lambda plugin: Broken())
+    write_labels(tmp_path / "a.nii.gz", ct_volume((4, 40, 48))[0])
+    row = ObjectRow(2, "a.nii.gz", 1, (5.0, 5.0, 20.0, 20.0), "liver", 1, False)
+    image = ImageRows("a.nii.gz", tmp_path / "a.nii.gz", tmp_path / "out" / "a.nii.gz", (row,))
+    options = BatchOptions("plugin", argparse.Namespace(window=None, preset=None))
+    [result] = segment_image(image, "hash", options)
+    log = tmp_path / "out" / "a.error.log"
+    assert result.status == "failed"
+    assert result.error == f"RuntimeError: boom (traceback in {log})"
+    assert "Traceback" in log.read_text()
+    assert "RuntimeError: boom" in log.read_text()

@@ -315,7 +315,7 @@ def _log_traceback(image: ImageRows, row: ObjectRow) -> Path:
 
     path = _error_log(image)
     path.parent.mkdir(parents=True, exist_ok=True)
-    logger.exception("%s, line %d", image.image, row.line)  # the worker's log too
+    logger.error("%s, line %d: internal error, traceback in %s", image.image, row.line, path)
     with path.open("a") as log:  # a log, appended to: not an output a reader relies on being whole
         log.write(f"{image.image}, manifest line {row.line}:\n{traceback.format_exc()}\n")
     return path
