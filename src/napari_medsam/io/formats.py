@@ -53,13 +53,13 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\x1f\x8b", "gzip"), (128, b"DICM", "DICOM"),
     (344, b"n+1\x00", "NIfTI"), (344, b"ni1\x00", "NIfTI"), (344, b"n+2\x00", "NIfTI"),
 )  # fmt: skip
-#: The contents each file ending should have (a ``.nii.gz`` is gzip-compressed; ``.dcm`` files may
-#: lack the preamble).
-_EXPECTED: dict[str, str] = {
-    **{suffix: fmt for suffix, fmt in VOLUME_FORMATS.items() if fmt != "DICOM"},
-    ".nii.gz": "gzip",
-    **{".npy": "NumPy", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"},
-    **{".tif": "TIFF", ".tiff": "TIFF"},
+#: The contents each file ending should have: the formats with a fixed signature (a MetaImage
+#: header has none; a DICOM file may lack the preamble; a NIfTI file may or may not be compressed).
+_EXPECTED: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys((".nii.gz", ".nii"), ("NIfTI", "gzip")),
+    **dict.fromkeys((".seg.nrrd", ".nrrd", ".nhdr"), ("NRRD",)),
+    **{".npy": ("NumPy",), ".png": ("PNG",), ".jpg": ("JPEG",), ".jpeg": ("JPEG",), ".bmp": ("BMP",)},
+    **dict.fromkeys((".tif", ".tiff"), ("TIFF",)),
 }
 
 
@@ -83,7 +83,7 @@ def check_contents(path: str | os.PathLike) -> None:
     if expected is None:
         return
     found = content_format(path)
-    if found != expected:
+    if found not in expected:
         what = f"a {found} file" if found else "no format napari-medsam knows"
         raise ValueError(
             f"{path.name} does not hold what its ending {suffix_of(path)} says: it is {what}; "

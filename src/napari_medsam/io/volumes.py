@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_medsam.core.atomic import atomic_path
-from napari_medsam.io.formats import ITK_WRITE_SUFFIXES, READ_SUFFIXES, VOLUME_FORMATS, stem_of, suffix_of
+from napari_medsam.io.formats import (
+    ITK_WRITE_SUFFIXES,
+    READ_SUFFIXES,
+    VOLUME_FORMATS,
+    check_contents,
+    stem_of,
+    suffix_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +297,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file or folder: {path}")
+    check_contents(path)  # a PNG named .nii.gz is named as such, not as a header ITK cannot parse
     fmt = format_of(path)
     if fmt is None:
         raise ValueError(
