@@ -487,3 +487,32 @@ def test_13_a_batch_row_that_hits_a_bug_names_the_log_file_holding_its_traceback
     assert result.error == f"RuntimeError: boom (traceback in {log})"
     assert "Traceback" in log.read_text()
     assert "RuntimeError: boom" in log.read_text()
+
+
+def test_1_segment_killed_over_existing_labels_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    """The real command (LiteMedSAM) over yesterday's labels, killed as soon as its output appears."""
+    box = ["--box", "40", "22", "100", "80"]  # around the liver on slice 15
+    args = ["segment", str(ABDOMINAL_CT), *box, "--slice", "15", "--name", "liver"]
+    assert main([*args, "-o", str(tmp_path / "reference.nii.gz")]) == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "organs.nii.gz"
+    old = np.zeros(read_volume(ABDOMINAL_CT)[0].shape, np.uint8)
+    old[5:9, 10:20, 10:20] = 7
+    write_mask(out, old, read_volume(ABDOMINAL_CT)[1], names={7: "yesterday"})
+    before = folder_state(work)
+    package = Path(napari_medsam.__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [package, *sys.path]))}
+    process = subprocess.Popen([sys.executable, "-m", "napari_medsam.cli", *args, "-o", str(out)], env=env)
+    deadline = time.monotonic() + 300
+    while folder_state(work) == before and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    back, _ = read_volume(out)
+    assert np.array_equal(back, old) or np.array_equal(back, read_volume(tmp_path / "reference.nii.gz")[0])
+    assert main([*args, "-o", str(out)]) == 0  # the rerun
+    np.testing.assert_array_equal(read_volume(out)[0], read_volume(tmp_path / "reference.nii.gz")[0])
+    assert [o.name for o in load_labels(out)[2]] == ["liver"]
+    visible = sorted(p.name for p in work.iterdir() if not p.name.startswith("."))
+    assert visible == ["organs.nii.gz", "organs.nii.gz.labels.json"]
