@@ -234,9 +234,12 @@ class EmbeddingStore:
         return found
 
     def usage(self) -> list[StoreUsage]:
-        """Entries and bytes per model and volume, largest first."""
+        """Entries and bytes per model and volume, largest first; an entry without its chunk is not
+        counted (it is encoded again when used, and :meth:`prune` removes it)."""
         totals: dict[tuple[StoredModel, str | None], list[int]] = {}
         for entry in self.entries():
+            if not (entry.path / _CHUNK).is_file():
+                continue
             total = totals.setdefault((entry.model, entry.volume), [0, 0])
             total[0] += 1
             total[1] += entry.nbytes
