@@ -124,7 +124,7 @@ def test_batch_writes_each_object_as_segment_would_and_reports_every_row(cohort,
     ]  # fmt: skip
     assert "lies wholly outside the image" in summary["a.nii.gz", "3"]["error"]
     assert "slice 9 is outside the volume (0..6" in summary["a.nii.gz", "4"]["error"]
-    assert "Could not read" in summary["bad.nii.gz", "1"]["error"]
+    assert "does not hold what its ending .nii.gz says" in summary["bad.nii.gz", "1"]["error"]
     assert all("\n" not in row["error"] for row in first_batch.summary)
     assert not (first_batch.out / "bad.nii.gz").exists()
 

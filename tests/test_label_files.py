@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,8 +161,8 @@ def test_a_layered_slicer_segmentation_is_one_labels_layer_later_segments_on_top
 def test_other_label_files_get_the_sidecar(tmp_path, layer, suffix):
     labels, geometry = layer
     path, sidecar = save(tmp_path, labels, f"organs_seg{suffix}")
-    assert sidecar == str(tmp_path / "organs_seg.labels.json") == str(sidecar_path(path))
-    entries = json.loads((tmp_path / "organs_seg.labels.json").read_text())["labels"]
+    assert sidecar == str(tmp_path / f"organs_seg{suffix}.labels.json") == str(sidecar_path(path))
+    entries = json.loads(Path(sidecar).read_text())["labels"]
     assert [(e["label"], e["name"]) for e in entries] == [(2, "liver"), (5, "object 5"), (9, "kidney_left")]
     np.testing.assert_allclose(entries[0]["color"], label_color(2), atol=1e-4)
     assert read_sidecar(path) == label_objects([2, 5, 9], {2: "liver", 9: "kidney_left"})

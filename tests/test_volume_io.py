@@ -278,7 +278,7 @@ def test_writer_contribution_saves_with_the_image_geometry(tmp_path, ct, geometr
     back, back_geometry = read_volume(written)
     np.testing.assert_array_equal(back, truth.astype(np.uint8) * 2)  # back on the file's grid
     assert_same_geometry(back_geometry, geometry)
-    assert sidecar == str(tmp_path / "seg.labels.json")  # the object names
+    assert sidecar == str(tmp_path / "seg.nii.gz.labels.json")  # the object names
 
 
 def test_writer_finds_the_image_geometry_of_labels_without_metadata(ct, geometry):
@@ -334,7 +334,7 @@ def test_npe2_reads_and_writes_through_the_manifest(tmp_path, ct, geometry):
     labels = (to_axial(truth.astype(np.uint8), geometry)[0], {**kwargs, "name": "seg"}, "labels")
     written = npe2.write(str(tmp_path / "seg"), [labels], plugin_name="napari-medsam")
     # the first extension is the default; the object names go beside it
-    assert written == [str(tmp_path / "seg.nii.gz"), str(tmp_path / "seg.labels.json")]
+    assert written == [str(tmp_path / "seg.nii.gz"), str(tmp_path / "seg.nii.gz.labels.json")]
     back, back_geometry = read_volume(written[0])
     np.testing.assert_array_equal(back, truth)
     assert_same_geometry(back_geometry, geometry)

@@ -1,19 +1,25 @@
 """npe2 writer: a Labels layer to NIfTI, NRRD, MetaImage, .seg.nrrd or DICOM-SEG, on its image's geometry.
 
 Object names come from the layer's ``features`` table (``index`` = label id, ``name``), colours
-from its colormap (what the viewer shows), the model from ``metadata["model"]``.
+from its colormap (what the viewer shows), the model from ``metadata["model"]``. Every file is
+written beside its target and renamed into place (:mod:`napari_medsam.core.atomic`), and never
+over the file (or a DICOM series file) of an image open in the viewer.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from napari_medsam.core.objects import names_from_table, present_ids
+from napari_medsam.io.files import overwritten_inputs
+from napari_medsam.io.formats import ITK_WRITE_SUFFIXES, suffix_of
 from napari_medsam.io.label_files import save_labels
+from napari_medsam.io.label_names import sidecar_path
 from napari_medsam.io.volumes import GEOMETRY_KEY, VolumeGeometry
 
 
@@ -24,12 +30,28 @@ class ImageInfo(NamedTuple):
     metadata: Mapping[str, Any]
     scale: Sequence[float]
     translate: Sequence[float]
+    files: Sequence[str] = ()  # the file or folder it was opened from, and its DICOM series files
 
 
 def napari_write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """Write one Labels layer with its object names and colours; returns the paths written."""
+    """Write one Labels layer with its object names and colours; returns the paths written.
+
+    ValueError (shown by napari) when the file, or its names sidecar, is an open image's file.
+    """
+    images = viewer_images()
+    inputs = [Path(f) for image in images for f in image.files]
+    outputs = [Path(path)] + ([sidecar_path(path)] if suffix_of(path) in ITK_WRITE_SUFFIXES else [])
+    for output, image in overwritten_inputs(outputs, inputs):
+        raise ValueError(f"{output} is the file of an open image ({image}); save the labels to another file")
+    return _write_layer(path, data, attributes, images)
+
+
+def _write_layer(
+    path: str, data: Any, attributes: Mapping[str, Any], images: Sequence[ImageInfo] = ()
+) -> list[str]:
+    """Write a Labels layer's data with the geometry, names, colours and model its attributes hold."""
     data = np.asarray(data)
-    geometry = labels_geometry(data.shape, attributes, viewer_images())
+    geometry = labels_geometry(data.shape, attributes, images)
     colormap, ids, colors = attributes.get("colormap"), present_ids(data), {}
     if colormap is not None and ids:  # what the viewer shows; an object hidden gets the palette's
         colors = {i: rgba for i, rgba in zip(ids, colormap.map(np.asarray(ids)), strict=True) if rgba[3] > 0}
@@ -98,7 +120,15 @@ def viewer_images() -> list[ImageInfo]:
     if viewer is None:
         return []
     return [
-        ImageInfo(layer.name, layer.metadata, layer.scale, layer.translate)
+        ImageInfo(layer.name, layer.metadata, layer.scale, layer.translate, _image_files(layer))
         for layer in viewer.layers
         if isinstance(layer, Image)
     ]
+
+
+def _image_files(layer: Any) -> tuple[str, ...]:
+    """The file (or folder) an image layer was opened from and the files of its DICOM series."""
+    opened = getattr(layer.source, "path", None)
+    geometry = (layer.metadata or {}).get(GEOMETRY_KEY)
+    series = (geometry.get("source_files") if isinstance(geometry, Mapping) else None) or ()
+    return (*([opened] if opened else []), *series)

@@ -4,9 +4,12 @@ One task per image, on the workers: read it, choose its window, segment each row
 :func:`~napari_medsam.core.objects.volume_labels` (what ``segment --slice S --box ... --propagate``
 runs), combine them in row order (an earlier row keeps a voxel two objects claim), and write
 ``OUTDIR/<image>.nii.gz`` with the image's geometry, its ``.labels.json`` names and a
-``.batch.json`` record. A rerun skips an image whose record matches its rows, model, dtype,
-window options, file and package version and has no failed row. ``OUTDIR/summary.csv`` is
-rewritten on every run, one row per object.
+``.batch.json`` record (each written beside and renamed into place). A rerun skips an image whose
+record matches its rows, model, dtype, window options, file and package version, has no failed
+row, and whose outputs still have the SHA-256 the record holds (a damaged output is redone).
+``OUTDIR/summary.csv`` is rewritten on every run, one row per object. Before anything runs, the
+planned outputs are checked against every input (images, DICOM series files, the manifest): a
+run that would replace one is refused.
 
 Exit status: 0 when every row is done or skipped, 1 when any failed, 2 for invalid arguments or
 an invalid manifest (nothing runs then).
@@ -20,10 +23,8 @@ import hashlib
 import io
 import json
 import logging
-import os
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from napari_medsam.cli.common import add_cohort_options, window_for, window_options
 from napari_medsam.cli.manifest import ImageRows, ObjectRow, read_manifest
+from napari_medsam.core.atomic import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
     try:
         images = read_manifest(args.manifest.absolute(), args.output_dir.absolute())  # as workers see them
+        check_plan(args.manifest, args.output_dir, images)
         fingerprint = _run_fingerprint(args, source_digest(args.model))
         store = None if args.store is None else str(EmbeddingStore(args.store).path)
     except (ValueError, FileNotFoundError, ModelLoadError) as error:
@@ -106,6 +109,29 @@ def run_batch(args: argparse.Namespace) -> int:
     counts = {status: sum(row.status == status for row in summary) for status in (DONE, SKIPPED, FAILED)}
     print(f"{args.output_dir / 'summary.csv'}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
     return 1 if failed else 0
+
+
+def check_plan(manifest: Path, output_dir: Path, images: list[ImageRows]) -> None:
+    """ValueError, before anything runs, when the output folder cannot be written or a planned
+    output (labels, names, records, summary.csv) would replace an input (an image, a file of a
+    DICOM series folder, the manifest)."""
+    from napari_medsam.io.files import check_folder, overwritten_inputs
+    from napari_medsam.io.label_names import sidecar_path
+
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"-o {output_dir} is a file; give a folder for the labels and summary.csv")
+    check_folder(output_dir / "summary.csv")
+    planned = [output_dir / "summary.csv"]
+    for image in images:
+        planned += [image.output, sidecar_path(image.output), _record_path(image), _error_log(image)]
+    inputs = [manifest, *(image.path for image in images if image.path.exists())]
+    clashes = overwritten_inputs(planned, inputs)
+    if clashes:
+        output, replaced = clashes[0]
+        raise ValueError(
+            f"-o {output_dir}: {output.name} would replace the input {replaced}"
+            f"{f' (and {len(clashes) - 1} more)' if len(clashes) > 1 else ''}; choose another output folder"
+        )
 
 
 def _run(
@@ -147,6 +173,7 @@ def segment_image(image: ImageRows, image_hash: str, options: BatchOptions) -> l
     from napari_medsam.cli.cluster import one_line, worker_predictor
     from napari_medsam.core.jobs import user_message
     from napari_medsam.core.key_slice import volume_labels
+    from napari_medsam.core.preprocessing import check_finite_slices
     from napari_medsam.core.store import store_volume
     from napari_medsam.io.files import read_image
 
@@ -169,14 +196,15 @@ def segment_image(image: ImageRows, image_hash: str, options: BatchOptions) -> l
             error = row.problem or ""
             if not error:
                 try:
+                    check_finite_slices(volume, 0, None if row.propagate else [row.slice])
                     mask = volume_labels(
                         predictor, volume, row.slice, [row.box], window, propagate=row.propagate
                     )
                     labels[(mask > 0) & (labels == 0)] = row.label
                 except Exception as failure:  # this row fails; the image's other rows go on
-                    if user_message(failure) is None:  # a bug: its traceback goes to the worker's log
-                        logger.exception("%s, line %d", image.image, row.line)
                     error = one_line(failure)
+                    if user_message(failure) is None:  # a bug: its traceback goes to a log file
+                        error += f" (traceback in {_log_traceback(image, row)})"
             outcomes.append((row, error, time.perf_counter() - start))
     results = _row_results(outcomes, labels, geometry)
     _write_outputs(image, labels, geometry, results, image_hash)
@@ -203,20 +231,27 @@ def _row_results(
 def _write_outputs(
     image: ImageRows, labels: np.ndarray, geometry: object, results: list[RowResult], image_hash: str
 ) -> None:
-    """Labels, then names, then the record last (each file replaced whole, never half written)."""
-    from napari_medsam.core.objects import label_objects
+    """Labels and names, then the record last, with their checksums (each file replaced whole)."""
     from napari_medsam.io.files import write_mask
-    from napari_medsam.io.label_names import sidecar_path, write_sidecar
 
-    image.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = image.output.with_name(f".{uuid.uuid4().hex}.partial.nii.gz")
-    write_mask(partial, labels, geometry)  # type: ignore[arg-type]
-    os.replace(partial, image.output)
-    sidecar_path(partial).unlink(missing_ok=True)  # the sidecar follows below, under the final name
     done = [r for r in results if r.status == DONE]
-    write_sidecar(image.output, label_objects([r.label for r in done], {r.label: r.name for r in done}))
-    record = {"hash": image_hash, "rows": [asdict(r) for r in results]}
-    _replace_text(_record_path(image), json.dumps(record, indent=1) + "\n")
+    names = {r.label: r.name for r in done}
+    write_mask(image.output, labels, geometry, names=names)  # type: ignore[arg-type]
+    record = {"hash": image_hash, "rows": [asdict(r) for r in results], "outputs": _checksums(image)}
+    write_text(_record_path(image), json.dumps(record, indent=1) + "\n")
+
+
+def _checksums(image: ImageRows) -> dict[str, str | None]:
+    """SHA-256 of each output file of an image (labels, names) by file name; None for a missing one."""
+    from napari_medsam.io.label_names import sidecar_path
+
+    sums: dict[str, str | None] = {}
+    for path in (image.output, sidecar_path(image.output)):
+        try:
+            sums[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            sums[path.name] = None
+    return sums
 
 
 def _resumable(image: ImageRows, image_hash: str) -> list[RowResult] | None:
@@ -226,10 +261,10 @@ def _resumable(image: ImageRows, image_hash: str) -> list[RowResult] | None:
         rows = [RowResult(**row) for row in record["rows"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    complete = image.output.is_file() and len(rows) == len(image.rows)
-    if record.get("hash") != image_hash or not complete or any(r.status == FAILED for r in rows):
+    intact = record.get("outputs") == _checksums(image) and image.output.is_file()
+    if record.get("hash") != image_hash or not intact or len(rows) != len(image.rows):
         return None
-    return rows
+    return None if any(r.status == FAILED for r in rows) else rows
 
 
 def _run_fingerprint(args: argparse.Namespace, weights: str) -> str:
@@ -268,6 +303,24 @@ def _record_path(image: ImageRows) -> Path:
     return image.output.with_name(stem_of(image.output) + RECORD_SUFFIX)
 
 
+def _error_log(image: ImageRows) -> Path:
+    from napari_medsam.io.formats import stem_of
+
+    return image.output.with_name(stem_of(image.output) + ".error.log")
+
+
+def _log_traceback(image: ImageRows, row: ObjectRow) -> Path:
+    """Append the traceback being handled to the image's ``.error.log``; returns its path."""
+    import traceback
+
+    path = _error_log(image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger.error("%s, line %d: internal error, traceback in %s", image.image, row.line, path)
+    with path.open("a") as log:  # a log, appended to: not an output a reader relies on being whole
+        log.write(f"{image.image}, manifest line {row.line}:\n{traceback.format_exc()}\n")
+    return path
+
+
 def _write_summary(path: Path, rows: list[RowResult]) -> None:
     """summary.csv in full: one row per manifest row, in manifest order."""
     formats = {"volume_ml": "{:.3f}", "seconds": "{:.2f}"}
@@ -280,10 +333,4 @@ def _write_summary(path: Path, rows: list[RowResult]) -> None:
             "" if values[c] is None else formats.get(c, "{}").format(values[c]) for c in SUMMARY_COLUMNS
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_text(path, buffer.getvalue())
-
-
-def _replace_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    write_text(path, buffer.getvalue())

@@ -75,10 +75,12 @@ def slice_indices(volume: VolumeInput, slices: slice) -> list[int]:
 
 
 def embed_slice(plugin: str, volume: VolumeInput, index: int) -> str:
-    """Task: encode one slice into the store, unless it is there already."""
+    """Task: encode one slice into the store, unless it is there (whole) already."""
     from napari_medsam.cli.cluster import worker_predictor
+    from napari_medsam.core.preprocessing import check_finite_slices
     from napari_medsam.core.store import store_volume
 
+    check_finite_slices(volume.array, 0, [index])
     predictor = worker_predictor(plugin)
     with store_volume(volume.name):
         encoded = predictor.precompute(volume.array[index], volume.window)

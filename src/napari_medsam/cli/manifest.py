@@ -16,14 +16,13 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from napari_medsam.core.label_policy import MAX_LABEL_ID
 from napari_medsam.core.objects import default_name
 from napari_medsam.io.formats import stem_of
 
 REQUIRED_COLUMNS = ("image", "slice", "box")
 OPTIONAL_COLUMNS = ("name", "label", "propagate")
 _TRUE, _FALSE = ("true", "yes", "1", ""), ("false", "no", "0")
-#: The largest label id a row may ask for (label files are written as uint16 at most).
-MAX_LABEL = 2**16 - 1
 
 
 class ManifestError(ValueError):
@@ -115,8 +114,8 @@ def _object_row(image: str, place: int, line: int, record: dict[str, str], manif
         label = int(label_text) if label_text else place
     except ValueError:
         raise ManifestError(f"{where}: label {label_text!r} is not an integer") from None
-    if not 1 <= label <= MAX_LABEL:
-        raise ManifestError(f"{where}: label {label} is outside 1..{MAX_LABEL}")
+    if not 1 <= label <= MAX_LABEL_ID:
+        raise ManifestError(f"{where}: label {label} is outside 1..{MAX_LABEL_ID}")
     propagate = record.get("propagate", "").lower()
     if propagate not in (*_TRUE, *_FALSE):
         raise ManifestError(f"{where}: propagate {propagate!r} is not true or false")

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from napari_medsam.cli.common import add_model_options, add_window_options, window_for
-from napari_medsam.core.label_policy import add_objects
-from napari_medsam.core.objects import LabelObject
+from napari_medsam.core.label_policy import add_objects, check_label_image
+from napari_medsam.core.objects import LabelObject, present_ids
+from napari_medsam.core.preprocessing import check_finite_slices
 from napari_medsam.core.stats import object_stats
-from napari_medsam.io.files import read_image, write_mask
+from napari_medsam.io.files import check_folder, check_output, overwritten_inputs, read_image, write_mask
 from napari_medsam.io.formats import WRITE_SUFFIXES, suffix_of
 from napari_medsam.io.stats_files import STATS_SUFFIXES, write_stats
 from napari_medsam.io.volumes import VolumeGeometry
@@ -72,8 +73,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "-o",
         "--output",
         required=True,
-        help="mask file: .png .tif .npy, or .nii.gz .nrrd .mha (geometry kept, names in <stem>.labels.json), "
-        ".seg.nrrd (3D Slicer), .dcm (DICOM Segmentation of a DICOM series input)",
+        help="mask file: .png .tif .npy, or .nii.gz .nrrd .mha (geometry kept, names in "
+        "<output>.labels.json), .seg.nrrd (3D Slicer), .dcm (DICOM Segmentation of a DICOM series input)",
     )
     segment.add_argument(
         "--stats",
@@ -95,6 +96,8 @@ def _slice_of(image: np.ndarray, args: argparse.Namespace) -> tuple[np.ndarray, 
         return image, False
     if image.ndim != 3:
         raise ValueError(f"expected a 2D image or a 3D volume, got shape {image.shape}")
+    if args.axis not in (0, 1, 2):
+        raise ValueError(f"--axis {args.axis}: a volume has the axes 0, 1 and 2")
     if args.slice is None:
         raise ValueError(f"the input is a volume of shape {image.shape}; pass --slice Z")
     depth = image.shape[args.axis]
@@ -131,6 +134,7 @@ def existing_labels(
     if geometry is None:
         raise ValueError(f"--labels {path.name}: continuing needs a volume image, with its geometry")
     labels, placed, objects = load_labels(path, [geometry])
+    labels = check_label_image(labels, f"--labels {path.name}")
     if labels.shape != shape or not placed.same_grid(geometry):
         raise ValueError(
             f"--labels {path.name}: these labels (shape {labels.shape}) do not lie on the image's grid "
@@ -166,6 +170,28 @@ def corrected(
     return output
 
 
+def check_outputs(
+    args: argparse.Namespace, image: np.ndarray, geometry: VolumeGeometry | None, is_volume: bool
+) -> None:
+    """Refuse, before the model loads, outputs that cannot be written or would replace an input,
+    and NaN or infinite values on the slices the run reaches (ValueError naming what to change)."""
+    volume_file = suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")
+    whole = is_volume and (args.propagate or args.labels is not None or args.correct is not None)
+    inputs = [Path(args.image)]
+    dicom = geometry is not None and bool(geometry.source_files)
+    check_output(Path(args.output), inputs, dimensions=3 if whole or (is_volume and volume_file) else 2,
+                 dicom_series=dicom)  # fmt: skip
+    if args.stats:
+        check_folder(Path(args.stats))
+        if overwritten_inputs([Path(args.stats)], inputs):
+            raise ValueError(f"--stats {args.stats} would replace the input image; write it to another file")
+    if is_volume:
+        reached = None if args.propagate or args.correct is not None else [args.slice]
+        check_finite_slices(image, args.axis, reached)
+    else:
+        check_finite_slices(image[None], 0, [0])
+
+
 def run_segment(args: argparse.Namespace) -> int:
     """Segment the boxes (and clicks) on one slice; with ``--propagate`` through the volume."""
     from napari_medsam.core.key_slice import key_predictions, volume_labels
@@ -188,6 +214,7 @@ def run_segment(args: argparse.Namespace) -> int:
         raise ValueError("give at least one --box X0 Y0 X1 Y1 or --point X Y LABEL")
     if args.propagate and not is_volume:
         raise ValueError("--propagate needs a volume and --slice Z")
+    check_outputs(args, image, geometry, is_volume)
     choice = window_for(args, image if is_volume else plane, geometry, rgb=plane.ndim == 3)
     print(f"window: {choice.describe()}")
     predictor = MedSamPredictor.from_pretrained(
@@ -224,7 +251,7 @@ def run_segment(args: argparse.Namespace) -> int:
         write_stats(args.stats, object_stats(output, pixels, spacing, names, axis=args.axis))
     elapsed = time.perf_counter() - start
     print(
-        f"{args.output}: {int(np.count_nonzero(output))} voxels in {int(output.max())} object(s), "
+        f"{args.output}: {int(np.count_nonzero(output))} voxels in {len(present_ids(output))} object(s), "
         f"{predictor.family} on {predictor.model.device}, {elapsed:.2f} s"
     )
     return 0

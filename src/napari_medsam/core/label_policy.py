@@ -12,6 +12,24 @@ from typing import Any
 
 import numpy as np
 
+#: The largest label id napari-medsam gives or takes (label files are written as uint16 at most).
+MAX_LABEL_ID = 2**16 - 1
+
+
+def check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
+    """``labels`` as integers if they are a label image (whole numbers in 0..MAX_LABEL_ID), else a
+    ValueError saying what ``name`` holds instead (an image given as labels, negative or huge ids)."""
+    array = np.asarray(labels)
+    if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0)):
+        raise ValueError(f"{name} is not a label image: it holds {array.dtype} values, not whole numbers")
+    low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    if low < 0 or high > MAX_LABEL_ID:
+        raise ValueError(
+            f"{name} is not a label image napari-medsam takes: it holds values {low}..{high}; label ids "
+            f"are 1..{MAX_LABEL_ID} (0 = background)"
+        )
+    return array if array.dtype.kind in "biu" else array.astype(np.min_scalar_type(high))
+
 
 def next_label_id(labels_data: Any, taken: Iterable[int] = ()) -> int:
     """Smallest id above every id in ``labels_data`` and in ``taken``."""

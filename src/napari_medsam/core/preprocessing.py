@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     import torch
 
@@ -37,10 +37,9 @@ class InputGeometry:
     input_size: int
 
 
-def check_image(image: object) -> np.ndarray:
-    """Return ``image`` as a 2D (H, W) or RGB (H, W, 3) array, or raise a clear error."""
-    if image is None or isinstance(image, (str, bytes, list, tuple, dict)) or not hasattr(image, "shape"):
-        raise TypeError(f"image must be a numpy array (H, W) or (H, W, 3), not {type(image).__name__}")
+def real_pixels(image: object) -> np.ndarray:
+    """``image`` as an array of real numbers (a bool mask as uint8 0/1); ValueError for complex
+    or non-numeric data, with what to do."""
     array = np.asarray(image)
     if array.dtype == bool:
         array = array.astype(np.uint8)
@@ -48,6 +47,29 @@ def check_image(image: object) -> np.ndarray:
         raise ValueError("image is complex-valued; pass a real image, e.g. np.abs(image)")
     if array.dtype.kind not in "uif":
         raise ValueError(f"image has dtype {array.dtype}; pass a numeric (integer or float) array")
+    return array
+
+
+def check_finite_slices(volume: np.ndarray, axis: int = 0, slices: Sequence[int] | None = None) -> None:
+    """ValueError naming the first of ``slices`` (default: all) along ``axis`` that holds NaN or
+    infinite values: a run refuses, before it starts, the slices it would reach."""
+    if volume.dtype.kind not in "fc":
+        return
+    for index in range(volume.shape[axis]) if slices is None else slices:
+        plane = np.take(volume, index, axis=axis)
+        bad = int(plane.size - np.count_nonzero(np.isfinite(plane)))
+        if bad:
+            raise ValueError(
+                f"slice {index} (axis {axis}) holds {bad} NaN or infinite value(s); replace them first, "
+                "e.g. np.nan_to_num(volume, nan=volume_min), or work on other slices"
+            )
+
+
+def check_image(image: object) -> np.ndarray:
+    """Return ``image`` as a 2D (H, W) or RGB (H, W, 3) array, or raise a clear error."""
+    if image is None or isinstance(image, (str, bytes, list, tuple, dict)) or not hasattr(image, "shape"):
+        raise TypeError(f"image must be a numpy array (H, W) or (H, W, 3), not {type(image).__name__}")
+    array = real_pixels(image)
     if array.size == 0:
         raise ValueError(f"image is empty (shape {array.shape})")
     if array.ndim == 3 and array.shape[-1] in (3, 4):
@@ -93,8 +115,9 @@ def to_rgb_uint8(image: np.ndarray, window: tuple[float, float] | None) -> np.nd
 
 
 def _resized_shape(original: tuple[int, int], target: int) -> tuple[int, int]:
+    """The longest side scaled to ``target``; the other at least one pixel (a 2 x 5000 strip too)."""
     scale = target / max(original)
-    return int(original[0] * scale + 0.5), int(original[1] * scale + 0.5)
+    return max(1, int(original[0] * scale + 0.5)), max(1, int(original[1] * scale + 0.5))
 
 
 def _min_max(image: np.ndarray) -> np.ndarray:

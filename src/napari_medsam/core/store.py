@@ -7,14 +7,17 @@ Layout (the index is the directory structure; nothing is shared between entries)
         <low>_<high> | min-max/       group: the intensity window
           <signature[:2]>/            group: a fan-out level, so no folder holds every slice
             <signature>/              array (1, 256, 64, 64) float16, one compressed chunk,
-                                      attributes: the full key, the input geometry, the volume
+                                      attributes: the full key, the input geometry, the volume,
+                                      the SHA-256 of the array
 
-Each entry is written into a hidden ``.<name>.<random>.partial`` folder beside its place and
-renamed into place, so a reader sees a whole entry or none, and processes writing different
-slices never touch the same file; two writing the same slice race harmlessly (the first rename
-wins). Groups are created the same way, once.
-An entry is used only when its attributes equal the key asked for, so a stale or foreign entry
-(another model, window, preprocessing version or slice) is never used.
+Each entry is written into a hidden folder beside its place (``.<name>.tmp-<random>``, the names
+of :mod:`napari_medsam.core.atomic`) and renamed into place, so a reader sees a whole entry or
+none, and processes writing different slices never touch the same file; two writing the same
+slice race harmlessly (the first rename wins). Groups are created the same way, once.
+An entry is used only when its attributes equal the key asked for and its array has the SHA-256
+recorded with it, so a stale or foreign entry (another model, window, preprocessing version or
+slice), a missing or damaged chunk, or a chunk copied from another entry is never used: it is
+removed, and the caller encodes the slice again and writes it back.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from napari_medsam.core.atomic import TMP_MARK, temp_path
 from napari_medsam.core.cache import EmbeddingKey
 from napari_medsam.core.errors import import_extra
 from napari_medsam.core.preprocessing import InputGeometry
@@ -48,7 +53,8 @@ logger = logging.getLogger(__name__)
 STORE_ATTRIBUTE = "napari-medsam-embeddings"
 STORE_FORMAT = 1
 _METADATA = "zarr.json"
-_PARTIAL = ".partial"
+#: Where zarr keeps an entry's one chunk (the default chunk key encoding of a 4D array).
+_CHUNK = Path("c", "0", "0", "0", "0")
 #: Unfinished writes older than this are left-overs of a crashed process (removed by ``prune``).
 _STALE_PARTIAL_S = 3600.0
 _volume: ContextVar[str | None] = ContextVar("napari_medsam_store_volume", default=None)
@@ -143,10 +149,15 @@ class EmbeddingStore:
         return self._model_path(key) / _window_name(key.window) / key.data[:2] / key.data
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, EmbeddingKey) and (self.entry_path(key) / _METADATA).is_file()
+        """Whether ``key`` has an entry with its metadata and chunk (:meth:`get` also checks the data)."""
+        if not isinstance(key, EmbeddingKey):
+            return False
+        path = self.entry_path(key)
+        return (path / _METADATA).is_file() and (path / _CHUNK).is_file()
 
     def get(self, key: EmbeddingKey) -> tuple[torch.Tensor, InputGeometry] | None:
-        """The (float16 embedding, input geometry) stored under ``key``; None if absent or foreign."""
+        """The (float16 embedding, input geometry) stored under ``key``; None if absent, foreign or
+        damaged (a damaged or foreign entry is removed, so the next :meth:`put` writes it again)."""
         import torch
 
         path = self.entry_path(key)
@@ -157,9 +168,14 @@ class EmbeddingStore:
             attributes = array.attrs.asdict()
             if attributes.get("key") != _key_attributes(key):
                 raise ValueError(f"it holds the embedding of {attributes.get('key')}")
-            embedding = torch.from_numpy(array[...])
+            if not (path / _CHUNK).is_file():
+                raise ValueError("its chunk is missing")
+            data = array[...]
+            if attributes.get("sha256") != _checksum(data):
+                raise ValueError("its data does not have the checksum recorded with it")
+            embedding = torch.from_numpy(data)
             geometry = _geometry(attributes["geometry"])
-        except Exception as error:  # foreign, or damaged (truncated chunk, bad JSON): re-encode
+        except Exception as error:  # foreign, damaged (truncated chunk, bad JSON) or swapped: re-encode
             logger.warning("%s is not usable (%s); removing it", path, error)
             shutil.rmtree(path, ignore_errors=True)
             return None
@@ -172,19 +188,21 @@ class EmbeddingStore:
     ) -> bool:
         """Store an embedding (atomically); False when the slice was already stored."""
         path = self.entry_path(key)
-        if (path / _METADATA).is_file():
+        if key in self:
             return False
+        shutil.rmtree(path, ignore_errors=True)  # a chunkless left-over; get() removes other damage
         model_path = self._model_path(key)
         self._ensure_group(self.path, {STORE_ATTRIBUTE: STORE_FORMAT})
         self._ensure_group(model_path, asdict(StoredModel.of(model, key.preprocessing)))
         self._ensure_group(path.parent.parent, {"window": _key_attributes(key)["window"]})
         self._ensure_group(path.parent, {})
+        data = embedding.detach().to("cpu").contiguous().numpy()
         attributes = {
             "key": _key_attributes(key),
             "geometry": asdict(geometry),
             "volume": _volume.get(),
+            "sha256": _checksum(data),
         }
-        data = embedding.detach().to("cpu").contiguous().numpy()
         tmp = _beside(path)
         codecs = import_extra("zarr.codecs", "the embedding store")
         self._zarr.create_array(
@@ -216,9 +234,12 @@ class EmbeddingStore:
         return found
 
     def usage(self) -> list[StoreUsage]:
-        """Entries and bytes per model and volume, largest first."""
+        """Entries and bytes per model and volume, largest first; an entry without its chunk is not
+        counted (it is encoded again when used, and :meth:`prune` removes it)."""
         totals: dict[tuple[StoredModel, str | None], list[int]] = {}
         for entry in self.entries():
+            if not (entry.path / _CHUNK).is_file():
+                continue
             total = totals.setdefault((entry.model, entry.volume), [0, 0])
             total[0] += 1
             total[1] += entry.nbytes
@@ -280,7 +301,7 @@ class EmbeddingStore:
             return False
 
     def _remove_stale_partials(self) -> None:
-        for partial in self.path.rglob(f".*{_PARTIAL}"):
+        for partial in self.path.rglob(f".*{TMP_MARK}*"):
             with contextlib.suppress(OSError):
                 if time.time() - partial.stat().st_mtime > _STALE_PARTIAL_S:
                     shutil.rmtree(partial, ignore_errors=True)
@@ -314,7 +335,12 @@ def _attributes(folder: Path) -> dict[str, Any]:
 
 def _beside(path: Path) -> Path:
     """A hidden folder next to ``path`` to write into before the rename (same file system)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}{_PARTIAL}")
+    return temp_path(path)
+
+
+def _checksum(data: Any) -> str:
+    """SHA-256 of an embedding's bytes (float16, C order), as recorded with each entry."""
+    return hashlib.sha256(np.ascontiguousarray(data, dtype=np.float16).tobytes()).hexdigest()
 
 
 def _subfolders(folder: Path) -> list[Path]:

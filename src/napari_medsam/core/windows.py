@@ -49,13 +49,15 @@ def check_window(window: object) -> tuple[float, float] | None:
 def looks_like_ct(array: np.ndarray, modality: str | None = None) -> bool:
     """CT by its DICOM modality, else by its values: signed or float data reaching air and bone.
 
-    The value rule (min <= -900 HU and max >= 100 HU) is what CT in Hounsfield units shows.
+    The value rule (min <= -900 HU and max >= 100 HU) is what CT in Hounsfield units shows, on the
+    finite voxels (NaN and infinite values are ignored).
     """
     if modality is not None:
         return modality.upper() == "CT"
     if not np.issubdtype(array.dtype, np.signedinteger) and not np.issubdtype(array.dtype, np.floating):
         return False
-    return array.size > 0 and float(np.min(array)) <= -900 and float(np.max(array)) >= 100
+    values = _finite(array)
+    return values.size > 0 and float(np.min(values)) <= -900 and float(np.max(values)) >= 100
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ def training_window(volume: np.ndarray, modality: str | None = None, rgb: bool =
       (MedSAM's pre_CT_MR.py: ``image_data[image_data > 0]``, not ``!= 0``). Negative values do not
       widen the window; clipping maps them, and zeros, to 0, as MedSAM sets its zero voxels back to 0.
     - A volume without positive voxels (or with one positive value): each slice's min..max.
+
+    NaN and infinite voxels are ignored throughout.
     """
     array = np.asarray(volume)
     if rgb or array.dtype == np.uint8:
@@ -93,7 +97,7 @@ def training_window(volume: np.ndarray, modality: str | None = None, rgb: bool =
         return WindowChoice(SOFT_TISSUE, "CT soft tissue, MedSAM's training window")
     flat = array.reshape(-1)
     step = max(1, flat.size // _PERCENTILE_SAMPLE)
-    values = flat[::step]
+    values = _finite(flat[::step])
     values = values[values > 0]
     if values.size:
         low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
@@ -101,6 +105,14 @@ def training_window(volume: np.ndarray, modality: str | None = None, rgb: bool =
             name = modality or "non-CT"
             return WindowChoice((low, high), f"{name}: 0.5-99.5 percentiles of the voxels > 0")
     return WindowChoice(None, "each slice's min..max (no voxels > 0 to take percentiles of)")
+
+
+def _finite(array: np.ndarray) -> np.ndarray:
+    """The finite values of ``array`` (flattened; the array itself when it has no others)."""
+    if array.dtype.kind != "f":
+        return array.reshape(-1)
+    finite = np.isfinite(array)
+    return array.reshape(-1) if finite.all() else array[finite]
 
 
 #: ``window="auto"`` in the volume helpers: :func:`training_window` of the volume.

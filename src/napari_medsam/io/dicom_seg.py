@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medsam.core.atomic import atomic_path
 from napari_medsam.core.objects import LabelObject, label_objects
 from napari_medsam.io.terminology import property_codes
 from napari_medsam.io.volumes import VolumeGeometry, is_dicom_file
@@ -114,7 +115,8 @@ def write_dicom_seg(
         series_description="napari-medsam segmentation",
     )
     path = os.fspath(path)
-    segmentation.save_as(path)
+    with atomic_path(path) as tmp:
+        segmentation.save_as(tmp)
     return path
 
 

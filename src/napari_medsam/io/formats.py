@@ -44,3 +44,48 @@ def stem_of(path: str | os.PathLike) -> str:
     name = Path(path).name
     suffix = suffix_of(name)
     return (name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name) or name
+
+
+#: What a file's first bytes say it holds: (offset, signature, format), the formats met in practice.
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG", "PNG"), (0, b"\xff\xd8\xff", "JPEG"), (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"),
+    (0, b"BM", "BMP"), (0, b"\x93NUMPY", "NumPy"), (0, b"NRRD", "NRRD"), (0, b"ObjectType", "MetaImage"),
+    (0, b"\x1f\x8b", "gzip"), (128, b"DICM", "DICOM"),
+    (344, b"n+1\x00", "NIfTI"), (344, b"ni1\x00", "NIfTI"), (344, b"n+2\x00", "NIfTI"),
+)  # fmt: skip
+#: The contents each file ending should have: the formats with a fixed signature (a MetaImage
+#: header has none; a DICOM file may lack the preamble; a NIfTI file may or may not be compressed).
+_EXPECTED: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys((".nii.gz", ".nii"), ("NIfTI", "gzip")),
+    **dict.fromkeys((".seg.nrrd", ".nrrd", ".nhdr"), ("NRRD",)),
+    **{".npy": ("NumPy",), ".png": ("PNG",), ".jpg": ("JPEG",), ".jpeg": ("JPEG",), ".bmp": ("BMP",)},
+    **dict.fromkeys((".tif", ".tiff"), ("TIFF",)),
+}
+
+
+def content_format(path: str | os.PathLike) -> str | None:
+    """The format a file's first bytes name (``"PNG"``, ``"NIfTI"``, ``"gzip"``, ...), else None."""
+    with open(path, "rb") as handle:
+        head = handle.read(348)
+    return next((fmt for at, sig, fmt in _SIGNATURES if head[at : at + len(sig)] == sig), None)
+
+
+def check_contents(path: str | os.PathLike) -> None:
+    """ValueError when a file is empty or its contents are another format than its ending says
+    (a PNG named ``.nii.gz``, a NIfTI named ``.png``), naming what it holds; nothing for endings
+    without a known signature."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path.name} is empty (0 bytes)")
+    expected = _EXPECTED.get(suffix_of(path))
+    if expected is None:
+        return
+    found = content_format(path)
+    if found not in expected:
+        what = f"a {found} file" if found else "no format napari-medsam knows"
+        raise ValueError(
+            f"{path.name} does not hold what its ending {suffix_of(path)} says: it is {what}; "
+            "give it the ending of its format"
+        )

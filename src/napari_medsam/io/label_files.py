@@ -1,7 +1,7 @@
 """Label files with their objects' names and colours, by ending: the one save and load path.
 
 ``.seg.nrrd`` (3D Slicer segments) and ``.dcm`` (DICOM Segmentation) carry names and colours
-in the file; NIfTI, NRRD and MetaImage label files get the ``<stem>.labels.json`` sidecar.
+in the file; NIfTI, NRRD and MetaImage label files get the ``<file name>.labels.json`` sidecar.
 The napari writer and the CLI save through :func:`save_labels` (on the file grid of the image
 the labels were made on) and open through :func:`load_labels` (on that image's grid again).
 """

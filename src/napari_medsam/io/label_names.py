@@ -1,11 +1,13 @@
-"""Object names and colours beside label files: the ``<stem>.labels.json`` sidecar.
+"""Object names and colours beside label files: the ``<file name>.labels.json`` sidecar.
 
-The sidecar of ``liver.nii.gz`` is ``liver.labels.json``::
+The sidecar of ``liver.nii.gz`` is ``liver.nii.gz.labels.json`` (one per file: ``liver.nrrd``
+beside it has its own)::
 
     {"labels": [{"label": 1, "name": "liver", "color": [0.902, 0.624, 0.0]}]}
 
 ``color`` is RGB in 0..1. NIfTI, NRRD and MetaImage label files get one (``.seg.nrrd`` and DICOM
-Segmentations carry names and colours themselves).
+Segmentations carry names and colours themselves). Files written by earlier versions
+kept their names in ``<stem>.labels.json``; that one is read when a file has no sidecar of its own.
 """
 
 from __future__ import annotations
@@ -15,28 +17,35 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from napari_medsam.core.atomic import write_text
 from napari_medsam.core.objects import LabelObject, label_objects
 from napari_medsam.io.formats import stem_of
 
+SIDECAR_SUFFIX = ".labels.json"
+
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """Where the names of the labels in ``path`` are kept: ``<stem>.labels.json`` beside it."""
+    """Where the names of the labels in ``path`` are written: ``<file name>.labels.json`` beside it."""
     path = Path(path)
-    return path.with_name(f"{stem_of(path)}.labels.json")
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def legacy_sidecar_path(path: str | os.PathLike) -> Path:
+    """The per-stem sidecar of earlier versions (``liver.labels.json``), read when the file has none."""
+    path = Path(path)
+    return path.with_name(stem_of(path) + SIDECAR_SUFFIX)
 
 
 def write_sidecar(path: str | os.PathLike, objects: Sequence[LabelObject]) -> Path:
-    """Write the sidecar of label file ``path`` for ``objects``; returns its path."""
+    """Write the sidecar of label file ``path`` for ``objects`` (atomically); returns its path."""
     entries = [{"label": o.label, "name": o.name, "color": [round(c, 4) for c in o.color]} for o in objects]
-    target = sidecar_path(path)
-    target.write_text(json.dumps({"labels": entries}, indent=2) + "\n")
-    return target
+    return write_text(sidecar_path(path), json.dumps({"labels": entries}, indent=2) + "\n")
 
 
 def read_sidecar(path: str | os.PathLike) -> list[LabelObject]:
-    """The objects named in the sidecar of ``path`` (empty when there is none)."""
-    target = sidecar_path(path)
-    if not target.is_file():
+    """The objects named in the sidecar of ``path``, else in its legacy one; empty when neither is there."""
+    target = next((p for p in (sidecar_path(path), legacy_sidecar_path(path)) if p.is_file()), None)
+    if target is None:
         return []
     try:
         entries = json.loads(target.read_text()).get("labels", [])

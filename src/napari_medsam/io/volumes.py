@@ -13,6 +13,7 @@ with the geometry of its image lines up with it in 3D Slicer and ITK-SNAP.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import math
@@ -25,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medsam.io.formats import ITK_WRITE_SUFFIXES, READ_SUFFIXES, VOLUME_FORMATS, stem_of, suffix_of
+from napari_medsam.core.atomic import atomic_path
+from napari_medsam.io.formats import (
+    ITK_WRITE_SUFFIXES,
+    READ_SUFFIXES,
+    VOLUME_FORMATS,
+    check_contents,
+    stem_of,
+    suffix_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +56,6 @@ __all__ = [
 
 #: Key under which a layer's ``metadata`` holds ``VolumeGeometry.to_dict()``.
 GEOMETRY_KEY = "geometry"
-
-_DICOM_PROBE_FILES = 20  # files looked at before deciding a folder holds no DICOM
 
 
 @dataclass(frozen=True)
@@ -264,13 +271,13 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 
 def is_dicom_folder(path: str | os.PathLike) -> bool:
-    """True if one of the first few files of folder ``path`` is a DICOM file."""
+    """True if a file of folder ``path`` is a DICOM file (however many other files come first)."""
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError:
         return False
     files = [e.path for e in entries if e.is_file() and not e.name.startswith(".")]
-    return any(is_dicom_file(f) for f in files[:_DICOM_PROBE_FILES])
+    return any(is_dicom_file(f) for f in files)
 
 
 def volume_name(path: str | os.PathLike) -> str:
@@ -290,6 +297,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file or folder: {path}")
+    check_contents(path)  # a PNG named .nii.gz is named as such, not as a header ITK cannot parse
     fmt = format_of(path)
     if fmt is None:
         raise ValueError(
@@ -317,7 +325,10 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry]:
 
 
 def _read_dicom_series(path: str) -> tuple[sitk.Image, str | None, tuple[str, ...]]:
+    """The series of a folder (its largest) or of one of its files, checked (:func:`check_series`)."""
     import SimpleITK as sitk
+
+    from napari_medsam.io.dicom_series import check_series, describe_series
 
     if os.path.isdir(path):
         folder, wanted = path, None
@@ -330,15 +341,19 @@ def _read_dicom_series(path: str) -> tuple[sitk.Image, str | None, tuple[str, ..
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if not series:
         raise RuntimeError("sitk::ERROR: no DICOM image series found")
+    members = {s: _series_files(folder, s) for s in series}
     if wanted and wanted.strip() in (s.strip() for s in series):
         ids = [s for s in series if s.strip() == wanted.strip()]
     else:  # a folder: take the series with the most slices
-        ids = sorted(series, key=lambda s: -len(_series_files(folder, s)))
+        ids = sorted(series, key=lambda s: -len(members[s]))
         if len(ids) > 1:
             logger.warning(
-                "%s holds %d DICOM series; reading the largest (%s)", folder, len(ids), ids[0]
-            )
-    files = _series_files(folder, ids[0])
+                "%s holds %d DICOM series: %s; reading the largest, %s (open one of its files for another)",
+                folder, len(ids), ", ".join(describe_series(members[s]) for s in ids),
+                describe_series(members[ids[0]]),
+            )  # fmt: skip
+    files = members[ids[0]]
+    check_series(folder, files, [f for s in series for f in members[s]])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -434,11 +449,32 @@ def write_labels(
     geometry.apply_to(image)
     for key, value in (header or {}).items():
         image.SetMetaData(key, value)
+    old_data = _mhd_data_file(path)
     try:
-        sitk.WriteImage(image, path, useCompression=True)
+        with atomic_path(path, suffix_of(path)) as tmp:  # ITK picks the format by the ending
+            sitk.WriteImage(image, str(tmp), useCompression=True)
     except RuntimeError as exc:
         raise ValueError(f"Could not write {path}: {_itk_reason(exc)}") from exc
+    if old_data is not None and old_data != _mhd_data_file(path):
+        with contextlib.suppress(OSError):  # the replaced header's data, now unused
+            os.remove(old_data)
     return path
+
+
+def _mhd_data_file(path: str) -> str | None:
+    """The data file a ``.mhd`` header names (None for other formats or no readable header).
+
+    A ``.mhd`` is written with its data under the temporary header's name, which the renamed
+    header keeps naming: the header's rename replaces header and data together.
+    """
+    if suffix_of(path) != ".mhd" or not os.path.isfile(path):
+        return None
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="ascii") as header:
+        for line in header:
+            key, _, value = line.partition("=")
+            if key.strip() == "ElementDataFile" and value.strip() != "LOCAL":
+                return os.path.join(os.path.dirname(path), value.strip())
+    return None
 
 
 def resample_labels(labels: np.ndarray, geometry: VolumeGeometry, target: VolumeGeometry) -> np.ndarray:

@@ -24,7 +24,6 @@ import importlib.util
 import json
 import logging
 import os
-import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from napari_medsam.core.atomic import write_bytes
 from napari_medsam.core.errors import ModelLoadError, import_extra
 from napari_medsam.core.preprocessing import INPUT_SIZE
 from napari_medsam.models import BACKENDS
@@ -237,9 +237,7 @@ def _write_cached(path: Path, key: dict[str, object], graph: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"key": key, "sha256": hashlib.sha256(graph).hexdigest(), "torch": torch.__version__}
         for target, data in ((path, graph), (path.with_suffix(".json"), json.dumps(record).encode())):
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            write_bytes(target, data)
     except OSError as error:
         logger.warning("could not write the ONNX cache %s: %s (exported again next time)", path, error)
 
