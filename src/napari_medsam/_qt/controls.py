@@ -30,7 +30,8 @@ class Controls:
         self.window = ComboBox(label="window", choices=list(WINDOWS), value=AUTO_WINDOW)
         self.scope = ComboBox(label="segment", choices=[THIS_SLICE, ALL_SLICES], value=THIS_SLICE)
         self.overwrite = CheckBox(value=False, text="overwrite other labels")
-        self.prefetch = CheckBox(value=True, text="encode neighbouring slices ahead")
+        self.prefetch = CheckBox(value=True, text="encode every slice in the background")
+        self.encoding_status = Label(value="")
         self.store = StoreSetting()
         self.segment_button = PushButton(text="Segment")
         self.propagate_button = PushButton(text=PROPAGATE)
@@ -47,6 +48,6 @@ class Controls:
         #: Everything below the layer pickers, in order.
         self.widgets = [
             self.new_layers, self.positive, self.auto, self.model, self.weights, self.device,
-            self.window, self.scope, self.overwrite, self.prefetch, self.store.edit, self.actions,
-            self.progress_bar, self.status_label,
+            self.window, self.scope, self.overwrite, self.prefetch, self.encoding_status, self.store.edit,
+            self.actions, self.progress_bar, self.status_label,
         ]  # fmt: skip

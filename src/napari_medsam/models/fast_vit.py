@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from napari_medsam.core.preemption import preemption_point
+
 if TYPE_CHECKING:
     from transformers import SamModel
 
@@ -70,6 +72,7 @@ def encode_image(sam: SamModel, pixel_values: Tensor) -> Tensor:
         if vision.pos_embed is not None:
             x += vision.pos_embed.float()
         for layer in vision.layers:
+            preemption_point()
             x = _layer_forward(layer, x, dtype)
         return _neck(vision.neck, x, dtype)
 

@@ -28,6 +28,8 @@ Inference-only choices that make it fast on CPU:
   The matrix products stay in the module's dtype, so bfloat16 is only fast on CPUs with
   native bfloat16 (AVX-512 BF16 / AMX) or on GPUs.
 
+A background run (``core/preemption``) may stop between blocks and between stripes.
+
 Window attention follows the original exactly: the map is zero padded at the bottom/right to a
 multiple of the window, the padded positions take part in attention unmasked (they pass through
 the attention's LayerNorm like any token), and the bias for a pair of positions is the table
@@ -43,6 +45,8 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from napari_medsam.core.preemption import preemption_point
 
 __all__ = ["TinyViT", "merge_stride", "relative_position_index"]
 
@@ -145,6 +149,7 @@ class _InvertedBottleneck(nn.Module):
         w_out = (w + 2 * p - k) // s + 1
         out = x.new_empty(b, h_out, w_out, self.conv3.out_features)
         for r0 in range(0, h_out, rows):
+            preemption_point()
             r1 = min(h_out, r0 + rows)
             out[:, r0:r1] = self._rows(x, r0, r1)
         return out
@@ -276,6 +281,7 @@ class _Stage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
+            preemption_point()
             x = block(x)
         if self.downsample is not None:
             x = self.downsample(x)
