@@ -344,4 +344,58 @@ def test_interrupt_and_close_stop_the_slice_in_the_encoder(prefetcher, tiny_sam_
     thread = pre._thread
     pre.close(timeout=TIMEOUT)  # closing never waits for the held slice to finish
     assert not thread.is_alive()
-    assert not held.hold.is_set() and pre.encoded == 0
+    assert not held.hold.is_set()
+    assert pre.encoded == 0
+
+
+@pytest.mark.gui
+def test_segment_pressed_while_the_volume_encodes_starts_at_once_and_closing_stops_it(
+    make_napari_viewer, qtbot, tiny_sam_dir
+):
+    """The widget's background holds slice 2 in the encoder (it never finishes on its own): Segment
+    there encodes at once, writes what a widget without background work writes; closing the viewer
+    ends the background thread."""
+    from dataclasses import replace
+
+    from napari_medsam._qt.widget import MedSamWidget
+    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.models.loading import load_model
+
+    model = load_model(tiny_sam_dir, device="cpu", dtype="float32")
+    held = HeldEncoder(model.encoder)
+    volume = np.random.default_rng(3).normal(0, 100, (5, 48, 64)).astype(np.float32)
+    volume[:, 14:34, 18:46] += 300
+    box = np.array([[2, 12, 16], [2, 12, 48], [2, 36, 48], [2, 36, 16]], float)
+
+    def segment_slice_2(encoder, prefetch):
+        viewer = make_napari_viewer()
+        viewer.add_image(volume, contrast_limits=(-160, 240))
+        factory = lambda s, d: MedSamPredictor(replace(model, encoder=encoder))  # noqa: E731
+        widget = MedSamWidget(viewer, predictor_factory=factory)
+        viewer.window.add_dock_widget(widget)
+        widget.model, widget.device, widget.prefetch = str(tiny_sam_dir), "cpu", prefetch
+        boxes, _ = widget.add_prompt_layers()
+        viewer.dims.set_current_step(0, 2)
+        if prefetch:
+            qtbot.waitUntil(held.entered.is_set, timeout=60_000)  # the background holds slice 2
+        boxes.add_rectangles(box)
+        with qtbot.waitSignal(widget.job_finished, timeout=60_000) as blocker:
+            widget.segment_button.native.click()
+        assert blocker.args == ["done"]
+        return viewer, widget
+
+    viewer, widget = segment_slice_2(held, prefetch=True)
+    assert not held.hold.is_set()
+    assert held.events[:4] == [("background", "start"), ("background", "gave way"), ("user", "start"),
+                               ("user", "end")]  # fmt: skip
+    labels = widget.labels_layer.data.copy()
+    assert labels[2].any()
+    qtbot.waitUntil(lambda: held.events[-1] == ("background", "start"), timeout=60_000)  # it goes on
+    thread = widget.prefetcher._thread
+    viewer.close()
+    assert widget._released
+    assert not thread.is_alive()
+    assert not any(t.name == "napari-medsam-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    _, plain = segment_slice_2(model.encoder, prefetch=False)
+    np.testing.assert_array_equal(labels, plain.labels_layer.data)
