@@ -10,6 +10,12 @@ fresh process; ONNX Runtime with an empty and then a warm graph cache) with its 
 LiteMedSAM the fidelity guard: mask IoU against torch float32 for a box from the label on every
 slice of every organ of the shared real CT (``/work/shared`` or ``--ct``/``--seg``).
 ``--section families`` is the per-family table beside the plain way (phantom slices).
+``--section speed`` is where the time of a session goes (issue 27): the machine's float32 and
+bfloat16 GEMM rates (a 2048^3 matmul) beside LiteMedSAM's encoder (its GFLOP/s and their ratio);
+propagation of the shared CT's liver cold (per slice, against the encoder alone, look-ahead on
+and off) and warm (every slice encoded: slices/s, masks equal to the cold run's); and the widget:
+the time from opening the shared 30-slice CT to every slice encoded in the background, and the
+viewer's event-loop delay meanwhile (a 10 ms QTimer probe: 95th percentile of its lateness).
 
 Each row times napari-medsam (``MedSamPredictor`` with its defaults: fast ViT encoder, fast mask
 decoder, float16 embedding cache, ``dtype="auto"``) and the baseline (our preprocessing and
@@ -371,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--propagation-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--peak-child", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--section", choices=["backends", "families"], default="backends")
+    parser.add_argument("--section", choices=["backends", "families", "speed"], default="backends")
     parser.add_argument("--ct", default=SHARED_CT, help="the real CT for the fidelity guard")
     parser.add_argument("--seg", default=SHARED_SEG, help="its labels")
     parser.add_argument("--skip-vit", action="store_true", help="backends: LiteMedSAM only")
@@ -387,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.section == "backends":
         bench_backends(args)
+        return
+    if args.section == "speed":
+        bench_speed(args)
         return
 
     import transformers
@@ -641,6 +650,179 @@ def bench_vit_backends(args: argparse.Namespace) -> None:
         f"ONNX export {export_s:.0f} s",
         ("backend, dtype", "embedding s", "vs transformers", "decoder ms", "phantom mask IoU vs torch fp32"),
         rows,
+    )
+
+
+# ------------------------------------------------------------------------------ speed (issue 27)
+
+
+def gemm_gflops(dtype: torch.dtype, side: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a side^3 matrix product in ``dtype`` (median of ``repeats`` after a warm-up)."""
+    a, b = torch.randn(side, side).to(dtype), torch.randn(side, side).to(dtype)
+    times = interleaved({"mm": lambda: a @ b}, repeats, 1)["mm"]
+    return 2 * side**3 / median(times) / 1e9
+
+
+def encoder_gflop(encoder: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """GFLOP of one 256 x 256 embedding, as PyTorch's FLOP counter sees its operators."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        encoder(torch.rand(1, 3, 256, 256))
+    return counter.get_total_flops() / 1e9
+
+
+def cpu_flags() -> str:
+    """The CPU's model and its vector and matrix flags (what decides the GEMM rates)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    return f"{model}; {' '.join(wanted) or 'flags unknown'}"
+
+
+def propagation_speed(predictor: MedSamPredictor, volume: np.ndarray, seg: np.ndarray, repeats: int) -> list:
+    """Rows: the encoder alone, cold propagation (look-ahead on / off), warm propagation."""
+    from napari_medsam.core.prefetch import Lookahead
+
+    liver = seg == GUARD_ORGANS["liver"]
+    key = int(np.argmax(liver.sum(axis=(1, 2))))
+    box = label_box(liver[key])
+
+    def walk() -> tuple[float, list[Any]]:
+        steps: list[Any] = []
+        start = time.perf_counter()
+        run_to_end(propagate(predictor, volume, key, key_box=box, window=WINDOW), steps.append)
+        return time.perf_counter() - start, steps
+
+    def cold(pipelined: bool) -> Callable[[], None]:
+        def run() -> None:
+            predictor.cache.clear()
+            Lookahead.enabled = pipelined
+            seconds, steps = walk()
+            runs[pipelined].append((seconds / len(steps), steps))
+
+        return run
+
+    runs: dict[bool, list[tuple[float, list[Any]]]] = {True: [], False: []}
+    encoder = {"encoder alone": lambda: (predictor.cache.clear(), predictor.set_image(volume[key], WINDOW))}
+    times = interleaved({**encoder, "on": cold(True), "off": cold(False)}, repeats, 0)
+    Lookahead.enabled = True
+    alone = median(times["encoder alone"])
+    reference = runs[True][-1][1]
+    warm_seconds, warm_steps = walk()  # every slice is in the cache now
+    same = len(reference) == len(warm_steps) and all(
+        (a.slice_index, a.stop) == (b.slice_index, b.stop) and _same_mask(a.mask, b.mask)
+        for a, b in zip(reference, warm_steps, strict=True)
+    )
+    rows = [("encoder alone (one slice)", f"{1e3 * alone:.0f} ms", "1.00x")]
+    for pipelined, name in ((True, "look-ahead on (default)"), (False, "look-ahead off")):
+        per_slice = median([seconds for seconds, _ in runs[pipelined]])
+        rows.append((
+            f"cold propagation per slice, {name}", f"{1e3 * per_slice:.0f} ms", f"{per_slice / alone:.2f}x"
+        ))  # fmt: skip
+    rows.append((
+        f"warm propagation ({len(warm_steps)} slices encoded)",
+        f"{len(warm_steps) / warm_seconds:.1f} slices/s", f"masks equal to the cold run: {same}",
+    ))  # fmt: skip
+    return rows
+
+
+def _same_mask(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def widget_session(ct_path: str) -> tuple[float, float, float, int]:
+    """(s from opening ``ct_path`` to every slice encoded, event-loop delay p95 and max in ms, slices)."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_medsam._qt.widget import MedSamWidget
+
+    viewer = napari.Viewer(show=False)
+    widget = MedSamWidget(viewer)
+    widget.model, widget.device = "lite-medsam", "cpu"
+    viewer.window.add_dock_widget(widget)
+    late: list[float] = []
+    last = [time.perf_counter()]
+
+    def probe() -> None:
+        now = time.perf_counter()
+        late.append(max(0.0, now - last[0] - 0.010))
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(probe)
+    start = time.perf_counter()
+    (image,) = viewer.open(ct_path)
+    depth = image.data.shape[0]
+    timer.start()
+    deadline = start + 900
+    while widget.prefetcher.progress != (depth, depth) and time.perf_counter() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.002)
+    seconds = time.perf_counter() - start
+    timer.stop()
+    done = widget.prefetcher.progress[0]
+    viewer.close()
+    return seconds, 1e3 * float(np.percentile(late, 95)), 1e3 * max(late), done
+
+
+def bench_speed(args: argparse.Namespace) -> None:
+    """The issue-27 tables (see the module docstring), from one run."""
+    from napari_medsam.models.loading import load_model
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    print(
+        f"napari-medsam speed benchmark: {cpu_flags()}\n{os.cpu_count()} logical CPUs, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads); native bf16 {cpu_has_native_bfloat16()}; "
+        f"load average at start {tuple(round(v, 2) for v in load)}; OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}"
+    )
+    model = load_model("lite-medsam", device="cpu", dtype="float32")
+    predictor = MedSamPredictor(model)
+    ct, seg = read_ct(args.ct, args.seg)
+    image = ct[15]
+    flop = encoder_gflop(model.encoder)
+    rates = {"float32": gemm_gflops(torch.float32)}
+    if cpu_has_native_bfloat16():
+        rates["bfloat16"] = gemm_gflops(torch.bfloat16)
+
+    def embed() -> None:
+        predictor.cache.clear()
+        predictor.set_image(image, WINDOW)
+
+    seconds = median(interleaved({"embed": embed}, args.repeats, args.warmup)["embed"])
+    rates["float32 after"] = gemm_gflops(torch.float32)
+    achieved = flop / seconds
+    gemm = (rates["float32"] + rates["float32 after"]) / 2
+    rows = [(f"GEMM 2048^3 {name}", f"{rate:.0f}", "") for name, rate in rates.items()]
+    ratios = f"{achieved / gemm:.2f} of fp32 GEMM" + (
+        f", {achieved / rates['bfloat16']:.2f} of bf16 GEMM" if "bfloat16" in rates else ""
+    )
+    encoder = f"LiteMedSAM encoder, torch float32 ({flop:.1f} GFLOP, {1e3 * seconds:.0f} ms)"
+    rows.append((encoder, f"{achieved:.0f}", ratios))
+    print_table("The encoder against the machine's GEMM rate", ("what", "GFLOP/s", "ratio"), rows)
+    print_table(
+        f"Propagation of the liver through the shared CT ({len(ct)} slices), LiteMedSAM float32",
+        ("what", "time", "against the encoder alone"),
+        propagation_speed(predictor, ct, seg, args.propagation_repeats),
+    )
+    seconds, p95, worst, done = widget_session(args.ct)
+    print_table(
+        "The widget: open the shared CT, every slice encoded in the background (LiteMedSAM, load included)",
+        ("slices encoded", "seconds to all encoded", "event-loop delay p95 ms (target <= 100)", "max ms"),
+        [(f"{done} / {len(ct)}", f"{seconds:.1f}", f"{p95:.0f}", f"{worst:.0f}")],
     )
 
 

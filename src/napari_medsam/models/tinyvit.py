@@ -15,6 +15,8 @@ The architecture is the one LiteMedSAM's checkpoint implies (see ``TinyViT.from_
 Inference-only choices that make it fast on CPU:
 
 - every conv-BN pair is folded into one convolution with a bias when the weights are loaded;
+- on the CPU in float32, every 1x1 convolution and linear layer is one oneDNN call with the GELU
+  or the residual addition that follows it fused in (``_linear``);
 - feature maps stay channels-last (B, H, W, C) from end to end: 1x1 convolutions are plain
   ``linear`` calls, depthwise convolutions run on the channels-last view of the same memory, so
   there is no layout shuffling between the convolution and the transformer parts;
@@ -75,6 +77,33 @@ def _cpu_conv_is_slow(dtype: torch.dtype) -> bool:
 
 
 _SLOW_CPU_CONV: dict[torch.dtype, bool] = {}
+
+
+def _onednn_linear(x: Tensor) -> bool:
+    """Whether ``_linear`` runs as one oneDNN call: float32 on a CPU with oneDNN, not being exported."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and not torch.compiler.is_exporting()
+    )
+
+
+def _linear(layer: nn.Linear, x: Tensor, gelu: bool = False, add: Tensor | None = None) -> Tensor:
+    """``layer(x)``, then GELU (``gelu``) or ``+ add``: on the CPU in float32, one oneDNN call.
+
+    The fused call does the GELU or the addition while the product's output is still in cache,
+    and oneDNN's product beats the default one on these shapes (measured in docs/speed.md).
+    """
+    if _onednn_linear(x):
+        pointwise = torch.ops.mkldnn._linear_pointwise
+        if add is not None:
+            return pointwise.binary(x, add, layer.weight, layer.bias, "add")
+        return pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    y = F.linear(x, layer.weight, layer.bias)
+    if gelu:
+        y = _gelu(y)
+    return y if add is None else y + add
 
 
 def _conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, **kwargs) -> Tensor:
@@ -161,16 +190,15 @@ class _InvertedBottleneck(nn.Module):
         s, p = self.conv2.stride, self.conv2.padding
         first, last = s * r0 - p, s * (r1 - 1) - p + k  # input rows the depthwise conv reads
         a0, a1 = max(0, first), min(h, last)
-        hidden = _gelu(self.conv1(x[:, a0:a1]))
+        hidden = _linear(self.conv1, x[:, a0:a1], gelu=True)
         # rows beyond the image border: the depthwise conv's zero padding of the hidden map
         top, bottom = a0 - first, last - a1
         if top or bottom:
             hidden = F.pad(hidden, (0, 0, 0, 0, top, bottom))
         hidden = _gelu(self.conv2(hidden, row_padding=0))
-        y = self.conv3(hidden)
         if self.residual:
-            y = _gelu(y + x[:, r0:r1])
-        return y
+            return _gelu(_linear(self.conv3, hidden, add=x[:, r0:r1]))
+        return _linear(self.conv3, hidden)
 
 
 def _mbconv(dim: int, hidden: int, kernel_size: int = 3) -> _InvertedBottleneck:
@@ -222,11 +250,11 @@ class _WindowAttention(nn.Module):
         n = ws * ws
         # window partition: (B*nH*nW, N, C)
         windows = x.reshape(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(-1, n, c)
-        qkv = self.qkv(self.norm(windows))
+        qkv = _linear(self.qkv, self.norm(windows))
         heads = self.num_heads
         q, k, v = qkv.view(-1, n, heads, 3, c // heads).permute(3, 0, 2, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.attn_bias)
-        out = self.proj(out.transpose(1, 2).reshape(-1, n, c))
+        out = _linear(self.proj, out.transpose(1, 2).reshape(-1, n, c))
         # window reverse, crop the padding
         out = out.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
         if pad_b or pad_r:
@@ -245,7 +273,10 @@ class _Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def _residual(self, x: Tensor, out: Tensor | None = None) -> Tensor:
-        return torch.add(x, self.fc2(_gelu(self.fc1(self.norm(x)))), out=out)
+        y = _linear(self.fc2, _linear(self.fc1, self.norm(x), gelu=True), add=x)
+        if out is None:
+            return y
+        return out.copy_(y)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x + mlp(x)``; on the CPU, large maps go through in chunks of tokens."""
@@ -363,11 +394,11 @@ class TinyViT(nn.Module):
         """(B, 3, H, W) -> (B, out_chans, H / 4, W / 4); (B, 3, 256, 256) -> (B, 256, 64, 64)."""
         weight = self.neck_conv2.weight
         x = pixel_values.to(device=weight.device, dtype=weight.dtype).permute(0, 2, 3, 1)
-        x = _gelu(self.patch_embed[0](x))
-        x = self.patch_embed[1](x)
+        x = _linear(self.patch_embed[0], x, gelu=True)
+        x = _linear(self.patch_embed[1], x)
         for stage in self.stages:
             x = stage(x)
-        x = self.neck_norm1(self.neck_conv1(x))
+        x = self.neck_norm1(_linear(self.neck_conv1, x))
         x = _conv2d(x.permute(0, 3, 1, 2), self.neck_conv2.weight, None, padding=1)
         x = x.permute(0, 2, 3, 1)
         x = self.neck_norm2(x)
