@@ -489,7 +489,8 @@ def test_the_volume_is_encoded_in_the_background_nearest_first(make_setup, spy, 
     assert len(spy.encoded) == 12  # every slice is in the cache already
     s.boxes.add_rectangles(box_around(truth[7], 7))
     assert w.segment() == [1]
-    assert len(spy.prompts) == 1 and len(spy.encoded) == 12  # decoder only
+    assert len(spy.prompts) == 1
+    assert len(spy.encoded) == 12  # decoder only
 
     w.window = "CT bone (L400 W1800)"  # other pixels for the model: encode again, from slice 7
     qtbot.waitUntil(lambda: len(spy.encoded) == 24 and settled(), timeout=TIMEOUT_MS)
@@ -499,7 +500,8 @@ def test_the_volume_is_encoded_in_the_background_nearest_first(make_setup, spy, 
     w.prefetch = False
     w.window = "CT soft tissue (L40 W400)"
     qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
-    assert len(spy.encoded) == 24 and status.value == ""  # switched off
+    assert len(spy.encoded) == 24
+    assert status.value == ""  # switched off
     w.prefetch = True
     w.model = "sam-vit-base"  # not on this machine: never loaded (nor downloaded) in the background
     assert w.prefetcher.loader is None
@@ -518,7 +520,7 @@ def test_a_2d_image_encodes_only_itself(make_napari_viewer, spy, qtbot):
 
 
 def test_prefetch_follows_the_image_and_stops_when_closed(make_setup, spy, qtbot):
-    volume, (truth,) = ellipsoids(shape=(6, 48, 56), objects=(((3.0, 24.0, 20.0), (2.6, 12.0, 10.0)),))
+    volume, _ = ellipsoids(shape=(6, 48, 56), objects=(((3.0, 24.0, 20.0), (2.6, 12.0, 10.0)),))
     spy.gate = threading.Event()
     s = make_setup(volume, prefetch=True)
     w, viewer = s.widget, s.viewer

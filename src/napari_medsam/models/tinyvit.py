@@ -16,7 +16,9 @@ Inference-only choices that make it fast on CPU:
 
 - every conv-BN pair is folded into one convolution with a bias when the weights are loaded;
 - on the CPU in float32, every 1x1 convolution and linear layer is one oneDNN call with the GELU
-  or the residual addition that follows it fused in (``_linear``);
+  or the residual addition that follows it fused in (``_linear``), and so is each depthwise
+  convolution of the inverted bottlenecks with its GELU. The fused calls are checked once against
+  the plain ops (``_fused_ops_work``), which run wherever they fail or disagree;
 - feature maps stay channels-last (B, H, W, C) from end to end: 1x1 convolutions are plain
   ``linear`` calls, depthwise convolutions run on the channels-last view of the same memory, so
   there is no layout shuffling between the convolution and the transformer parts;
@@ -40,6 +42,7 @@ column ``|dy| * window + |dx|``.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -51,6 +54,8 @@ from torch import Tensor, nn
 from napari_medsam.core.preemption import preemption_point
 
 __all__ = ["TinyViT", "merge_stride", "relative_position_index"]
+
+logger = logging.getLogger(__name__)
 
 _BN_EPS = 1e-5  # torch.nn.BatchNorm2d default, used by every conv-BN of the checkpoint
 _LN_EPS = 1e-5  # torch.nn.LayerNorm default: attention and MLP norms
@@ -79,14 +84,64 @@ def _cpu_conv_is_slow(dtype: torch.dtype) -> bool:
 _SLOW_CPU_CONV: dict[torch.dtype, bool] = {}
 
 
-def _onednn_linear(x: Tensor) -> bool:
-    """Whether ``_linear`` runs as one oneDNN call: float32 on a CPU with oneDNN, not being exported."""
+def _onednn(x: Tensor) -> bool:
+    """Whether fused oneDNN calls run: float32 on a CPU whose oneDNN passed :func:`_fused_ops_work`,
+    not being exported (ONNX)."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
         and not torch.compiler.is_exporting()
+        and _fused_ops_work()
     )
+
+
+_FUSED_OK: list[bool] = []
+
+
+def _fused_ops_work() -> bool:
+    """Checked once per process: the fused oneDNN calls give what the plain ops give on random data.
+
+    Where they fail or disagree (a PyTorch build without oneDNN, or one whose private ops changed)
+    a warning says so and the plain ops run instead.
+    """
+    if not _FUSED_OK:
+        _FUSED_OK.append(_check_fused_ops())
+    return _FUSED_OK[0]
+
+
+def _check_fused_ops() -> bool:
+    generator = torch.Generator().manual_seed(0)
+    x, add = torch.randn(2, 5, 6, 8, generator=generator), torch.randn(2, 5, 6, 16, generator=generator)
+    weight, bias = torch.randn(16, 8, generator=generator), torch.randn(16, generator=generator)
+    conv_w, conv_b = torch.randn(8, 1, 3, 3, generator=generator), torch.randn(8, generator=generator)
+    plain_x = x.permute(0, 3, 1, 2)
+    try:
+        ops = torch.ops.mkldnn
+        with torch.inference_mode():
+            fused = [
+                ops._linear_pointwise(x, weight, bias, "gelu", [], "none"),
+                ops._linear_pointwise(x, weight, None, "none", [], ""),
+                ops._linear_pointwise.binary(x, add, weight, bias, "add"),
+                ops._convolution_pointwise(
+                    plain_x, conv_w, conv_b, [1, 1], [2, 2], [1, 1], 8, "gelu", [], "none"
+                ),
+            ]
+            plain = [
+                _gelu(F.linear(x, weight, bias)),
+                F.linear(x, weight),
+                F.linear(x, weight, bias) + add,
+                _gelu(F.conv2d(plain_x, conv_w, conv_b, stride=2, padding=1, groups=8)),
+            ]
+        agree = all(
+            a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+            for a, b in zip(fused, plain, strict=True)
+        )
+    except (AttributeError, RuntimeError) as err:
+        logger.warning("fused oneDNN calls unavailable (%s: %s); TinyViT runs the plain ops", type(err), err)
+        return False
+    if not agree:
+        logger.warning("fused oneDNN calls disagree with the plain ops; TinyViT runs the plain ops")
+    return agree
 
 
 def _linear(layer: nn.Linear, x: Tensor, gelu: bool = False, add: Tensor | None = None) -> Tensor:
@@ -95,7 +150,7 @@ def _linear(layer: nn.Linear, x: Tensor, gelu: bool = False, add: Tensor | None 
     The fused call does the GELU or the addition while the product's output is still in cache,
     and oneDNN's product beats the default one on these shapes (measured in docs/speed.md).
     """
-    if _onednn_linear(x):
+    if _onednn(x):
         pointwise = torch.ops.mkldnn._linear_pointwise
         if add is not None:
             return pointwise.binary(x, add, layer.weight, layer.bias, "add")
@@ -126,9 +181,16 @@ class _DepthwiseConv(nn.Module):
         self.weight = nn.Parameter(torch.zeros(channels, 1, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: Tensor, row_padding: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, row_padding: int | None = None, gelu: bool = False) -> Tensor:
+        """The convolution (rows padded by ``row_padding``, default the kernel's), then GELU if ``gelu``."""
         # (B, H, W, C) contiguous is (B, C, H, W) in channels_last memory format: no copy.
         rows = self.padding if row_padding is None else row_padding
+        if gelu and _onednn(x):  # the GELU fused into oneDNN's convolution
+            y = torch.ops.mkldnn._convolution_pointwise(
+                x.permute(0, 3, 1, 2), self.weight, self.bias, [rows, self.padding], [self.stride] * 2,
+                [1, 1], self.weight.shape[0], "gelu", [], "none",
+            )  # fmt: skip
+            return y.permute(0, 2, 3, 1)
         y = _conv2d(
             x.permute(0, 3, 1, 2),
             self.weight,
@@ -137,7 +199,8 @@ class _DepthwiseConv(nn.Module):
             padding=(rows, self.padding),
             groups=self.weight.shape[0],
         )
-        return y.permute(0, 2, 3, 1)
+        y = y.permute(0, 2, 3, 1)
+        return _gelu(y) if gelu else y
 
 
 class _InvertedBottleneck(nn.Module):
@@ -195,7 +258,7 @@ class _InvertedBottleneck(nn.Module):
         top, bottom = a0 - first, last - a1
         if top or bottom:
             hidden = F.pad(hidden, (0, 0, 0, 0, top, bottom))
-        hidden = _gelu(self.conv2(hidden, row_padding=0))
+        hidden = self.conv2(hidden, row_padding=0, gelu=True)
         if self.residual:
             return _gelu(_linear(self.conv3, hidden, add=x[:, r0:r1]))
         return _linear(self.conv3, hidden)
