@@ -51,6 +51,7 @@ from napari_medsam.layers import volume as vol
 from napari_medsam.layers.prompt_layers import ClickPolarity
 from napari_medsam.layers.prompts import current_plane, spatial_shape
 from napari_medsam.layers.requests import LayerInputs, RunSettings, run_problem
+from napari_medsam.models import BACKENDS
 
 __all__ = ["ALL_SLICES", "MODELS", "THIS_SLICE", "TOGGLE_KEY", "WINDOWS", "MedSamWidget"]
 
@@ -69,6 +70,7 @@ class MedSamWidget(Container):
     clicks_layer = Option("_clicks", "The Points layer of click prompts (None: no clicks).")
     labels_layer = Option("_labels", "The output Labels layer (None: one is created on the first run).")
     device = Option("controls.device", f"Where the model runs: one of {DEVICES}.")
+    backend = Option("controls.backend", f"What runs the image encoder (CLI --backend): one of {BACKENDS}.")
     window = Option("controls.window", f"Intensity window preset: one of {list(WINDOWS)}.")
     scope = Option("controls.scope", f"What Segment and Interpolate take: {THIS_SLICE!r} or {ALL_SLICES!r}.")
     overwrite = Option("controls.overwrite", "Whether new masks may overwrite other objects' pixels.", bool)
@@ -90,7 +92,8 @@ class MedSamWidget(Container):
         self._boxes, self._clicks, self._labels = self.pickers.companions.values()
         c = self.controls = Controls(default_model())
         #: The one predictor: switching the model releases the previous one; it reads through the store.
-        self.models = ModelSlot(c.store.wrap(predictor_factory or load_predictor), unload_predictor)
+        self._backend = "auto"  # the encoder backend chosen, read by loads in worker threads
+        self.models = ModelSlot(c.store.wrap(predictor_factory or self._load_predictor), unload_predictor)
         self.segment_button, self.propagate_button, self.interpolate_button = c.run_buttons
         self.cancel_button, self.run_buttons, self.actions = c.cancel_button, c.run_buttons, c.actions
         self.progress_bar, self.status_label = c.progress_bar, c.status_label
@@ -117,6 +120,7 @@ class MedSamWidget(Container):
         for picker in (self._image, self.controls.window, self.controls.prefetch):
             picker.changed.connect(self._on_prefetch_input_changed)
         self.job_finished.connect(self._on_job_finished)
+        self.controls.backend.changed.connect(self._on_backend_changed)
         self._viewer_events = [
             (self._viewer.layers.events.inserted, self._on_layers_changed),
             (self._viewer.layers.events.removed, self._on_layers_changed),
@@ -323,6 +327,7 @@ class MedSamWidget(Container):
         {"error": show_error, "warning": show_warning}.get(level, show_info)(message)
 
     def _on_busy(self, busy: bool) -> None:
+        self.controls.backend.enabled = not busy  # the predictor of a running job stays
         if busy:
             self.encoding.stop()
         self._refresh()
@@ -376,6 +381,16 @@ class MedSamWidget(Container):
     def _on_prefetch_input_changed(self, *_: object) -> None:
         """The slice, image, window or model changed: drop queued encodings, plan new ones."""
         self.encoding.schedule(self._image.value)
+
+    def _load_predictor(self, source: str, device: str) -> SlicePredictor:
+        return load_predictor(source, device, backend=self._backend)
+
+    def _on_backend_changed(self, backend: str) -> None:
+        """Another encoder backend: the predictor held is released; the next use loads the model with it."""
+        self._backend = str(backend)
+        self.encoding.forget_predictor()
+        self.models.clear()
+        self._on_prefetch_input_changed()
 
     def _show_encoding(self, text: str) -> None:
         self.controls.encoding_status.value = text
