@@ -15,7 +15,8 @@ bfloat16 GEMM rates (a 2048^3 matmul) beside LiteMedSAM's encoder (its GFLOP/s a
 propagation of the shared CT's liver cold (per slice, against the encoder alone, look-ahead on
 and off) and warm (every slice encoded: slices/s, masks equal to the cold run's); and the widget:
 the time from opening the shared 30-slice CT to every slice encoded in the background, and the
-viewer's event-loop delay meanwhile (a 10 ms QTimer probe: 95th percentile of its lateness).
+viewer's event-loop delay meanwhile (a 10 ms QTimer probe: 95th percentile of its lateness);
+it needs a display (``xvfb-run -a python benchmarks/bench_inference.py --section speed`` headless).
 
 Each row times napari-medsam (``MedSamPredictor`` with its defaults: fast ViT encoder, fast mask
 decoder, float16 embedding cache, ``dtype="auto"``) and the baseline (our preprocessing and
@@ -741,7 +742,6 @@ def _same_mask(a: np.ndarray | None, b: np.ndarray | None) -> bool:
 
 def widget_session(ct_path: str) -> tuple[float, float, float, int]:
     """(s from opening ``ct_path`` to every slice encoded, event-loop delay p95 and max in ms, slices)."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     import napari
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
@@ -764,7 +764,7 @@ def widget_session(ct_path: str) -> tuple[float, float, float, int]:
     timer.setInterval(10)
     timer.timeout.connect(probe)
     start = time.perf_counter()
-    (image,) = viewer.open(ct_path)
+    (image,) = viewer.open(ct_path, plugin="napari-medsam")
     depth = image.data.shape[0]
     timer.start()
     deadline = start + 900

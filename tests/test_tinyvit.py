@@ -330,15 +330,15 @@ def test_real_checkpoint_bfloat16_tracks_float32(lite_medsam_state_dict):
 def test_fused_onednn_calls_are_checked_and_the_plain_ops_run_where_they_disagree(monkeypatch, caplog):
     """The fused CPU path matches the unfolded reference; a oneDNN whose fused call is wrong is
     caught by the once-per-process check, and the plain ops give the same embedding."""
-    from napari_medsam.models import tinyvit
+    from napari_medsam.models import onednn
 
     sd = make_state_dict()
     model = TinyViT.from_state_dict(sd)
     x = torch.rand((1, 3, 64, 96), generator=torch.Generator().manual_seed(2))
-    monkeypatch.setattr(tinyvit, "_FUSED_OK", [])
+    monkeypatch.setattr(onednn, "_CHECKED", [])
     with torch.inference_mode():
         fused = model(x)
-    assert tinyvit._FUSED_OK == [True]
+    assert onednn._CHECKED == [True]
     real = torch.ops.mkldnn._linear_pointwise
 
     class Wrong:  # a fused call that forgets its GELU
@@ -347,11 +347,11 @@ def test_fused_onednn_calls_are_checked_and_the_plain_ops_run_where_they_disagre
         def __call__(self, x, w, b, attr, scalars, algorithm):
             return real(x, w, b, "none", [], "")
 
-    monkeypatch.setattr(tinyvit, "_FUSED_OK", [])
+    monkeypatch.setattr(onednn, "_CHECKED", [])
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Wrong())
     with torch.inference_mode():
         plain = model(x)
-    assert tinyvit._FUSED_OK == [False]
+    assert onednn._CHECKED == [False]
     assert "disagree" in caplog.text
     want = reference_forward(sd, x)
     torch.testing.assert_close(fused.to(REF_DTYPE), want, atol=2e-4, rtol=1e-4)

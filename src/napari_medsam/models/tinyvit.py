@@ -16,9 +16,9 @@ Inference-only choices that make it fast on CPU:
 
 - every conv-BN pair is folded into one convolution with a bias when the weights are loaded;
 - on the CPU in float32, every 1x1 convolution and linear layer is one oneDNN call with the GELU
-  or the residual addition that follows it fused in (``_linear``), and so is each depthwise
-  convolution of the inverted bottlenecks with its GELU. The fused calls are checked once against
-  the plain ops (``_fused_ops_work``), which run wherever they fail or disagree;
+  or the residual addition that follows it fused in (``models/onednn``), and so is each depthwise
+  convolution of the inverted bottlenecks with its GELU; where the fused calls fail their check,
+  the plain ops run;
 - feature maps stay channels-last (B, H, W, C) from end to end: 1x1 convolutions are plain
   ``linear`` calls, depthwise convolutions run on the channels-last view of the same memory, so
   there is no layout shuffling between the convolution and the transformer parts;
@@ -42,7 +42,6 @@ column ``|dy| * window + |dx|``.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -52,10 +51,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from napari_medsam.core.preemption import preemption_point
+from napari_medsam.models.onednn import fused_ok, linear
 
 __all__ = ["TinyViT", "merge_stride", "relative_position_index"]
-
-logger = logging.getLogger(__name__)
 
 _BN_EPS = 1e-5  # torch.nn.BatchNorm2d default, used by every conv-BN of the checkpoint
 _LN_EPS = 1e-5  # torch.nn.LayerNorm default: attention and MLP norms
@@ -84,83 +82,6 @@ def _cpu_conv_is_slow(dtype: torch.dtype) -> bool:
 _SLOW_CPU_CONV: dict[torch.dtype, bool] = {}
 
 
-def _onednn(x: Tensor) -> bool:
-    """Whether fused oneDNN calls run: float32 on a CPU whose oneDNN passed :func:`_fused_ops_work`,
-    not being exported (ONNX)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.compiler.is_exporting()
-        and _fused_ops_work()
-    )
-
-
-_FUSED_OK: list[bool] = []
-
-
-def _fused_ops_work() -> bool:
-    """Checked once per process: the fused oneDNN calls give what the plain ops give on random data.
-
-    Where they fail or disagree (a PyTorch build without oneDNN, or one whose private ops changed)
-    a warning says so and the plain ops run instead.
-    """
-    if not _FUSED_OK:
-        _FUSED_OK.append(_check_fused_ops())
-    return _FUSED_OK[0]
-
-
-def _check_fused_ops() -> bool:
-    generator = torch.Generator().manual_seed(0)
-    x, add = torch.randn(2, 5, 6, 8, generator=generator), torch.randn(2, 5, 6, 16, generator=generator)
-    weight, bias = torch.randn(16, 8, generator=generator), torch.randn(16, generator=generator)
-    conv_w, conv_b = torch.randn(8, 1, 3, 3, generator=generator), torch.randn(8, generator=generator)
-    plain_x = x.permute(0, 3, 1, 2)
-    try:
-        ops = torch.ops.mkldnn
-        with torch.inference_mode():
-            fused = [
-                ops._linear_pointwise(x, weight, bias, "gelu", [], "none"),
-                ops._linear_pointwise(x, weight, None, "none", [], ""),
-                ops._linear_pointwise.binary(x, add, weight, bias, "add"),
-                ops._convolution_pointwise(
-                    plain_x, conv_w, conv_b, [1, 1], [2, 2], [1, 1], 8, "gelu", [], "none"
-                ),
-            ]
-            plain = [
-                _gelu(F.linear(x, weight, bias)),
-                F.linear(x, weight),
-                F.linear(x, weight, bias) + add,
-                _gelu(F.conv2d(plain_x, conv_w, conv_b, stride=2, padding=1, groups=8)),
-            ]
-        agree = all(
-            a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
-            for a, b in zip(fused, plain, strict=True)
-        )
-    except (AttributeError, RuntimeError) as err:
-        logger.warning("fused oneDNN calls unavailable (%s: %s); TinyViT runs the plain ops", type(err), err)
-        return False
-    if not agree:
-        logger.warning("fused oneDNN calls disagree with the plain ops; TinyViT runs the plain ops")
-    return agree
-
-
-def _linear(layer: nn.Linear, x: Tensor, gelu: bool = False, add: Tensor | None = None) -> Tensor:
-    """``layer(x)``, then GELU (``gelu``) or ``+ add``: on the CPU in float32, one oneDNN call.
-
-    The fused call does the GELU or the addition while the product's output is still in cache,
-    and oneDNN's product beats the default one on these shapes (measured in docs/speed.md).
-    """
-    if _onednn(x):
-        pointwise = torch.ops.mkldnn._linear_pointwise
-        if add is not None:
-            return pointwise.binary(x, add, layer.weight, layer.bias, "add")
-        return pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
-    y = F.linear(x, layer.weight, layer.bias)
-    if gelu:
-        y = _gelu(y)
-    return y if add is None else y + add
-
-
 def _conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, **kwargs) -> Tensor:
     if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
         if x.dtype not in _SLOW_CPU_CONV:
@@ -185,7 +106,7 @@ class _DepthwiseConv(nn.Module):
         """The convolution (rows padded by ``row_padding``, default the kernel's), then GELU if ``gelu``."""
         # (B, H, W, C) contiguous is (B, C, H, W) in channels_last memory format: no copy.
         rows = self.padding if row_padding is None else row_padding
-        if gelu and _onednn(x):  # the GELU fused into oneDNN's convolution
+        if gelu and fused_ok(x):  # the GELU fused into oneDNN's convolution
             y = torch.ops.mkldnn._convolution_pointwise(
                 x.permute(0, 3, 1, 2), self.weight, self.bias, [rows, self.padding], [self.stride] * 2,
                 [1, 1], self.weight.shape[0], "gelu", [], "none",
@@ -253,15 +174,15 @@ class _InvertedBottleneck(nn.Module):
         s, p = self.conv2.stride, self.conv2.padding
         first, last = s * r0 - p, s * (r1 - 1) - p + k  # input rows the depthwise conv reads
         a0, a1 = max(0, first), min(h, last)
-        hidden = _linear(self.conv1, x[:, a0:a1], gelu=True)
+        hidden = linear(self.conv1, x[:, a0:a1], gelu=True)
         # rows beyond the image border: the depthwise conv's zero padding of the hidden map
         top, bottom = a0 - first, last - a1
         if top or bottom:
             hidden = F.pad(hidden, (0, 0, 0, 0, top, bottom))
         hidden = self.conv2(hidden, row_padding=0, gelu=True)
         if self.residual:
-            return _gelu(_linear(self.conv3, hidden, add=x[:, r0:r1]))
-        return _linear(self.conv3, hidden)
+            return _gelu(linear(self.conv3, hidden, add=x[:, r0:r1]))
+        return linear(self.conv3, hidden)
 
 
 def _mbconv(dim: int, hidden: int, kernel_size: int = 3) -> _InvertedBottleneck:
@@ -313,11 +234,11 @@ class _WindowAttention(nn.Module):
         n = ws * ws
         # window partition: (B*nH*nW, N, C)
         windows = x.reshape(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(-1, n, c)
-        qkv = _linear(self.qkv, self.norm(windows))
+        qkv = linear(self.qkv, self.norm(windows))
         heads = self.num_heads
         q, k, v = qkv.view(-1, n, heads, 3, c // heads).permute(3, 0, 2, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.attn_bias)
-        out = _linear(self.proj, out.transpose(1, 2).reshape(-1, n, c))
+        out = linear(self.proj, out.transpose(1, 2).reshape(-1, n, c))
         # window reverse, crop the padding
         out = out.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
         if pad_b or pad_r:
@@ -336,7 +257,7 @@ class _Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def _residual(self, x: Tensor, out: Tensor | None = None) -> Tensor:
-        y = _linear(self.fc2, _linear(self.fc1, self.norm(x), gelu=True), add=x)
+        y = linear(self.fc2, linear(self.fc1, self.norm(x), gelu=True), add=x)
         if out is None:
             return y
         return out.copy_(y)
@@ -457,11 +378,11 @@ class TinyViT(nn.Module):
         """(B, 3, H, W) -> (B, out_chans, H / 4, W / 4); (B, 3, 256, 256) -> (B, 256, 64, 64)."""
         weight = self.neck_conv2.weight
         x = pixel_values.to(device=weight.device, dtype=weight.dtype).permute(0, 2, 3, 1)
-        x = _linear(self.patch_embed[0], x, gelu=True)
-        x = _linear(self.patch_embed[1], x)
+        x = linear(self.patch_embed[0], x, gelu=True)
+        x = linear(self.patch_embed[1], x)
         for stage in self.stages:
             x = stage(x)
-        x = self.neck_norm1(_linear(self.neck_conv1, x))
+        x = self.neck_norm1(linear(self.neck_conv1, x))
         x = _conv2d(x.permute(0, 3, 1, 2), self.neck_conv2.weight, None, padding=1)
         x = x.permute(0, 2, 3, 1)
         x = self.neck_norm2(x)
