@@ -140,8 +140,8 @@ class VolumeEncoding:
 
     Call :meth:`schedule` whenever the slice, image, window or model may have changed: after
     :data:`PREFETCH_DELAY_MS` ``target()`` says what to encode (None: nothing, e.g. the option
-    is off or a job runs) and the plan is replaced. :meth:`stop` (a job starts) interrupts the
-    slice in the encoder. ``report(text)`` shows the progress ("encoded 18 / 30 slices").
+    is off or a job runs: the slice in the encoder stops) and the plan is replaced (the slice in
+    the encoder finishes). :meth:`stop` (a job starts) stops the slice in the encoder at once. ``report(text)`` shows the progress ("encoded 18 / 30 slices").
     """
 
     def __init__(
@@ -202,8 +202,8 @@ class VolumeEncoding:
 
     def _request(self) -> None:
         target = None if self._closed else self._target()
-        if target is None:
-            self.prefetcher.cancel()
+        if target is None:  # e.g. switched off: the slice in the encoder stops too
+            self.prefetcher.interrupt()
         else:
             if target.model != self._model:
                 self._model = target.model
