@@ -141,7 +141,8 @@ class VolumeEncoding:
     Call :meth:`schedule` whenever the slice, image, window or model may have changed: after
     :data:`PREFETCH_DELAY_MS` ``target()`` says what to encode (None: nothing, e.g. the option
     is off or a job runs: the slice in the encoder stops) and the plan is replaced (the slice in
-    the encoder finishes). :meth:`stop` (a job starts) stops the slice in the encoder at once. ``report(text)`` shows the progress ("encoded 18 / 30 slices").
+    the encoder finishes). :meth:`stop` (a job starts) stops the slice in the encoder at once.
+    ``report(text)`` shows the progress ("encoded 18 / 30 slices").
     """
 
     def __init__(
