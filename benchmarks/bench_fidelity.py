@@ -31,7 +31,7 @@ from napari_medsam.models import onednn
 from napari_medsam.models.loading import load_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_inference import cpu_flags, print_table
+from bench_inference import machine, print_table
 
 DATA = "/work/shared/data"
 #: (name, modality, image, labels, label ids judged)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--step", type=int, default=1, help="every N-th labelled slice")
     args = parser.parse_args(argv)
-    print(f"fidelity guard: {cpu_flags()}; load average at start {os.getloadavg()}")
+    print(f"fidelity guard: {machine()}")
     reference = MedSamPredictor(load_model("lite-medsam", device="cpu", dtype="float32"))
     candidates = {"torch float32, fused oneDNN calls (auto)": reference}
     if cpu_has_native_bfloat16():

@@ -520,13 +520,9 @@ def bench_backends(args: argparse.Namespace) -> None:
 
     import transformers
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
     print(
-        f"napari-medsam backend benchmark: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"transformers {transformers.__version__}, onnxruntime {_ort_version()}; native bf16 "
-        f"{cpu_has_native_bfloat16()}; load average at start {load}; OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}\n"
+        f"napari-medsam backend benchmark: {machine()}\ntransformers {transformers.__version__}, "
+        f"onnxruntime {_ort_version()}\n"
         "times: medians over repeats, the variants interleaved within each repeat; CUDA unmeasured (no GPU)"
     )
     ct, seg = read_ct(args.ct, args.seg)
@@ -673,6 +669,16 @@ def encoder_gflop(encoder: Callable[[torch.Tensor], torch.Tensor]) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def machine() -> str:
+    """The CPU, its flags, threads, native bfloat16, the load average now and OMP_WAIT_POLICY."""
+    load = tuple(round(v, 2) for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (
+        f"{cpu_flags()}\n{os.cpu_count()} logical CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); native bf16 {cpu_has_native_bfloat16()}; load average "
+        f"{load}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}"
+    )
+
+
 def cpu_flags() -> str:
     """The CPU's model and its vector and matrix flags (what decides the GEMM rates)."""
     model, flags = platform.processor() or platform.machine(), set()
@@ -782,13 +788,7 @@ def bench_speed(args: argparse.Namespace) -> None:
     """The issue-27 tables (see the module docstring), from one run."""
     from napari_medsam.models.loading import load_model
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
-    print(
-        f"napari-medsam speed benchmark: {cpu_flags()}\n{os.cpu_count()} logical CPUs, torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads); native bf16 {cpu_has_native_bfloat16()}; "
-        f"load average at start {tuple(round(v, 2) for v in load)}; OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}"
-    )
+    print(f"napari-medsam speed benchmark: {machine()}")
     model = load_model("lite-medsam", device="cpu", dtype="float32")
     predictor = MedSamPredictor(model)
     ct, seg = read_ct(args.ct, args.seg)
