@@ -36,14 +36,14 @@ from bench_inference import machine, print_table
 DATA = "/work/shared/data"
 #: (name, modality, image, labels, label ids judged)
 VOLUMES = [
-    ("TotalSegmentator CT organs", "CT", "totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz",
-     (1, 2, 3, 5, 6, 52)),
-    ("MSD spleen CT", "CT", "more/ct-spleen/sub-spleen2_ct.nii.gz",
-     "more/ct-spleen/sub-spleen2_ct_seg-manual.nii.gz", (1,)),
     ("brain MR T1 Gd tumour", "MR", "more/brain-mr-tumour/brain1_image.nrrd",
      "more/brain-mr-tumour/brain1_label.nrrd", (1,)),
     ("spine MR T2 cord", "MR", "more/spine-mr-cord/sub-unf01_T2w.nii.gz",
      "more/spine-mr-cord/sub-unf01_T2w_seg-manual.nii.gz", (1,)),
+    ("MSD spleen CT", "CT", "more/ct-spleen/sub-spleen2_ct.nii.gz",
+     "more/ct-spleen/sub-spleen2_ct_seg-manual.nii.gz", (1,)),
+    ("TotalSegmentator CT organs", "CT", "totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz",
+     (1, 2, 3, 5, 6, 52)),
 ]  # fmt: skip
 
 
@@ -53,16 +53,18 @@ def read(path: str) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(DATA, path)))
 
 
-def boxes(labels: np.ndarray, ids: tuple[int, ...], step: int) -> Iterator[tuple[int, tuple[float, ...]]]:
-    """(slice, box + 3 px) of every judged label on every ``step``-th labelled slice."""
+def boxes(labels: np.ndarray, ids: tuple[int, ...], step: int) -> Iterator[tuple[int, list[tuple[int, ...]]]]:
+    """(slice, the boxes + 3 px of its judged labels) of every ``step``-th labelled slice."""
     labelled = [z for z in range(len(labels)) if np.isin(labels[z], ids).any()]
+    h, w = labels.shape[1:]
     for z in labelled[::step]:
+        found = []
         for label in ids:
             rows, cols = np.nonzero(labels[z] == label)
             if len(rows):
-                h, w = labels[z].shape
-                yield z, (max(0, cols.min() - 3), max(0, rows.min() - 3), min(w - 1, cols.max() + 3),
-                          min(h - 1, rows.max() + 3))  # fmt: skip
+                found.append((max(0, cols.min() - 3), max(0, rows.min() - 3), min(w - 1, cols.max() + 3),
+                              min(h - 1, rows.max() + 3)))  # fmt: skip
+        yield z, found
 
 
 @contextmanager
@@ -93,17 +95,23 @@ def main(argv: list[str] | None = None) -> None:
     for name, modality, image_path, label_path, ids in VOLUMES:
         volume, labels = read(image_path), read(label_path)
         window = training_window(volume, modality).window
-        for z, box in boxes(labels, ids, args.step):
+        for z, found in boxes(labels, ids, args.step):
             with plain_ops():
                 reference.cache.clear()
                 reference.set_image(volume[z], window)
-                want = reference.predict(box=box).mask
+                wanted = [reference.predict(box=box).mask for box in found]
             for candidate, predictor in candidates.items():
                 predictor.cache.clear()
                 predictor.set_image(volume[z], window)
-                got = predictor.predict(box=box).mask
-                scores[candidate].setdefault(name, []).append(iou(got, want))
+                for box, want in zip(found, wanted, strict=True):
+                    got = predictor.predict(box=box).mask
+                    scores[candidate].setdefault(name, []).append(iou(got, want))
         print(f"{name}: {sum(len(s.get(name, [])) for s in scores.values())} masks compared", flush=True)
+        report(scores)
+
+
+def report(scores: dict[str, dict[str, list[float]]]) -> None:
+    """The guard table of the masks compared so far."""
     rows = []
     for candidate, per_volume in scores.items():
         every = [v for values in per_volume.values() for v in values]
