@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,7 +30,7 @@ from napari_medsam.models import onednn
 from napari_medsam.models.loading import load_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_inference import machine, print_table
+from bench_inference import machine, plain_ops, print_table
 
 DATA = "/work/shared/data"
 #: (name, modality, image, labels, label ids judged)
@@ -65,17 +64,6 @@ def boxes(labels: np.ndarray, ids: tuple[int, ...], step: int) -> Iterator[tuple
                 found.append((max(0, cols.min() - 3), max(0, rows.min() - 3), min(w - 1, cols.max() + 3),
                               min(h - 1, rows.max() + 3)))  # fmt: skip
         yield z, found
-
-
-@contextmanager
-def plain_ops() -> Iterator[None]:
-    """Run the encoders with PyTorch's plain operators (the reference)."""
-    checked = list(onednn._CHECKED)
-    onednn._CHECKED[:] = [False]
-    try:
-        yield
-    finally:
-        onednn._CHECKED[:] = checked
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,6 +36,7 @@ interleaved in the same run: median over repeats after a warm-up, and the ratio 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import platform
@@ -44,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait for the hub here
@@ -660,11 +661,25 @@ def gemm_gflops(dtype: torch.dtype, side: int = 2048, repeats: int = 5) -> float
     return 2 * side**3 / median(times) / 1e9
 
 
+@contextlib.contextmanager
+def plain_ops() -> Iterator[None]:
+    """Run the encoders with PyTorch's plain operators, not the fused oneDNN calls (models/onednn)."""
+    from napari_medsam.models import onednn
+
+    checked = list(onednn._CHECKED)
+    onednn._CHECKED[:] = [False]
+    try:
+        yield
+    finally:
+        onednn._CHECKED[:] = checked
+
+
 def encoder_gflop(encoder: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    """GFLOP of one 256 x 256 embedding, as PyTorch's FLOP counter sees its operators."""
+    """GFLOP of one 256 x 256 embedding, as PyTorch's FLOP counter sees its plain operators (it
+    has no formula for the fused oneDNN calls, which do the same products)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with plain_ops(), torch.inference_mode(), FlopCounterMode(display=False) as counter:
         encoder(torch.rand(1, 3, 256, 256))
     return counter.get_total_flops() / 1e9
 
