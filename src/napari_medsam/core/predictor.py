@@ -184,8 +184,9 @@ class MedSamPredictor:
     def _encoder_turn(self) -> Iterator[None]:
         """Hold the encoder; a background run inside gives way to any other caller that waits for it."""
         if in_background():
-            with self._demand:  # let waiting callers go first
-                self._demand.wait_for(lambda: self._waiting == 0)
+            with self._demand:  # let waiting callers go first; an interrupt also ends the wait
+                while not self._demand.wait_for(lambda: self._waiting == 0, timeout=0.05):
+                    preemption_point()
             with self._encode_lock, preemptible(lambda: self._waiting > 0):
                 preemption_point()
                 yield
