@@ -10,6 +10,13 @@ fresh process; ONNX Runtime with an empty and then a warm graph cache) with its 
 LiteMedSAM the fidelity guard: mask IoU against torch float32 for a box from the label on every
 slice of every organ of the shared real CT (``/work/shared`` or ``--ct``/``--seg``).
 ``--section families`` is the per-family table beside the plain way (phantom slices).
+``--section speed`` is where the time of a session goes (issue 27): the machine's float32 and
+bfloat16 GEMM rates (a 2048^3 matmul) beside LiteMedSAM's encoder (its GFLOP/s and their ratio);
+propagation of the shared CT's liver cold (per slice, against the encoder alone, look-ahead on
+and off) and warm (every slice encoded: slices/s, masks equal to the cold run's); and the widget:
+the time from opening the shared 30-slice CT to every slice encoded in the background, and the
+viewer's event-loop delay meanwhile (a 10 ms QTimer probe: 95th percentile of its lateness);
+it needs a display (``xvfb-run -a python benchmarks/bench_inference.py --section speed`` headless).
 
 Each row times napari-medsam (``MedSamPredictor`` with its defaults: fast ViT encoder, fast mask
 decoder, float16 embedding cache, ``dtype="auto"``) and the baseline (our preprocessing and
@@ -29,6 +36,7 @@ interleaved in the same run: median over repeats after a warm-up, and the ratio 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import platform
@@ -37,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait for the hub here
@@ -371,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--propagation-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--peak-child", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--section", choices=["backends", "families"], default="backends")
+    parser.add_argument("--section", choices=["backends", "families", "speed"], default="backends")
     parser.add_argument("--ct", default=SHARED_CT, help="the real CT for the fidelity guard")
     parser.add_argument("--seg", default=SHARED_SEG, help="its labels")
     parser.add_argument("--skip-vit", action="store_true", help="backends: LiteMedSAM only")
@@ -387,6 +395,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.section == "backends":
         bench_backends(args)
+        return
+    if args.section == "speed":
+        bench_speed(args)
         return
 
     import transformers
@@ -509,13 +520,9 @@ def bench_backends(args: argparse.Namespace) -> None:
 
     import transformers
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
     print(
-        f"napari-medsam backend benchmark: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"transformers {transformers.__version__}, onnxruntime {_ort_version()}; native bf16 "
-        f"{cpu_has_native_bfloat16()}; load average at start {load}; OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}\n"
+        f"napari-medsam backend benchmark: {machine()}\ntransformers {transformers.__version__}, "
+        f"onnxruntime {_ort_version()}\n"
         "times: medians over repeats, the variants interleaved within each repeat; CUDA unmeasured (no GPU)"
     )
     ct, seg = read_ct(args.ct, args.seg)
@@ -637,6 +644,210 @@ def bench_vit_backends(args: argparse.Namespace) -> None:
         f"ONNX export {export_s:.0f} s",
         ("backend, dtype", "embedding s", "vs transformers", "decoder ms", "phantom mask IoU vs torch fp32"),
         rows,
+    )
+
+
+# ------------------------------------------------------------------------------ speed (issue 27)
+
+
+def encoder_against_gemm(model: Any, image: np.ndarray, repeats: int, warmup: int) -> list[tuple[str, ...]]:
+    """Rows: the 2048^3 GEMM rates (float32, and bfloat16 where native) and the encoder (fused
+    oneDNN calls and plain operators, cache missed), all interleaved in one run."""
+    predictor = MedSamPredictor(model)
+    side = 2048
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    fns: dict[str, Callable[[], object]] = {"GEMM 2048^3 float32": lambda: a @ b}
+    if cpu_has_native_bfloat16():
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        fns["GEMM 2048^3 bfloat16"] = lambda: a16 @ b16
+
+    def embed() -> None:
+        predictor.cache.clear()
+        predictor.set_image(image, WINDOW)
+
+    def embed_plain() -> None:
+        with plain_ops():
+            embed()
+
+    fns["LiteMedSAM encoder float32, fused oneDNN calls"] = embed
+    fns["LiteMedSAM encoder float32, plain operators"] = embed_plain
+    with torch.inference_mode():
+        times = interleaved(fns, repeats, warmup)
+    flop = encoder_gflop(model.encoder)
+    gemm_flop = 2 * side**3 / 1e9
+    rates = {name: (gemm_flop if name.startswith("GEMM") else flop) / median(t) for name, t in times.items()}
+    fp32, bf16 = rates["GEMM 2048^3 float32"], rates.get("GEMM 2048^3 bfloat16")
+    rows = []
+    for name, rate in rates.items():
+        if name.startswith("GEMM"):
+            rows.append((name, "", f"{rate:.1f}", ""))
+            continue
+        share = f"{rate / fp32:.2f}" + ("" if bf16 is None else f" / {rate / bf16:.2f}")
+        rows.append((f"{name} ({flop:.1f} GFLOP)", f"{median(times[name]):.2f}", f"{rate:.1f}", share))
+    return rows
+
+
+@contextlib.contextmanager
+def plain_ops() -> Iterator[None]:
+    """Run the encoders with PyTorch's plain operators, not the fused oneDNN calls (models/onednn)."""
+    from napari_medsam.models import onednn
+
+    checked = list(onednn._CHECKED)
+    onednn._CHECKED[:] = [False]
+    try:
+        yield
+    finally:
+        onednn._CHECKED[:] = checked
+
+
+def encoder_gflop(encoder: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """GFLOP of one 256 x 256 embedding, as PyTorch's FLOP counter sees its plain operators (it
+    has no formula for the fused oneDNN calls, which do the same products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with plain_ops(), torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        encoder(torch.rand(1, 3, 256, 256))
+    return counter.get_total_flops() / 1e9
+
+
+def machine() -> str:
+    """The CPU, its flags, threads, native bfloat16, the load average now and OMP_WAIT_POLICY."""
+    load = tuple(round(v, 2) for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (
+        f"{cpu_flags()}\n{os.cpu_count()} logical CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); native bf16 {cpu_has_native_bfloat16()}; load average "
+        f"{load}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}"
+    )
+
+
+def cpu_flags() -> str:
+    """The CPU's model and its vector and matrix flags (what decides the GEMM rates)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    return f"{model}; {' '.join(wanted) or 'flags unknown'}"
+
+
+def propagation_speed(predictor: MedSamPredictor, volume: np.ndarray, seg: np.ndarray, repeats: int) -> list:
+    """Rows: the encoder alone, cold propagation (look-ahead on / off), warm propagation."""
+    from napari_medsam.core.prefetch import Lookahead
+
+    liver = seg == GUARD_ORGANS["liver"]
+    key = int(np.argmax(liver.sum(axis=(1, 2))))
+    box = label_box(liver[key])
+
+    def walk() -> tuple[float, list[Any]]:
+        steps: list[Any] = []
+        start = time.perf_counter()
+        run_to_end(propagate(predictor, volume, key, key_box=box, window=WINDOW), steps.append)
+        return time.perf_counter() - start, steps
+
+    def cold(pipelined: bool) -> Callable[[], None]:
+        def run() -> None:
+            predictor.cache.clear()
+            Lookahead.enabled = pipelined
+            seconds, steps = walk()
+            runs[pipelined].append((seconds / len(steps), steps))
+
+        return run
+
+    runs: dict[bool, list[tuple[float, list[Any]]]] = {True: [], False: []}
+    encoder = {"encoder alone": lambda: (predictor.cache.clear(), predictor.set_image(volume[key], WINDOW))}
+    times = interleaved({**encoder, "on": cold(True), "off": cold(False)}, repeats, 0)
+    Lookahead.enabled = True
+    alone = median(times["encoder alone"])
+    reference = runs[True][-1][1]
+    warm_seconds, warm_steps = walk()  # every slice is in the cache now
+    same = len(reference) == len(warm_steps) and all(
+        (a.slice_index, a.stop) == (b.slice_index, b.stop) and _same_mask(a.mask, b.mask)
+        for a, b in zip(reference, warm_steps, strict=True)
+    )
+    rows = [("encoder alone (one slice)", f"{1e3 * alone:.0f} ms", "1.00x")]
+    for pipelined, name in ((True, "look-ahead on (default)"), (False, "look-ahead off")):
+        per_slice = median([seconds for seconds, _ in runs[pipelined]])
+        rows.append((
+            f"cold propagation per slice, {name}", f"{1e3 * per_slice:.0f} ms", f"{per_slice / alone:.2f}x"
+        ))  # fmt: skip
+    rows.append((
+        f"warm propagation ({len(warm_steps)} slices encoded)",
+        f"{len(warm_steps) / warm_seconds:.1f} slices/s", f"masks equal to the cold run: {same}",
+    ))  # fmt: skip
+    return rows
+
+
+def _same_mask(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def widget_session(ct_path: str) -> tuple[float, float, float, int]:
+    """(s from opening ``ct_path`` to every slice encoded, event-loop delay p95 and max in ms, slices)."""
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_medsam._qt.widget import MedSamWidget
+
+    viewer = napari.Viewer(show=False)
+    widget = MedSamWidget(viewer)
+    widget.model, widget.device = "lite-medsam", "cpu"
+    viewer.window.add_dock_widget(widget)
+    late: list[float] = []
+    last = [time.perf_counter()]
+
+    def probe() -> None:
+        now = time.perf_counter()
+        late.append(max(0.0, now - last[0] - 0.010))
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(probe)
+    start = time.perf_counter()
+    (image,) = viewer.open(ct_path, plugin="napari-medsam")
+    depth = image.data.shape[0]
+    timer.start()
+    deadline = start + 900
+    while widget.prefetcher.progress != (depth, depth) and time.perf_counter() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.002)
+    seconds = time.perf_counter() - start
+    timer.stop()
+    done = widget.prefetcher.progress[0]
+    viewer.close()
+    return seconds, 1e3 * float(np.percentile(late, 95)), 1e3 * max(late), done
+
+
+def bench_speed(args: argparse.Namespace) -> None:
+    """The issue-27 tables (see the module docstring), from one run."""
+    from napari_medsam.models.loading import load_model
+
+    print(f"napari-medsam speed benchmark: {machine()}")
+    model = load_model("lite-medsam", device="cpu", dtype="float32")
+    predictor = MedSamPredictor(model)
+    ct, seg = read_ct(args.ct, args.seg)
+    print_table(
+        "The encoder against the machine's GEMM rates (interleaved in one run)",
+        ("what", "seconds", "GFLOP/s", "of the fp32 / bf16 GEMM rate"),
+        encoder_against_gemm(model, ct[15], args.repeats, args.warmup),
+    )
+    print_table(
+        f"Propagation of the liver through the shared CT ({len(ct)} slices), LiteMedSAM float32",
+        ("what", "time", "against the encoder alone"),
+        propagation_speed(predictor, ct, seg, args.propagation_repeats),
+    )
+    seconds, p95, worst, done = widget_session(args.ct)
+    print_table(
+        "The widget: open the shared CT, every slice encoded in the background (LiteMedSAM, load included)",
+        ("slices encoded", "seconds to all encoded", "event-loop delay p95 ms (target <= 100)", "max ms"),
+        [(f"{done} / {len(ct)}", f"{seconds:.1f}", f"{p95:.0f}", f"{worst:.0f}")],
     )
 
 

@@ -324,3 +324,35 @@ def test_real_checkpoint_bfloat16_tracks_float32(lite_medsam_state_dict):
         got = model.to(torch.bfloat16)(x).float()
     cos = F.cosine_similarity(got.flatten(), want.flatten(), dim=0)
     assert cos > 0.99
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_fused_onednn_calls_are_checked_and_the_plain_ops_run_where_they_disagree(monkeypatch, caplog):
+    """The fused CPU path matches the unfolded reference; a oneDNN whose fused call is wrong is
+    caught by the once-per-process check, and the plain ops give the same embedding."""
+    from napari_medsam.models import onednn
+
+    sd = make_state_dict()
+    model = TinyViT.from_state_dict(sd)
+    x = torch.rand((1, 3, 64, 96), generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(onednn, "_CHECKED", [])
+    with torch.inference_mode():
+        fused = model(x)
+    assert onednn._CHECKED == [True]
+    real = torch.ops.mkldnn._linear_pointwise
+
+    class Wrong:  # a fused call that forgets its GELU
+        binary = real.binary
+
+        def __call__(self, x, w, b, attr, scalars, algorithm):
+            return real(x, w, b, "none", [], "")
+
+    monkeypatch.setattr(onednn, "_CHECKED", [])
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Wrong())
+    with torch.inference_mode():
+        plain = model(x)
+    assert onednn._CHECKED == [False]
+    assert "disagree" in caplog.text
+    want = reference_forward(sd, x)
+    torch.testing.assert_close(fused.to(REF_DTYPE), want, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(plain, fused, atol=2e-5, rtol=1e-5)

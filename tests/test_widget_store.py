@@ -41,11 +41,10 @@ def test_the_store_is_remembered_and_filled_ahead(
     store = EmbeddingStore(path)
 
     def settled():
-        return not widget.neighbours.planned and widget.prefetcher.wait(0)
+        return not widget.encoding.planned and widget.prefetcher.wait(0)
 
-    qtbot.waitUntil(lambda: settled() and widget.prefetcher.encoded == 4, timeout=60_000)
-    assert len(store.entries()) == 5  # slice 2 by Segment, then 1, 3, 0, 4 ahead
-    assert widget.prefetcher.encoded == 4
+    qtbot.waitUntil(lambda: settled() and widget.prefetcher.progress == (5, 5), timeout=60_000)
+    assert len(store.entries()) == 5  # every slice, by Segment or in the background
 
     assert str(path) in (settings_dir / "napari-medsam.ini").read_text()  # on disk for the next session
     later = MedSamWidget(make_napari_viewer())

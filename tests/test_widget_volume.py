@@ -466,7 +466,7 @@ def slice_keys(volume, window):
     return {VolumeSpy.key(volume[z], window): z for z in range(volume.shape[0])}
 
 
-def test_prefetch_encodes_neighbours_so_the_next_box_needs_only_the_decoder(make_setup, spy, qtbot):
+def test_the_volume_is_encoded_in_the_background_nearest_first(make_setup, spy, qtbot):
     volume, (truth,) = ellipsoids()
     s = make_setup(volume, prefetch=True)
     w, viewer = s.widget, s.viewer
@@ -477,60 +477,69 @@ def test_prefetch_encodes_neighbours_so_the_next_box_needs_only_the_decoder(make
         return [keys[k] for k in spy.encoded]
 
     def settled():
-        return not w.neighbours.planned and w.prefetcher.wait(0)
+        return not w.encoding.planned and w.prefetcher.wait(0)
 
     viewer.dims.set_current_step(0, 6)
-    qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
-    assert encoded() == []  # no predictor yet: nothing is loaded just to prefetch
-    s.boxes.add_rectangles(box_around(truth[6], 6))
-    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
-        w.segment_button.native.click()
-    qtbot.waitUntil(lambda: len(spy.encoded) == 5 and settled(), timeout=TIMEOUT_MS)
-    assert encoded() == [6, 7, 5, 8, 4]  # the slice, then its neighbours nearest first
+    qtbot.waitUntil(lambda: len(spy.encoded) == 12 and settled(), timeout=TIMEOUT_MS)
+    assert encoded() == [6, 7, 5, 8, 4, 9, 3, 10, 2, 11, 1, 0]  # the model loaded; nearest first
+    status = w.controls.encoding_status
+    qtbot.waitUntil(lambda: status.value == "encoded 12 / 12 slices", timeout=TIMEOUT_MS)
     viewer.dims.set_current_step(0, 7)
-    qtbot.waitUntil(lambda: len(spy.encoded) == 6 and settled(), timeout=TIMEOUT_MS)
-    assert encoded()[-1] == 9  # one new neighbour only
+    qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
+    assert len(spy.encoded) == 12  # every slice is in the cache already
     s.boxes.add_rectangles(box_around(truth[7], 7))
-    prompts = len(spy.prompts)
-    assert w.segment() == [2]
-    assert len(spy.prompts) == prompts + 1
-    assert len(spy.encoded) == 6  # decoder only
+    assert w.segment() == [1]
+    assert len(spy.prompts) == 1
+    assert len(spy.encoded) == 12  # decoder only
 
-    w.window = "CT bone (L400 W1800)"  # other pixels for the model: encode again
-    qtbot.waitUntil(lambda: len(spy.encoded) == 11 and settled(), timeout=TIMEOUT_MS)
+    w.window = "CT bone (L400 W1800)"  # other pixels for the model: encode again, from slice 7
+    qtbot.waitUntil(lambda: len(spy.encoded) == 24 and settled(), timeout=TIMEOUT_MS)
     bone = slice_keys(volume, (-500.0, 1300.0))
-    assert [bone[k] for k in spy.encoded[6:]] == [7, 8, 6, 9, 5]
+    assert [bone[k] for k in spy.encoded[12:]] == [7, 8, 6, 9, 5, 10, 4, 11, 3, 2, 1, 0]
 
-    w.model = "sam-vit-base"  # the old model's predictor must not encode any more
-    assert w.prefetcher.predictor is None
+    w.prefetch = False
+    w.window = "CT soft tissue (L40 W400)"
+    qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
+    assert len(spy.encoded) == 24
+    assert status.value == ""  # switched off
+    w.prefetch = True
+    w.model = "sam-vit-base"  # not on this machine: never loaded (nor downloaded) in the background
+    assert w.prefetcher.loader is None
     viewer.dims.set_current_step(0, 2)
     qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
-    assert len(spy.encoded) == 11
+    assert len(spy.encoded) == 24
+
+
+def test_a_2d_image_encodes_only_itself(make_napari_viewer, spy, qtbot):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(ellipsoids()[0][6], contrast_limits=(-160, 240))
+    w = MedSamWidget(viewer, predictor_factory=lambda source, device: spy)
+    qtbot.waitUntil(lambda: len(spy.encoded) == 1 and w.prefetcher.wait(0), timeout=TIMEOUT_MS)
+    assert spy.encoded == [VolumeSpy.key(image.data, w.intensity_window(image))]
+    qtbot.waitUntil(lambda: w.controls.encoding_status.value == "encoded 1 / 1 slices", timeout=TIMEOUT_MS)
 
 
 def test_prefetch_follows_the_image_and_stops_when_closed(make_setup, spy, qtbot):
-    volume, (truth,) = ellipsoids()
+    volume, _ = ellipsoids(shape=(6, 48, 56), objects=(((3.0, 24.0, 20.0), (2.6, 12.0, 10.0)),))
+    spy.gate = threading.Event()
     s = make_setup(volume, prefetch=True)
     w, viewer = s.widget, s.viewer
-    viewer.dims.set_current_step(0, 6)
-    s.boxes.add_rectangles(box_around(truth[6], 6))
-    w.segment()
-    assert len(spy.encoded) == 1
-    spy.gate, spy.entered = threading.Event(), threading.Event()
-    viewer.dims.set_current_step(0, 5)  # prefetching starts at slice 5 and is held there
-    qtbot.waitUntil(spy.entered.is_set, timeout=TIMEOUT_MS)
+    viewer.dims.set_current_step(0, 3)
+    qtbot.waitUntil(spy.entered.is_set, timeout=TIMEOUT_MS)  # slice 3 is held in the encoder
     other = viewer.add_image(
         volume[:, ::-1].copy(), contrast_limits=(-160, 240), scale=s.image.scale, translate=s.image.translate
     )
     w.image_layer = other  # the first image's queued slices are dropped
-    qtbot.waitUntil(lambda: not w.neighbours.planned, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not w.encoding.planned, timeout=TIMEOUT_MS)
     spy.gate.set()
-    qtbot.waitUntil(lambda: w.prefetcher.wait(0) and not w.neighbours.planned, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: w.prefetcher.wait(0) and not w.encoding.planned, timeout=TIMEOUT_MS)
     window = w.intensity_window(s.image)
     first, flipped = slice_keys(volume, window), slice_keys(other.data, window)
-    assert [first[k] for k in spy.encoded if k in first] == [6, 5]  # by Segment; in flight
-    assert sorted(flipped[k] for k in spy.encoded if k in flipped) == [3, 4, 5, 6, 7]
+    assert [first[k] for k in spy.encoded if k in first] == [3]  # the slice in flight finished
+    assert [flipped[k] for k in spy.encoded if k in flipped] == [3, 4, 2, 5, 1, 0]
+    thread = w.prefetcher._thread
     w.close()
+    assert not thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         w.prefetcher.request(volume, 0)
     viewer.dims.set_current_step(0, 1)  # no error, nothing encoded
@@ -553,7 +562,7 @@ def test_prefetch_fills_the_real_predictors_cache(make_napari_viewer, qtbot, tin
     predictor = w.predictor
     window = w.intensity_window(image)
     qtbot.waitUntil(lambda: all(predictor.is_cached(image.data[z], window) for z in range(5)), timeout=60_000)
-    assert w.prefetcher.encoded == 4
+    assert w.prefetcher.encoded + 1 == len(predictor.cache) == 5  # Segment or the background: slice 2
     viewer.dims.set_current_step(0, 3)
     boxes.add_rectangles(box_around(truth[3], 3))
     misses = predictor.cache.misses

@@ -1,4 +1,4 @@
-"""What the widget does on its own: auto-segment drawn prompts, encode neighbouring slices ahead.
+"""What the widget does on its own: auto-segment drawn prompts, encode the volume in the background.
 
 Auto-segment. napari reports a drawn rectangle as ``ADDING`` on the mouse press and ``ADDED`` on
 the release (programmatic ``add_*`` calls emit both at once); an edit (move, resize, vertex
@@ -6,29 +6,47 @@ change) as one ``CHANGED`` when the drag ends. Only ``ADDED`` and ``CHANGED`` co
 still being dragged out never runs the model, and a short quiet time merges a burst of events
 into one run.
 
-Prefetch. While the user looks at a slice, a :class:`~napari_medsam.core.propagation.Prefetcher`
-encodes it and its neighbours with the widget's predictor, so that drawing a box there needs
-only the decoder. Requests wait for a quiet time too, so scrolling through slices or dragging
-the contrast slider does not start the encoder on every step.
+Background encoding. While the user looks at an image, a :class:`~napari_medsam.core.prefetch.
+Prefetcher` encodes every slice of the plane on screen with the widget's predictor (loading the
+model first when it is on this machine), nearest to the slice on screen first, so that a box on
+any slice, a propagation or an interpolation needs only the decoder. A new slice, window or image
+replans after a quiet time (scrolling does not restart the encoder on every step; the slice in
+the encoder finishes). A user's run interrupts it at once and it goes on afterwards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from napari.layers.base import ActionType
+from qtpy.QtCore import QTimer
 
 from napari_medsam._qt.watchers import Debouncer
-from napari_medsam.core.prefetch import Prefetcher
+from napari_medsam.core.prefetch import PredictorLoader, Prefetcher
 
 KINDS = ("boxes", "clicks")
 #: Quiet time (ms) after the last drawing event before the run starts.
 DELAY_MS = 120
-#: Quiet time (ms) after the last slice, image, window or model change before prefetching.
+#: Quiet time (ms) after the last slice, image, window or model change before replanning.
 PREFETCH_DELAY_MS = 150
-#: What to prefetch: (predictor, slices (array-like, slice axis first), centre slice, window).
-PrefetchTarget = tuple[Any, Any, int, Sequence[float] | None]
+#: How often (ms) the status line shows the progress while slices are planned.
+STATUS_EVERY_MS = 250
+
+
+@dataclass(frozen=True)
+class EncodeTarget:
+    """What to encode: the slices (array-like, slice axis first) around ``centre`` in ``window``,
+    at most ``limit``, with the predictor ``load()`` gives for ``model`` (compared to notice a change).
+    """
+
+    model: tuple[str, str]
+    load: PredictorLoader
+    slices: Any
+    centre: int
+    window: Sequence[float] | None
+    limit: int
 
 
 class AutoSegment:
@@ -117,27 +135,34 @@ class AutoSegment:
         self._run(boxes, clicks)
 
 
-class NeighbourPrefetch:
-    """Keeps a :class:`Prefetcher` fed with the slices around the one on screen.
+class VolumeEncoding:
+    """Keeps a :class:`Prefetcher` encoding the slices of the image on screen, nearest first.
 
-    Call :meth:`schedule` whenever the slice, image, window or model may have changed: queued
-    work is dropped at once, and after :data:`PREFETCH_DELAY_MS` ``target()`` says what to encode
-    (None: nothing, e.g. no predictor loaded yet, a 2D image, or a job running).
+    Call :meth:`schedule` whenever the slice, image, window or model may have changed: after
+    :data:`PREFETCH_DELAY_MS` ``target()`` says what to encode (None: nothing, e.g. the option
+    is off or a job runs: the slice in the encoder stops) and the plan is replaced (the slice in
+    the encoder finishes). :meth:`stop` (a job starts) stops the slice in the encoder at once.
+    ``report(text)`` shows the progress ("encoded 18 / 30 slices").
     """
 
-    def __init__(self, parent: Any, target: Callable[[], PrefetchTarget | None], radius: int) -> None:
-        self.prefetcher = Prefetcher(None, radius=radius)
-        self._target = target
+    def __init__(
+        self, parent: Any, target: Callable[[], EncodeTarget | None], report: Callable[[str], None]
+    ) -> None:
+        self.prefetcher = Prefetcher(None, radius=None)
+        self._target, self._report = target, report
         self._later = Debouncer(parent, PREFETCH_DELAY_MS, self._request)
+        self._status = QTimer(parent)
+        self._status.setInterval(STATUS_EVERY_MS)
+        self._status.timeout.connect(self._show_progress)
+        self._model: tuple[str, str] | None = None
         self._image: Any = None
         self._closed = False
 
     def schedule(self, image: Any | None = None) -> None:
-        """Drop queued slices and plan new ones; follow ``image``'s contrast limits (the window)."""
+        """Plan again after the quiet time; follow ``image``'s contrast limits (the window)."""
         if self._closed:
             return
         self._watch(image)
-        self.prefetcher.cancel()
         self._later.trigger()
 
     @property
@@ -146,18 +171,21 @@ class NeighbourPrefetch:
         return self._later.pending
 
     def stop(self) -> None:
-        """Drop queued and planned slices (a job is starting)."""
+        """Drop planned slices and stop the one in the encoder at once (a job is starting)."""
         self._later.cancel()
-        self.prefetcher.cancel()
+        self.prefetcher.interrupt()
+        self._show_progress()
 
     def forget_predictor(self) -> None:
         """The model changed: never encode with the old one again."""
-        self.prefetcher.set_predictor(None)
+        self._model = None
+        self.prefetcher.set_loader(None)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop for good (the widget closed): waits for a slice being encoded, then its thread ends."""
+        """Stop for good (the widget closed): the slice in the encoder stops, then its thread ends."""
         self._closed = True
         self._later.cancel()
+        self._status.stop()
         self._watch(None)
         self.prefetcher.close(timeout=timeout)
 
@@ -175,10 +203,18 @@ class NeighbourPrefetch:
 
     def _request(self) -> None:
         target = None if self._closed else self._target()
-        if target is None:
-            self.prefetcher.cancel()
-            return
-        predictor, slices, centre, window = target
-        if self.prefetcher.predictor is not predictor:
-            self.prefetcher.set_predictor(predictor)
-        self.prefetcher.request(slices, centre, window=window)
+        if target is None:  # e.g. switched off: the slice in the encoder stops too
+            self.prefetcher.interrupt()
+        else:
+            if target.model != self._model:
+                self._model = target.model
+                self.prefetcher.set_loader(target.load)
+            self.prefetcher.request(target.slices, target.centre, window=target.window, limit=target.limit)
+            self._status.start()
+        self._show_progress()
+
+    def _show_progress(self) -> None:
+        done, total = self.prefetcher.progress
+        self._report(f"encoded {done} / {total} slices" if total else "")
+        if done == total or self._closed:
+            self._status.stop()

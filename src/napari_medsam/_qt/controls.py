@@ -15,6 +15,7 @@ from napari_medsam._qt.options import (
 )
 from napari_medsam._qt.store_setting import StoreSetting
 from napari_medsam.layers.volume import INTERPOLATE, PROPAGATE
+from napari_medsam.models import BACKENDS
 
 
 class Controls:
@@ -27,10 +28,12 @@ class Controls:
         self.model = ComboBox(label="model", choices=MODELS, value=model)
         self.weights = FileEdit(label="weights", mode="r", visible=False)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.backend = ComboBox(label="encoder", choices=list(BACKENDS), value="auto")
         self.window = ComboBox(label="window", choices=list(WINDOWS), value=AUTO_WINDOW)
         self.scope = ComboBox(label="segment", choices=[THIS_SLICE, ALL_SLICES], value=THIS_SLICE)
         self.overwrite = CheckBox(value=False, text="overwrite other labels")
-        self.prefetch = CheckBox(value=True, text="encode neighbouring slices ahead")
+        self.prefetch = CheckBox(value=True, text="encode every slice in the background")
+        self.encoding_status = Label(value="")
         self.store = StoreSetting()
         self.segment_button = PushButton(text="Segment")
         self.propagate_button = PushButton(text=PROPAGATE)
@@ -46,7 +49,7 @@ class Controls:
         self.status_label = Label(value="")
         #: Everything below the layer pickers, in order.
         self.widgets = [
-            self.new_layers, self.positive, self.auto, self.model, self.weights, self.device,
-            self.window, self.scope, self.overwrite, self.prefetch, self.store.edit, self.actions,
-            self.progress_bar, self.status_label,
+            self.new_layers, self.positive, self.auto, self.model, self.weights, self.device, self.backend,
+            self.window, self.scope, self.overwrite, self.prefetch, self.encoding_status, self.store.edit,
+            self.actions, self.progress_bar, self.status_label,
         ]  # fmt: skip

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
+from napari_medsam.core.cache import DEFAULT_MAX_BYTES, embeddings_held
 from napari_medsam.core.windows import PRESET_TITLES, WINDOW_PRESETS
 from napari_medsam.layers.prompt_layers import image_training_window
 
@@ -31,8 +32,8 @@ WINDOWS: dict[str, tuple[float, float] | None] = {
 }
 THIS_SLICE, ALL_SLICES = "this slice", "all slices"
 TOGGLE_KEY = "t"
-#: Slices encoded ahead on each side of the one on screen.
-PREFETCH_RADIUS = 2
+#: The most slices encoded in the background: what the default memory cache holds.
+BACKGROUND_SLICES = embeddings_held(DEFAULT_MAX_BYTES)
 #: How long closing waits for a running job to reach its next step, and for a slice being encoded.
 JOIN_TIMEOUT_S = 60.0
 CHOOSE_WEIGHTS = "Choose a weights file (.pth) or Hugging Face folder for 'Custom'."

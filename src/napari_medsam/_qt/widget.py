@@ -5,8 +5,8 @@ Every action reads its inputs on the viewer's thread (:meth:`MedSamWidget.prepar
 all masks as one undo step (:meth:`MedSamWidget.apply`, :meth:`MedSamWidget.apply_volume`).
 :meth:`segment`, :meth:`propagate` and :meth:`interpolate` chain the three synchronously for
 scripts; the buttons run the same jobs in a thread worker with progress and Cancel.
-Auto-segment runs Segment on each box or click drawn (``_qt.background.AutoSegment``), prefetching
-encodes the slices next to the one on screen (``NeighbourPrefetch``); ``objects`` is the table of
+Auto-segment runs Segment on each box or click drawn (``_qt.background.AutoSegment``), background
+encoding encodes every slice of the image on screen (``VolumeEncoding``); ``objects`` is the table of
 the objects' names and statistics (``_qt.objects_table``).
 """
 
@@ -21,18 +21,18 @@ import napari.viewer
 from magicgui.widgets import Container
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_medsam._qt.background import AutoSegment, NeighbourPrefetch, PrefetchTarget
+from napari_medsam._qt.background import AutoSegment, EncodeTarget, VolumeEncoding
 from napari_medsam._qt.controls import Controls
 from napari_medsam._qt.jobs import JobRunner
 from napari_medsam._qt.objects_table import ObjectTable
 from napari_medsam._qt.options import (
     ALL_SLICES,
+    BACKGROUND_SLICES,
     CHOOSE_WEIGHTS,
     CUSTOM,
     DEVICES,
     JOIN_TIMEOUT_S,
     MODELS,
-    PREFETCH_RADIUS,
     THIS_SLICE,
     TOGGLE_KEY,
     WINDOWS,
@@ -55,8 +55,9 @@ from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
 from napari_medsam.layers.prompt_layers import ClickPolarity
-from napari_medsam.layers.prompts import spatial_shape
+from napari_medsam.layers.prompts import current_plane, spatial_shape
 from napari_medsam.layers.requests import LayerInputs, RunSettings, run_problem
+from napari_medsam.models import BACKENDS
 
 __all__ = ["ALL_SLICES", "MODELS", "THIS_SLICE", "TOGGLE_KEY", "WINDOWS", "MedSamWidget"]
 
@@ -75,11 +76,12 @@ class MedSamWidget(Container):
     clicks_layer = Option("_clicks", "The Points layer of click prompts (None: no clicks).")
     labels_layer = Option("_labels", "The output Labels layer (None: one is created on the first run).")
     device = Option("controls.device", f"Where the model runs: one of {DEVICES}.")
+    backend = Option("controls.backend", f"What runs the image encoder (CLI --backend): one of {BACKENDS}.")
     window = Option("controls.window", f"Intensity window preset: one of {list(WINDOWS)}.")
     scope = Option("controls.scope", f"What Segment and Interpolate take: {THIS_SLICE!r} or {ALL_SLICES!r}.")
     overwrite = Option("controls.overwrite", "Whether new masks may overwrite other objects' pixels.", bool)
     auto_segment = Option("controls.auto", "Segment each box or click as soon as it is drawn.", bool)
-    prefetch = Option("controls.prefetch", "Encode the slices next to the one on screen ahead.", bool)
+    prefetch = Option("controls.prefetch", "Encode every slice of the image in the background.", bool)
     embedding_store = Option("controls.store.edit", "Embedding store folder (.zarr), remembered; '': none.")
     positive_clicks = Option("controls.positive", "Polarity of the next click (key T toggles it).", bool)
 
@@ -96,8 +98,9 @@ class MedSamWidget(Container):
         self._boxes, self._clicks, self._labels = self.pickers.companions.values()
         c = self.controls = Controls(default_model())
         #: The one predictor: switching the model releases the previous one; it reads through the store.
+        self._backend = "auto"  # the encoder backend chosen, read by loads in worker threads
         self.models = ModelSlot(
-            c.store.wrap(predictor_factory or load_predictor),
+            c.store.wrap(predictor_factory or self._load_predictor),
             unload_predictor,
             fetch=None if predictor_factory else fetch_weights,  # a given factory has its own weights
         )
@@ -110,9 +113,9 @@ class MedSamWidget(Container):
         self.jobs = JobRunner(c.progress_bar, c.status_label, c.cancel_button, self._notify, self._on_busy)
         self.job_finished = self.jobs.finished
         self.auto = AutoSegment(self.native, self._auto_segment, lambda: self.jobs.busy)
-        #: Plans what to encode ahead; ``prefetcher`` encodes it in a background thread.
-        self.neighbours = NeighbourPrefetch(self.native, self._prefetch_target, PREFETCH_RADIUS)
-        self.prefetcher = self.neighbours.prefetcher
+        #: Plans what to encode in the background; ``prefetcher`` encodes it in a thread.
+        self.encoding = VolumeEncoding(self.native, self._encode_target, self._show_encoding)
+        self.prefetcher = self.encoding.prefetcher
 
         self.controls.new_layers.changed.connect(self.add_prompt_layers)
         for button in self.run_buttons:
@@ -127,6 +130,7 @@ class MedSamWidget(Container):
         for picker in (self._image, self.controls.window, self.controls.prefetch):
             picker.changed.connect(self._on_prefetch_input_changed)
         self.job_finished.connect(self._on_job_finished)
+        self.controls.backend.changed.connect(self._on_backend_changed)
         self._viewer_events = [
             (self._viewer.layers.events.inserted, self._on_layers_changed),
             (self._viewer.layers.events.removed, self._on_layers_changed),
@@ -227,7 +231,7 @@ class MedSamWidget(Container):
         self.jobs.cancel()
         self.jobs.wait(JOIN_TIMEOUT_S)
         self.auto.close()
-        self.neighbours.close(JOIN_TIMEOUT_S)
+        self.encoding.close(JOIN_TIMEOUT_S)
         self.objects.close()
         self.models.clear()
         self.polarity.release()
@@ -333,13 +337,14 @@ class MedSamWidget(Container):
         {"error": show_error, "warning": show_warning}.get(level, show_info)(message)
 
     def _on_busy(self, busy: bool) -> None:
+        self.controls.backend.enabled = not busy  # the predictor of a running job stays
         if busy:
-            self.neighbours.stop()
+            self.encoding.stop()
         self._refresh()
 
     def _on_job_finished(self, outcome: str) -> None:
         self.auto.resume()
-        self.neighbours.schedule(self._image.value)
+        self.encoding.schedule(self._image.value)
 
     def _start(self, action: str, *_: object) -> None:
         """A button's run: read (a warning if that fails), run in the worker, write when done."""
@@ -367,7 +372,7 @@ class MedSamWidget(Container):
 
     def _on_model_changed(self, *_: object) -> None:
         self.controls.weights.visible = self.controls.model.value == CUSTOM
-        self.neighbours.forget_predictor()  # never encode with the old model again
+        self.encoding.forget_predictor()  # never encode with the old model again
         self._refresh()
         self._on_prefetch_input_changed()
 
@@ -385,19 +390,45 @@ class MedSamWidget(Container):
 
     def _on_prefetch_input_changed(self, *_: object) -> None:
         """The slice, image, window or model changed: drop queued encodings, plan new ones."""
-        self.neighbours.schedule(self._image.value)
+        self.encoding.schedule(self._image.value)
 
-    def _prefetch_target(self) -> PrefetchTarget | None:
-        """What to encode ahead: the slices around this one, with the predictor of the model chosen."""
-        predictor, image = self.models.predictor, self._image.value
-        if (
-            self._released or not self.prefetch or self.jobs.busy or predictor is None
-            or not hasattr(predictor, "precompute") or self._input_problem() or self._volume_problem()
-            or not self.models.holds(self.model, str(self.device))
-        ):  # fmt: skip
+    def _load_predictor(self, source: str, device: str) -> SlicePredictor:
+        return load_predictor(source, device, backend=self._backend)
+
+    def _on_backend_changed(self, backend: str) -> None:
+        """Another encoder backend: the predictor held is released; the next use loads the model with it."""
+        self._backend = str(backend)
+        self.encoding.forget_predictor()
+        self.models.clear()
+        self._on_prefetch_input_changed()
+
+    def _show_encoding(self, text: str) -> None:
+        self.controls.encoding_status.value = text
+
+    def _encode_target(self) -> EncodeTarget | None:
+        """What to encode in the background: every slice of the plane on screen (a 2D image: itself)."""
+        image = self._image.value
+        if self._released or not self.prefetch or self.jobs.busy or self._input_problem():
             return None
         try:
-            stack = self.current_stack()
+            if self._volume_problem():  # 2D: nothing beyond the slice on screen
+                data = image.data[0] if image.multiscale else image.data
+                slices, centre = current_plane(image, *self._dims()).extract(data)[None], 0
+            else:
+                stack = self.current_stack()
+                slices, centre = stack, stack.index
         except ValueError:  # e.g. the viewer's position lies outside this image
             return None
-        return predictor, stack, stack.index, self.intensity_window(image)
+        model = (self.model_source, str(self.device))
+        load = partial(self._background_predictor, *model)
+        return EncodeTarget(model, load, slices, centre, self.intensity_window(image), BACKGROUND_SLICES)
+
+    def _background_predictor(self, source: str, device: str) -> SlicePredictor | None:
+        """The predictor to encode with (background thread): the one held, else loaded when its
+        weights are on this machine (None: never a download in the background)."""
+        if not self.models.holds(source, device):
+            from napari_medsam.models.loading import is_available_offline
+
+            if not is_available_offline(source):
+                return None
+        return self.models.get(source, device)

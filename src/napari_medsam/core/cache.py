@@ -13,6 +13,13 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_MAX_BYTES = 1 << 30
+#: The size of every family's embedding as cached: 256 x 64 x 64 float16.
+EMBEDDING_BYTES = 256 * 64 * 64 * 2
+
+
+def embeddings_held(max_bytes: int) -> int:
+    """How many embeddings a cache of ``max_bytes`` holds."""
+    return max_bytes // EMBEDDING_BYTES
 
 
 class EmbeddingKey(NamedTuple):

@@ -68,11 +68,11 @@ class ModelSlot:
             self._release(old)
 
 
-def load_predictor(source: str, device: str) -> SlicePredictor:
+def load_predictor(source: str, device: str, backend: str = "auto") -> SlicePredictor:
     """The default factory: ``MedSamPredictor.from_pretrained`` (imports torch)."""
     from napari_medsam.core.predictor import MedSamPredictor
 
-    return MedSamPredictor.from_pretrained(source=source, device=device)
+    return MedSamPredictor.from_pretrained(source=source, device=device, backend=backend)
 
 
 def fetch_weights(source: str) -> Job[None]:

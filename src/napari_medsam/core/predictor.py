@@ -6,9 +6,10 @@ Qt-free and napari-free. Mirrors segment-anything's ``SamPredictor`` (``set_imag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from napari_medsam.core.boxes import check_box
 from napari_medsam.core.cache import EmbeddingCache, EmbeddingKey, data_signature
+from napari_medsam.core.preemption import in_background, preemptible, preemption_point
 from napari_medsam.core.preprocessing import (
     PREPROCESSING_VERSION,
     InputGeometry,
@@ -77,6 +79,11 @@ class MedSamPredictor:
     a slice costs no encoder work. With a ``store`` (an :class:`~napari_medsam.core.store.
     EmbeddingStore` or its path) lookups go to memory, then the store, then the encoder, and new
     embeddings are written to the store. All methods are thread-safe.
+
+    The encoder runs one slice at a time. A run inside ``core.preemption.preemptible`` (a
+    background thread's :meth:`precompute`) gives way: when another caller needs the encoder, it
+    stops at the encoder's next preemption point (raising ``Preempted``), so the other caller's
+    encoding starts at once.
     """
 
     def __init__(
@@ -90,6 +97,8 @@ class MedSamPredictor:
         self.store = store
         self._lock = threading.RLock()
         self._encode_lock = threading.Lock()
+        self._demand = threading.Condition()
+        self._waiting = 0  # callers (not in the background) waiting for the encoder
         self._embedding: torch.Tensor | None = None
         self._geometry: InputGeometry | None = None
 
@@ -153,7 +162,7 @@ class MedSamPredictor:
         entry = self.cache.get(key)
         if entry is None:
             # One encoder run at a time; a second caller for the same slice then finds it cached.
-            with self._encode_lock:
+            with self._encoder_turn():
                 store = self.store
                 entry = self.cache.get(key) or (None if store is None else store.get(key))
                 if entry is None:
@@ -171,6 +180,30 @@ class MedSamPredictor:
                 self.cache.put(key, *entry)
         return entry[0], entry[1], False
 
+    @contextlib.contextmanager
+    def _encoder_turn(self) -> Iterator[None]:
+        """Hold the encoder; a background run inside gives way to any other caller that waits for it."""
+        if in_background():
+            with self._demand:  # let waiting callers go first; an interrupt also ends the wait
+                while not self._demand.wait_for(lambda: self._waiting == 0, timeout=0.05):
+                    preemption_point()
+            with self._encode_lock, preemptible(lambda: self._waiting > 0):
+                preemption_point()
+                yield
+            return
+        with self._demand:
+            self._waiting += 1
+        try:
+            self._encode_lock.acquire()
+        finally:
+            with self._demand:
+                self._waiting -= 1
+                self._demand.notify_all()
+        try:
+            yield
+        finally:
+            self._encode_lock.release()
+
     def set_image(self, image: np.ndarray, window: Sequence[float] | None = None) -> None:
         """Encode ``image`` (2D, or RGB (H, W, 3)) for the following ``predict`` calls.
 
@@ -183,7 +216,10 @@ class MedSamPredictor:
             self._geometry = geometry
 
     def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool:
-        """Fill the cache for a slice without making it current; True if the encoder ran."""
+        """Fill the cache for a slice without making it current; True if the encoder ran.
+
+        Inside ``core.preemption.preemptible`` the run may stop with ``Preempted`` (see the class).
+        """
         return self._embedding_for(image, window)[2]
 
     def is_cached(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool:

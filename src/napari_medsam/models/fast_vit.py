@@ -13,6 +13,7 @@ not copied) through the same mathematics as transformers, but:
   q, k and v go to the attention kernel as strided views, and the output projection runs once
   the windows are merged and cropped; the MLP runs in chunks of tokens whose hidden layer stays
   in cache;
+- in float32 on the CPU the products run through oneDNN (``models/onednn``);
 - when the model is held in bfloat16/float16, the residual stream, the LayerNorms, the
   relative-position terms and (on the CPU) the attention bias stay in float32; only the matrix
   products run in reduced precision (the full-bf16 model is borderline on mask agreement).
@@ -27,6 +28,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from napari_medsam.core.preemption import preemption_point
+from napari_medsam.models.onednn import linear
 
 if TYPE_CHECKING:
     from transformers import SamModel
@@ -70,6 +74,7 @@ def encode_image(sam: SamModel, pixel_values: Tensor) -> Tensor:
         if vision.pos_embed is not None:
             x += vision.pos_embed.float()
         for layer in vision.layers:
+            preemption_point()
             x = _layer_forward(layer, x, dtype)
         return _neck(vision.neck, x, dtype)
 
@@ -80,7 +85,7 @@ def _norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
 
 
 def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+    return linear(layer, x.to(layer.weight.dtype))  # float32 on the CPU: oneDNN's product
 
 
 def _layer_forward(layer: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:

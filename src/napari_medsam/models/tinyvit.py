@@ -15,6 +15,10 @@ The architecture is the one LiteMedSAM's checkpoint implies (see ``TinyViT.from_
 Inference-only choices that make it fast on CPU:
 
 - every conv-BN pair is folded into one convolution with a bias when the weights are loaded;
+- on the CPU in float32, every 1x1 convolution and linear layer is one oneDNN call with the GELU
+  or the residual addition that follows it fused in (``models/onednn``), and so is each depthwise
+  convolution of the inverted bottlenecks with its GELU; where the fused calls fail their check,
+  the plain ops run;
 - feature maps stay channels-last (B, H, W, C) from end to end: 1x1 convolutions are plain
   ``linear`` calls, depthwise convolutions run on the channels-last view of the same memory, so
   there is no layout shuffling between the convolution and the transformer parts;
@@ -27,6 +31,8 @@ Inference-only choices that make it fast on CPU:
 - bfloat16/float16 convolutions run in float32 on CPUs whose oneDNN lacks them (AVX2-only).
   The matrix products stay in the module's dtype, so bfloat16 is only fast on CPUs with
   native bfloat16 (AVX-512 BF16 / AMX) or on GPUs.
+
+A background run (``core/preemption``) may stop between blocks and between stripes.
 
 Window attention follows the original exactly: the map is zero padded at the bottom/right to a
 multiple of the window, the padded positions take part in attention unmasked (they pass through
@@ -43,6 +49,9 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from napari_medsam.core.preemption import preemption_point
+from napari_medsam.models.onednn import fused_ok, linear
 
 __all__ = ["TinyViT", "merge_stride", "relative_position_index"]
 
@@ -93,9 +102,16 @@ class _DepthwiseConv(nn.Module):
         self.weight = nn.Parameter(torch.zeros(channels, 1, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: Tensor, row_padding: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, row_padding: int | None = None, gelu: bool = False) -> Tensor:
+        """The convolution (rows padded by ``row_padding``, default the kernel's), then GELU if ``gelu``."""
         # (B, H, W, C) contiguous is (B, C, H, W) in channels_last memory format: no copy.
         rows = self.padding if row_padding is None else row_padding
+        if gelu and fused_ok(x):  # the GELU fused into oneDNN's convolution
+            y = torch.ops.mkldnn._convolution_pointwise(
+                x.permute(0, 3, 1, 2), self.weight, self.bias, [rows, self.padding], [self.stride] * 2,
+                [1, 1], self.weight.shape[0], "gelu", [], "none",
+            )  # fmt: skip
+            return y.permute(0, 2, 3, 1)
         y = _conv2d(
             x.permute(0, 3, 1, 2),
             self.weight,
@@ -104,7 +120,8 @@ class _DepthwiseConv(nn.Module):
             padding=(rows, self.padding),
             groups=self.weight.shape[0],
         )
-        return y.permute(0, 2, 3, 1)
+        y = y.permute(0, 2, 3, 1)
+        return _gelu(y) if gelu else y
 
 
 class _InvertedBottleneck(nn.Module):
@@ -145,6 +162,7 @@ class _InvertedBottleneck(nn.Module):
         w_out = (w + 2 * p - k) // s + 1
         out = x.new_empty(b, h_out, w_out, self.conv3.out_features)
         for r0 in range(0, h_out, rows):
+            preemption_point()
             r1 = min(h_out, r0 + rows)
             out[:, r0:r1] = self._rows(x, r0, r1)
         return out
@@ -156,16 +174,15 @@ class _InvertedBottleneck(nn.Module):
         s, p = self.conv2.stride, self.conv2.padding
         first, last = s * r0 - p, s * (r1 - 1) - p + k  # input rows the depthwise conv reads
         a0, a1 = max(0, first), min(h, last)
-        hidden = _gelu(self.conv1(x[:, a0:a1]))
+        hidden = linear(self.conv1, x[:, a0:a1], gelu=True)
         # rows beyond the image border: the depthwise conv's zero padding of the hidden map
         top, bottom = a0 - first, last - a1
         if top or bottom:
             hidden = F.pad(hidden, (0, 0, 0, 0, top, bottom))
-        hidden = _gelu(self.conv2(hidden, row_padding=0))
-        y = self.conv3(hidden)
+        hidden = self.conv2(hidden, row_padding=0, gelu=True)
         if self.residual:
-            y = _gelu(y + x[:, r0:r1])
-        return y
+            return _gelu(linear(self.conv3, hidden, add=x[:, r0:r1]))
+        return linear(self.conv3, hidden)
 
 
 def _mbconv(dim: int, hidden: int, kernel_size: int = 3) -> _InvertedBottleneck:
@@ -217,11 +234,11 @@ class _WindowAttention(nn.Module):
         n = ws * ws
         # window partition: (B*nH*nW, N, C)
         windows = x.reshape(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(-1, n, c)
-        qkv = self.qkv(self.norm(windows))
+        qkv = linear(self.qkv, self.norm(windows))
         heads = self.num_heads
         q, k, v = qkv.view(-1, n, heads, 3, c // heads).permute(3, 0, 2, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.attn_bias)
-        out = self.proj(out.transpose(1, 2).reshape(-1, n, c))
+        out = linear(self.proj, out.transpose(1, 2).reshape(-1, n, c))
         # window reverse, crop the padding
         out = out.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
         if pad_b or pad_r:
@@ -240,7 +257,10 @@ class _Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def _residual(self, x: Tensor, out: Tensor | None = None) -> Tensor:
-        return torch.add(x, self.fc2(_gelu(self.fc1(self.norm(x)))), out=out)
+        y = linear(self.fc2, linear(self.fc1, self.norm(x), gelu=True), add=x)
+        if out is None:
+            return y
+        return out.copy_(y)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x + mlp(x)``; on the CPU, large maps go through in chunks of tokens."""
@@ -276,6 +296,7 @@ class _Stage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
+            preemption_point()
             x = block(x)
         if self.downsample is not None:
             x = self.downsample(x)
@@ -357,11 +378,11 @@ class TinyViT(nn.Module):
         """(B, 3, H, W) -> (B, out_chans, H / 4, W / 4); (B, 3, 256, 256) -> (B, 256, 64, 64)."""
         weight = self.neck_conv2.weight
         x = pixel_values.to(device=weight.device, dtype=weight.dtype).permute(0, 2, 3, 1)
-        x = _gelu(self.patch_embed[0](x))
-        x = self.patch_embed[1](x)
+        x = linear(self.patch_embed[0], x, gelu=True)
+        x = linear(self.patch_embed[1], x)
         for stage in self.stages:
             x = stage(x)
-        x = self.neck_norm1(self.neck_conv1(x))
+        x = self.neck_norm1(linear(self.neck_conv1, x))
         x = _conv2d(x.permute(0, 3, 1, 2), self.neck_conv2.weight, None, padding=1)
         x = x.permute(0, 2, 3, 1)
         x = self.neck_norm2(x)
