@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from napari_medsam.cli.common import add_model_options, add_window_options, window_for
-from napari_medsam.core.label_policy import add_objects
+from napari_medsam.core.label_policy import AFTER, BEFORE, add_objects, end_object
 from napari_medsam.core.objects import LabelObject
 from napari_medsam.core.stats import object_stats
 from napari_medsam.io.files import read_image, write_mask
@@ -67,6 +67,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="ID",
         help="with --labels and one --box on --slice: re-segment object ID on that slice and re-propagate "
         "it both ways only as far as the new masks differ from the old ones; the rest is kept",
+    )
+    segment.add_argument(
+        "--end",
+        type=int,
+        metavar="ID",
+        help="with --labels, --slice Z and --side: end object ID at slice Z, removing it from every slice "
+        "before or after Z (no model runs); the rest is kept",
+    )
+    segment.add_argument(
+        "--side", choices=[BEFORE, AFTER], help="with --end: remove the object before or after --slice"
     )
     segment.add_argument(
         "-o",
@@ -166,6 +176,15 @@ def corrected(
     return output
 
 
+def ended(args: argparse.Namespace, existing: np.ndarray | None) -> np.ndarray:
+    """The ``--labels`` with object ``--end`` removed past ``--slice`` on ``--side``."""
+    if existing is None or args.slice is None or args.side is None or args.box or args.point:
+        raise ValueError("--end ID takes --labels IN, --slice Z and --side before|after, no --box or --point")
+    output = end_object(existing, args.end, args.slice, args.side, axis=args.axis)
+    print(f"ended object {args.end} at slice {args.slice}: removed {int(np.sum(output != existing))} voxel(s)")
+    return output
+
+
 def run_segment(args: argparse.Namespace) -> int:
     """Segment the boxes (and clicks) on one slice; with ``--propagate`` through the volume."""
     from napari_medsam.core.key_slice import key_predictions, volume_labels
@@ -182,6 +201,10 @@ def run_segment(args: argparse.Namespace) -> int:
         existing, kept = existing_labels(Path(args.labels), image.shape, geometry)
     if args.correct is not None:
         check_correction(args, existing)
+    if args.end is not None:
+        names, colors = {o.label: o.name for o in kept}, {o.label: o.color for o in kept}
+        write_mask(Path(args.output), ended(args, existing), geometry, names=names, colors=colors)
+        return 0
     plane, is_volume = _slice_of(image, args)
     points, labels = _points(args)
     if not args.box and points is None:
