@@ -270,11 +270,13 @@ def test_segment_ends_an_object_at_a_slice_on_one_side(sample_ct, tmp_path, caps
     kept = label_objects([1, 5], {1: "spleen", 5: "liver"}, {1: (0.5, 0.25, 1.0)})
     write_seg_nrrd(tmp_path / "run-on.seg.nrrd", existing, geometry, kept)
     out = tmp_path / "ended.seg.nrrd"
-    base = ["segment", str(path), "--labels", str(tmp_path / "run-on.seg.nrrd"), "--end", "1", "--slice", "20"]
+    base = ["segment", str(path), "--labels", str(tmp_path / "run-on.seg.nrrd"), "--end", "1"]
+    base += ["--slice", "20"]
     assert main([*base, "--side", "after", "-o", str(out)]) == 0
     assert "ended object 1 at slice 20" in capsys.readouterr().out
     ended, _, objects = load_labels(out)
-    assert (existing[21:] == 1).any() and not (ended[21:] == 1).any()
+    assert (existing[21:] == 1).any()
+    assert not (ended[21:] == 1).any()
     np.testing.assert_array_equal(ended[:21], existing[:21])
     np.testing.assert_array_equal(ended == 5, existing == 5)
     assert objects == kept

@@ -123,12 +123,15 @@ def test_end_object_clears_one_object_past_a_slice_along_any_axis():
     labels[:, 1:3, 1:3] = 2
     labels[:, 3, 4] = 7
     ended = end_object(labels, 2, 3, AFTER)
-    assert (ended[:4] == labels[:4]).all() and not (ended[4:] == 2).any()
+    assert (ended[:4] == labels[:4]).all()
+    assert not (ended[4:] == 2).any()
     assert (ended == 7).sum() == (labels == 7).sum()
     assert labels[5, 1, 1] == 2  # a copy
     along_cols = end_object(labels, 2, 2, BEFORE, axis=2)
-    assert not (along_cols[:, :, :2] == 2).any() and (along_cols[:, 1:3, 2] == 2).all()
-    assert list(slices_past(6, 0, BEFORE)) == [] and list(slices_past(6, 5, AFTER)) == []
+    assert not (along_cols[:, :, :2] == 2).any()
+    assert (along_cols[:, 1:3, 2] == 2).all()
+    assert list(slices_past(6, 0, BEFORE)) == []
+    assert list(slices_past(6, 5, AFTER)) == []
     with pytest.raises(ValueError, match="no object 3"):
         end_object(labels, 3, 2, AFTER)
     with pytest.raises(ValueError, match="outside the volume"):

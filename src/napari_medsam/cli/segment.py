@@ -181,7 +181,8 @@ def ended(args: argparse.Namespace, existing: np.ndarray | None) -> np.ndarray:
     if existing is None or args.slice is None or args.side is None or args.box or args.point:
         raise ValueError("--end ID takes --labels IN, --slice Z and --side before|after, no --box or --point")
     output = end_object(existing, args.end, args.slice, args.side, axis=args.axis)
-    print(f"ended object {args.end} at slice {args.slice}: removed {int(np.sum(output != existing))} voxel(s)")
+    removed = int(np.sum(output != existing))
+    print(f"ended object {args.end} at slice {args.slice}: removed {removed} voxel(s)")
     return output
 
 
@@ -214,7 +215,11 @@ def run_segment(args: argparse.Namespace) -> int:
     choice = window_for(args, image if is_volume else plane, geometry, rgb=plane.ndim == 3)
     print(f"window: {choice.describe()}")
     predictor = MedSamPredictor.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, family=args.family, store=args.store,
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        family=args.family,
+        store=args.store,
         backend=args.backend,
     )
     start = time.perf_counter()
