@@ -49,7 +49,9 @@ def reference(series) -> np.ndarray:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(geometry.source_files))
     ct = reader.Execute()
-    seg = sitk.Resample(sitk.ReadImage(str(SEG_DICOM)), ct, sitk.Transform(), sitk.sitkNearestNeighbor)
+    seg = sitk.Resample(
+        sitk.ReadImage(str(SEG_DICOM)), ct, sitk.Transform(), sitk.sitkNearestNeighbor
+    )
     labels = sitk.GetArrayFromImage(seg).astype(np.uint16)
     return np.where(np.isin(labels, [SPLEEN, LIVER]), labels, 0)
 

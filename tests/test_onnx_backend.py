@@ -222,7 +222,6 @@ def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, exports, 
     monkeypatch.setenv(ox.CACHE_ENV, str(lite_onnx.encoder.path.parent))
     built: list[str] = []
     real = ox.onnx_encoder
-
     def counted(model, *args, **kwargs):
         built.append(model.family)
         return real(model, *args, **kwargs)

@@ -46,7 +46,9 @@ class ThresholdPredictor:
         return type("Prediction", (), {"mask": mask, "score": 1.0, "logits": logits})()
 
 
-def ellipsoid_volume(shape=(20, 64, 72), centre=(10.0, 30.0, 36.0), radii=(6.5, 16.0, 20.0), seed=0):
+def ellipsoid_volume(
+    shape=(20, 64, 72), centre=(10.0, 30.0, 36.0), radii=(6.5, 16.0, 20.0), seed=0
+):
     """HU-like volume: an ellipsoid of +100 over N(40, 20) noise; returns (volume, truth)."""
     rng = np.random.default_rng(seed)
     grid = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
@@ -70,7 +72,9 @@ def test_propagation_recovers_the_object_and_stops_at_its_ends():
     volume, truth = ellipsoid_volume()
     predictor = ThresholdPredictor()
     steps = []
-    result = run_to_end(propagate(predictor, volume, 10, key_box=truth_box(truth[10])), steps.append)
+    result = run_to_end(
+        propagate(predictor, volume, 10, key_box=truth_box(truth[10])), steps.append
+    )
     assert result.shape == volume.shape
     assert result.dtype == bool
     assert dice(result, truth) > 0.97
@@ -273,7 +277,9 @@ def test_min_area_fraction_and_max_slices_end_a_direction():
     volume = clean(volume, truth)
     predictor = ThresholdPredictor()
     areas = truth.sum(axis=(1, 2))
-    result = run_to_end(propagate(predictor, volume, 10, key_box=truth_box(truth[10]), min_area_fraction=0.5))
+    result = run_to_end(
+        propagate(predictor, volume, 10, key_box=truth_box(truth[10]), min_area_fraction=0.5)
+    )
     kept = np.flatnonzero(result.any(axis=(1, 2)))
     np.testing.assert_array_equal(kept, np.flatnonzero(areas >= 0.5 * areas[10]))
     limited = ThresholdPredictor()
@@ -307,7 +313,9 @@ def test_key_mask_is_kept_and_other_axes_work():
     assert len(predictor.slices_set) == np.count_nonzero(truth.any(axis=(1, 2))) + 1  # no key
     # slicing along the last axis of a transposed volume gives the transposed result
     moved = np.moveaxis(volume, 0, 2)
-    on_axis = run_to_end(propagate(ThresholdPredictor(), moved, 10, key_box=truth_box(truth[10]), axis=2))
+    on_axis = run_to_end(
+        propagate(ThresholdPredictor(), moved, 10, key_box=truth_box(truth[10]), axis=2)
+    )
     plain = run_to_end(propagate(ThresholdPredictor(), volume, 10, key_box=truth_box(truth[10])))
     np.testing.assert_array_equal(on_axis, np.moveaxis(plain, 0, 2))
 
@@ -452,7 +460,9 @@ def test_propagation_with_litemedsam_segments_an_ellipsoid(tmp_path, lite_predic
     # Again from the cache: decoder only, the same masks
     encoder_calls = []
     predictor.model.encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
-    again = run_to_end(propagate(predictor, dicom, key, key_box=truth_box(truth[key], 5), window=(-160, 240)))
+    again = run_to_end(
+        propagate(predictor, dicom, key, key_box=truth_box(truth[key], 5), window=(-160, 240))
+    )
     assert encoder_calls == []
     np.testing.assert_array_equal(again, result)
 

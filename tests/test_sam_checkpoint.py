@@ -50,7 +50,9 @@ def _tiny_sam(*, use_rel_pos: bool = True, heads: int = 2, seed: int = 0):
     )
     prompt = SamPromptEncoderConfig(hidden_size=32, image_size=64, patch_size=4)
     decoder = SamMaskDecoderConfig(hidden_size=32, mlp_dim=64, iou_head_hidden_dim=24)
-    sam = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    sam = SamModel(
+        SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+    )
     with torch.no_grad():  # the default init is ~1e-10: make every tensor distinct and non-trivial
         for param in sam.parameters():
             param.normal_(0.0, 0.1)
@@ -83,7 +85,9 @@ def test_written_checkpoint_uses_original_vit_names(tiny_pth):
     expected = {"image_encoder.pos_embed", "image_encoder.neck.0.weight"}
     expected |= {"image_encoder.neck.2.weight"}
     expected |= {
-        f"image_encoder.{m}.{p}" for m in ("patch_embed.proj", "neck.1", "neck.3") for p in ("weight", "bias")
+        f"image_encoder.{m}.{p}"
+        for m in ("patch_embed.proj", "neck.1", "neck.3")
+        for p in ("weight", "bias")
     }
     for n in (0, 1):
         block = f"image_encoder.blocks.{n}"
@@ -161,11 +165,13 @@ def test_config_read_from_shapes(tiny_sam, tiny_pth):
     ):
         assert getattr(config.vision_config, name) == getattr(source.vision_config, name), name
     for name in ("hidden_size", "image_size", "patch_size", "mask_input_channels"):
-        assert getattr(config.prompt_encoder_config, name) == getattr(source.prompt_encoder_config, name), (
-            name
-        )
+        assert getattr(config.prompt_encoder_config, name) == getattr(
+            source.prompt_encoder_config, name
+        ), name
     for name in ("hidden_size", "mlp_dim", "iou_head_hidden_dim", "num_hidden_layers"):
-        assert getattr(config.mask_decoder_config, name) == getattr(source.mask_decoder_config, name), name
+        assert getattr(config.mask_decoder_config, name) == getattr(
+            source.mask_decoder_config, name
+        ), name
 
 
 def test_config_without_relative_positions_uses_documented_rule():
@@ -225,7 +231,12 @@ def test_config_argument_overrides_shapes(tiny_pth):
     config.mask_decoder_config.num_attention_heads = 4  # not visible in the shapes
     loaded = load_segment_anything_checkpoint(tiny_pth, config=config)
     assert loaded.sam.config.mask_decoder_config.num_attention_heads == 4
-    assert load_segment_anything_checkpoint(tiny_pth).sam.config.mask_decoder_config.num_attention_heads == 8
+    assert (
+        load_segment_anything_checkpoint(
+            tiny_pth
+        ).sam.config.mask_decoder_config.num_attention_heads
+        == 8
+    )
 
 
 def test_loaded_model_state(tiny_pth):

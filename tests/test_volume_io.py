@@ -292,7 +292,9 @@ def test_writer_finds_the_image_geometry_of_labels_without_metadata(ct, geometry
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         found = labels_geometry(hu.shape, {**attributes, "name": "x"}, [oblique])
-        named = labels_geometry(hu.shape, {**attributes, "name": "oblique - Labels"}, [straight, oblique])
+        named = labels_geometry(
+            hu.shape, {**attributes, "name": "oblique - Labels"}, [straight, oblique]
+        )
     assert_same_geometry(found, geometry)  # direction recovered from the matching image
     assert_same_geometry(named, geometry)  # the image the labels are named after wins
     with pytest.warns(UserWarning, match="Several images"):
@@ -339,7 +341,9 @@ def test_npe2_reads_and_writes_through_the_manifest(tmp_path, ct, geometry):
 
 
 @pytest.mark.gui
-def test_napari_opens_volumes_and_saves_labels_that_overlay(make_napari_viewer, tmp_path, ct, geometry):
+def test_napari_opens_volumes_and_saves_labels_that_overlay(
+    make_napari_viewer, tmp_path, ct, geometry
+):
     hu, truth = ct
     write_dicom_series(tmp_path / "series", hu, SPACING, ORIGIN)
     write_nifti(tmp_path / "oblique.nii.gz", hu, geometry)

@@ -20,7 +20,6 @@ from napari_medsam.core.jobs import Job, Progress, user_message
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
-
 class JobError(Exception):
     """Carries an exception out of a worker thread.
 
@@ -39,6 +38,7 @@ def _drive(job: Job[T]) -> Job[T]:
         return (yield from job)
     except Exception as err:
         raise JobError(err) from err
+
 
 
 class JobRunner:

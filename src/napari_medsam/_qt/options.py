@@ -38,6 +38,7 @@ JOIN_TIMEOUT_S = 60.0
 CHOOSE_WEIGHTS = "Choose a weights file (.pth) or Hugging Face folder for 'Custom'."
 
 
+
 def default_model() -> str:
     """MedSAM ViT-B when its weights are on this machine, else the bundled LiteMedSAM."""
     from napari_medsam.models.loading import default_source

@@ -40,3 +40,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-medsam: interrupted", file=sys.stderr)
         return 130
+

@@ -232,3 +232,4 @@ def _series_uid(files: Sequence[str]) -> str | None:
         return str(pydicom.dcmread(files[0], stop_before_pixels=True).get("SeriesInstanceUID") or "") or None
     except Exception:  # an unreadable reference is simply not the source
         return None
+

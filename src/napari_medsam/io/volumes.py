@@ -177,7 +177,9 @@ class VolumeGeometry:
     def apply_to(self, image: sitk.Image) -> sitk.Image:
         """Set spacing, origin and direction of ``image`` (ITK order) from this geometry."""
         if image.GetDimension() != self.ndim:
-            raise ValueError(f"image has {image.GetDimension()} dimensions, geometry has {self.ndim}")
+            raise ValueError(
+                f"image has {image.GetDimension()} dimensions, geometry has {self.ndim}"
+            )
         image.SetSpacing(self.spacing[::-1])
         image.SetOrigin(self.origin[::-1])
         direction = np.asarray(self.direction, dtype=float)[::-1, ::-1]
@@ -333,13 +335,17 @@ def _read_dicom_series(path: str) -> tuple[sitk.Image, str | None, tuple[str, ..
     else:  # a folder: take the series with the most slices
         ids = sorted(series, key=lambda s: -len(_series_files(folder, s)))
         if len(ids) > 1:
-            logger.warning("%s holds %d DICOM series; reading the largest (%s)", folder, len(ids), ids[0])
+            logger.warning(
+                "%s holds %d DICOM series; reading the largest (%s)", folder, len(ids), ids[0]
+            )
     files = _series_files(folder, ids[0])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     image = reader.Execute()
-    modality = reader.GetMetaData(0, "0008|0060") if reader.HasMetaDataKey(0, "0008|0060") else None
+    modality = (
+        reader.GetMetaData(0, "0008|0060") if reader.HasMetaDataKey(0, "0008|0060") else None
+    )
     return image, modality, tuple(os.path.abspath(f) for f in files)
 
 
@@ -347,7 +353,9 @@ def _check_nifti_complete(path: str, reader: sitk.ImageFileReader) -> None:
     """Raise for a NIfTI file shorter than its header says (ITK would fill it with zeros)."""
     ndim = int(reader.GetMetaData("dim[0]"))
     voxels = math.prod(int(reader.GetMetaData(f"dim[{d}]")) for d in range(1, ndim + 1))
-    expected = int(float(reader.GetMetaData("vox_offset"))) + voxels * int(reader.GetMetaData("bitpix")) // 8
+    expected = int(float(reader.GetMetaData("vox_offset"))) + voxels * int(
+        reader.GetMetaData("bitpix")
+    ) // 8
     if not path.lower().endswith(".gz"):
         size = os.path.getsize(path)
     else:
@@ -361,7 +369,8 @@ def _check_nifti_complete(path: str, reader: sitk.ImageFileReader) -> None:
                 size += len(chunk)
     if size < expected:
         raise RuntimeError(
-            f"sitk::ERROR: the file is truncated ({size} bytes of data, the header needs {expected})"
+            f"sitk::ERROR: the file is truncated ({size} bytes of data, the header needs "
+            f"{expected})"
         )
 
 
@@ -418,7 +427,9 @@ def write_labels(
     if geometry is None:
         geometry = VolumeGeometry.identity(array.shape)
     if geometry.ndim != array.ndim or geometry.shape not in (None, array.shape):
-        raise ValueError(f"labels of shape {array.shape} do not fit the geometry of shape {geometry.shape}")
+        raise ValueError(
+            f"labels of shape {array.shape} do not fit the geometry of shape {geometry.shape}"
+        )
     image = sitk.GetImageFromArray(array, isVector=False)
     geometry.apply_to(image)
     for key, value in (header or {}).items():

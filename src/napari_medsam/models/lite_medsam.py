@@ -146,10 +146,7 @@ def lite_medsam_sam_config(state_dict: Mapping[str, Tensor]) -> SamConfig:
     from transformers import SamConfig, SamVisionConfig
 
     prompt, decoder = prompt_decoder_configs(
-        state_dict,
-        LITE_MEDSAM_INPUT_SIZE,
-        patch_size=4,
-        model="LiteMedSAM",  # 64 x 64 embedding
+        state_dict, LITE_MEDSAM_INPUT_SIZE, patch_size=4, model="LiteMedSAM"  # 64 x 64 embedding
     )
     vision = SamVisionConfig(
         hidden_size=32,
