@@ -215,11 +215,7 @@ def run_segment(args: argparse.Namespace) -> int:
     choice = window_for(args, image if is_volume else plane, geometry, rgb=plane.ndim == 3)
     print(f"window: {choice.describe()}")
     predictor = MedSamPredictor.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        family=args.family,
-        store=args.store,
+        args.model, device=args.device, dtype=args.dtype, family=args.family, store=args.store,
         backend=args.backend,
     )
     start = time.perf_counter()
