@@ -149,7 +149,6 @@ class JobRunner:
     def _on_finished(self) -> None:
         self.worker = None
         self._cancel.enabled = False
-        if self._outcome == "done":
-            self._progress.value = self._progress.max
+        self._progress.value = self._progress.max if self._outcome == "done" else 0
         self._on_busy(False)
         self.finished.emit(self._outcome)
