@@ -12,20 +12,23 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
+import test_widget_volume as volume_tests
 from conftest import dice, rectangle
 from napari_medsam._qt.widget import NEW_OBJECTS, MedSamWidget
 from napari_medsam.io.samples import ABDOMINAL_CT
 from realdata import SEG_SM, oracle_box
-from test_widget_volume import VolumeSpy, box_around, ellipsoids, make_setup, notices, spy  # noqa: F401
+from test_widget_volume import VolumeSpy, box_around, ellipsoids
+
+#: The fixtures of the volume tests: a viewer with a 3D image and the widget, its stand-in model.
+make_setup, spy, notices = volume_tests.make_setup, volume_tests.spy, volume_tests.notices
 
 pytestmark = pytest.mark.gui
 
 
 def test_propagate_runs_the_selected_object_only_and_the_table_shows_which(make_setup, spy, notices):
-    """Liver done, spleen new: Propagate carries the spleen alone (the encoder never sees the liver's slices)."""
-    volume, (liver, spleen) = ellipsoids(
-        shape=(16, 48, 56), objects=(((8.0, 14.0, 15.0), (7.0, 9.0, 10.0)), ((8.0, 34.0, 40.0), (2.6, 8.0, 10.0)))
-    )
+    """Liver done, spleen new: Propagate carries the spleen alone (the encoder never sees the liver's)."""
+    organs = (((8.0, 14.0, 15.0), (7.0, 9.0, 10.0)), ((8.0, 34.0, 40.0), (2.6, 8.0, 10.0)))
+    volume, (liver, spleen) = ellipsoids(shape=(16, 48, 56), objects=organs)
     s = make_setup(volume)
     w, viewer, labels_of = s.widget, s.viewer, lambda: s.widget.labels_layer
     viewer.dims.set_current_step(0, 8)
@@ -128,8 +131,8 @@ def test_messages_and_end_here_use_the_slider_positions_of_the_reversed_ct(ct_se
         assert (w.labels_layer.data[w.current_stack().index] == 1).any()
 
     viewer.dims.set_current_step(0, 7)
+    w.labels_layer.selected_label = 3
     with pytest.raises(ValueError, match=r"not on slice 7 \("):
-        w.labels_layer.selected_label = 3
         w.end_here("after")
     w.labels_layer.selected_label = 1
     assert w.end_here("after") == [8]  # higher slider positions: array indices below
