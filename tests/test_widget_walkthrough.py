@@ -100,7 +100,7 @@ def test_walk_through_segment_propagate_name_save_close_reopen(make_napari_viewe
         for label_id, color in colors.items():
             np.testing.assert_allclose(layer.get_color(label_id), color, atol=2e-3)
         again.layers.remove(layer)
-    w2, dock2, _ = open_widget(again)
+    w2, _, _ = open_widget(again)
     again.open(str(paths[0]), plugin="napari-medsam")
     w2.objects.refresh()
     assert [s.name for s in w2.objects.stats] == ["liver", "spleen"]
