@@ -6,6 +6,7 @@ Stand-in predictors (``VolumeSpy``) keep these fast; the real model walks the sa
 from __future__ import annotations
 
 import re
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -145,3 +146,32 @@ def test_messages_and_end_here_use_the_slider_positions_of_the_reversed_ct(ct_se
     w.labels_layer.undo()
     present = {depth - 1 - int(k) for k in np.flatnonzero((w.labels_layer.data == 1).any(axis=(1, 2)))}
     assert present == {2, 3, 4, 5, 6, 7}
+
+
+def test_the_model_loads_ahead_in_a_thread_and_the_first_segment_says_what_it_waits_for(
+    make_napari_viewer, qtbot
+):
+    volume, (organ,) = ellipsoids()
+    viewer = make_napari_viewer()
+    viewer.add_image(volume)
+    spy, loads, release = VolumeSpy(), [], threading.Event()
+
+    def slow(source, device):
+        loads.append((source, device, threading.current_thread().name))
+        assert release.wait(30)  # the load takes as long as the test says
+        return spy
+
+    widget = MedSamWidget(viewer, predictor_factory=slow)
+    widget.prefetch = False
+    qtbot.waitUntil(lambda: bool(loads), timeout=10_000)  # started without any run asked for it
+    assert loads == [("lite-medsam", "auto", "medsam-preload")]
+    boxes, _ = widget.add_prompt_layers()  # the viewer's thread is free while the model loads
+    viewer.dims.set_current_step(0, 6)
+    boxes.add_rectangles(box_around(organ[6], 6))
+    messages = []
+    widget.jobs.show_progress = lambda progress: messages.append(progress[2])
+    release.set()
+    assert widget.segment() == [1]
+    assert len(loads) == 1  # the run took the model loaded ahead
+    assert messages[0].startswith("Loading the model lite-medsam")
+    assert "Encoding slice 1 of 1" in messages[1]

@@ -44,6 +44,7 @@ from napari_medsam._qt.options import (
     layer_window,
 )
 from napari_medsam._qt.pickers import LayerPickers
+from napari_medsam._qt.preload import ModelPreload
 from napari_medsam._qt.watchers import CloseWatcher
 from napari_medsam.core.jobs import Job, run_to_end
 from napari_medsam.core.model_slot import ModelSlot, PredictorFactory, load_predictor, unload_predictor
@@ -155,6 +156,8 @@ class MedSamWidget(Container):
         #: Polarity of the next click; key T toggles it (or flips the selected clicks).
         self.polarity = ClickPolarity(self._viewer, self.controls.positive, TOGGLE_KEY)
         self._close_watcher = CloseWatcher(self.native, self.release)
+        #: Loads the chosen model in a thread soon after opening: the first Segment need not wait.
+        self.preload = ModelPreload(self.native, self._preload_target, self.models.get)
         self.pickers.auto_pick()
         self.auto.watch("boxes", self._boxes.value)
         self._on_clicks_layer_changed(self._clicks.value)
@@ -276,6 +279,7 @@ class MedSamWidget(Container):
         self._released = True
         self.jobs.cancel()
         self.jobs.wait(JOIN_TIMEOUT_S)
+        self.preload.close(JOIN_TIMEOUT_S)
         self.auto.close()
         self.neighbours.close(JOIN_TIMEOUT_S)
         self.objects.close()
@@ -464,6 +468,12 @@ class MedSamWidget(Container):
         self.neighbours.forget_predictor()  # never encode with the old model again
         self._refresh()
         self._on_prefetch_input_changed()
+
+    def _preload_target(self) -> tuple[str, str] | None:
+        """The model to load ahead: the one chosen, unless a run has started or weights are missing."""
+        if self._released or self.jobs.busy or self.model == CUSTOM:
+            return None
+        return self.model_source, str(self.device)
 
     def _on_clicks_layer_changed(self, layer: Any) -> None:
         self.auto.watch("clicks", layer)
