@@ -164,7 +164,8 @@ def test_the_model_loads_ahead_in_a_thread_and_the_first_segment_says_what_it_wa
     widget = MedSamWidget(viewer, predictor_factory=slow)
     widget.prefetch = False
     qtbot.waitUntil(lambda: bool(loads), timeout=10_000)  # started without any run asked for it
-    assert loads == [("lite-medsam", "auto", "medsam-preload")]
+    assert loads[0][:2] == ("lite-medsam", "auto")
+    assert loads[0][2] != threading.main_thread().name
     boxes, _ = widget.add_prompt_layers()  # the viewer's thread is free while the model loads
     viewer.dims.set_current_step(0, 6)
     boxes.add_rectangles(box_around(organ[6], 6))
@@ -175,3 +176,49 @@ def test_the_model_loads_ahead_in_a_thread_and_the_first_segment_says_what_it_wa
     assert len(loads) == 1  # the run took the model loaded ahead
     assert messages[0].startswith("Loading the model lite-medsam")
     assert "Encoding slice 1 of 1" in messages[1]
+
+
+class HeldSpy(VolumeSpy):
+    """A VolumeSpy whose encoder stops before its ``hold_at``-th slice until ``go`` is set."""
+
+    def __init__(self, hold_at: int) -> None:
+        super().__init__()
+        self.hold_at, self.go, self.holding = hold_at, threading.Event(), threading.Event()
+
+    def set_image(self, image, window=None):
+        if len(self.encoded) >= self.hold_at:
+            self.holding.set()
+            assert self.go.wait(30)
+        super().set_image(image, window)
+
+
+def shown(widget) -> int:
+    """How many slices show object 1."""
+    return int((widget.labels_layer.data == 1).any(axis=(1, 2)).sum())
+
+
+def test_propagate_shows_each_slice_as_found_and_cancel_takes_them_back(make_setup, qtbot):
+    volume, (organ,) = ellipsoids()
+    s = make_setup(volume)
+    w = s.widget
+    s.viewer.dims.set_current_step(0, 6)
+    s.boxes.add_rectangles(box_around(organ[6], 6))
+    assert w.segment() == [1]
+    before = w.labels_layer.data.copy()
+    for cancel in (True, False):
+        held = HeldSpy(hold_at=3)  # the key slice and two more, then it waits
+        w.models.get = lambda source, device, held=held: held
+        with qtbot.waitSignal(w.job_finished, timeout=20_000) as blocker:
+            w.propagate_button.native.click()
+            qtbot.waitUntil(held.holding.is_set, timeout=20_000)
+            qtbot.waitUntil(lambda: shown(w) == 4, timeout=20_000)  # the key slice and three found
+            assert w.jobs.busy  # the organ grows on screen while the run goes on
+            if cancel:
+                w.cancel_button.native.click()
+            held.go.set()
+        assert blocker.args == ["cancelled" if cancel else "done"]
+        if cancel:
+            np.testing.assert_array_equal(w.labels_layer.data, before)  # nothing stays
+    assert dice(w.labels_layer.data == 1, organ) > 0.95
+    w.labels_layer.undo()  # the whole run is one step
+    np.testing.assert_array_equal(w.labels_layer.data, before)

@@ -481,13 +481,13 @@ def test_prefetch_encodes_neighbours_so_the_next_box_needs_only_the_decoder(make
         return not w.neighbours.planned and w.prefetcher.wait(0)
 
     viewer.dims.set_current_step(0, 6)
-    qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
-    assert encoded() == []  # no predictor yet: nothing is loaded just to prefetch
+    qtbot.waitUntil(lambda: len(spy.encoded) == 5 and settled(), timeout=TIMEOUT_MS)
+    assert encoded() == [6, 7, 5, 8, 4]  # loaded ahead: the slice, then its neighbours nearest first
     s.boxes.add_rectangles(box_around(truth[6], 6))
     with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
         w.segment_button.native.click()
-    qtbot.waitUntil(lambda: len(spy.encoded) == 5 and settled(), timeout=TIMEOUT_MS)
-    assert encoded() == [6, 7, 5, 8, 4]  # the slice, then its neighbours nearest first
+    qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
+    assert len(spy.encoded) == 5  # the decoder only
     viewer.dims.set_current_step(0, 7)
     qtbot.waitUntil(lambda: len(spy.encoded) == 6 and settled(), timeout=TIMEOUT_MS)
     assert encoded()[-1] == 9  # one new neighbour only

@@ -8,8 +8,9 @@ model meanwhile waits for this load instead of starting another.
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
@@ -20,11 +21,12 @@ PRELOAD_DELAY_MS = 500
 
 
 class ModelPreload:
-    """Load the model that ``plan()`` names with ``load(source, device)``, once, in a thread.
+    """Load the model that ``plan()`` names with ``load(source, device)``, once, in a thread worker.
 
     ``plan`` returns ``(source, device)``, or None when nothing should load (a custom model without
-    weights, a run already started, the widget closed). A failure is logged only: the first run
-    loads again and reports it, with the fix, as every run does.
+    weights, a run already started, the widget closed). ``loaded`` is called on the viewer's
+    thread once the model is in (e.g. to encode the slice on screen ahead). A failure is logged
+    only: the first run loads again and reports it, with the fix, as every run does.
     """
 
     def __init__(
@@ -32,10 +34,11 @@ class ModelPreload:
         parent: QWidget,
         plan: Callable[[], tuple[str, str] | None],
         load: Callable[[str, str], object],
+        loaded: Callable[[], None] = lambda: None,
         delay_ms: int = PRELOAD_DELAY_MS,
     ) -> None:
-        self._plan, self._load = plan, load
-        self.thread: threading.Thread | None = None
+        self._plan, self._load, self._loaded = plan, load, loaded
+        self.worker: Any = None
         self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.start)
@@ -43,20 +46,23 @@ class ModelPreload:
 
     def start(self) -> None:
         """Start loading now (once), if ``plan`` names a model."""
+        from napari.qt.threading import create_worker
+
         target = self._plan()
-        if target is None or self.thread is not None:
+        if target is None or self.worker is not None:
             return
-        self.thread = threading.Thread(target=self._run, args=target, name="medsam-preload", daemon=True)
-        self.thread.start()
+        self.worker = create_worker(
+            self._load, *target, _start_thread=False,
+            _connect={"returned": lambda _: self._loaded(), "errored": self._failed},
+        )  # fmt: skip
+        self.worker.start()
 
     def close(self, timeout: float) -> None:
         """Never start; wait up to ``timeout`` seconds for a load under way."""
         self._timer.stop()
-        if self.thread is not None:
-            self.thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self.worker is not None and self.worker.is_running and time.monotonic() < deadline:
+            time.sleep(0.01)
 
-    def _run(self, source: str, device: str) -> None:
-        try:
-            self._load(source, device)
-        except Exception:
-            logger.info("loading %s ahead failed; the first run will say why", source, exc_info=True)
+    def _failed(self, error: BaseException) -> None:
+        logger.info("loading the model ahead failed; the first run will say why", exc_info=error)

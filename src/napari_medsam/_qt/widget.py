@@ -157,7 +157,9 @@ class MedSamWidget(Container):
         self.polarity = ClickPolarity(self._viewer, self.controls.positive, TOGGLE_KEY)
         self._close_watcher = CloseWatcher(self.native, self.release)
         #: Loads the chosen model in a thread soon after opening: the first Segment need not wait.
-        self.preload = ModelPreload(self.native, self._preload_target, self.models.get)
+        #: Then encodes the slices around the one on screen (when prefetching is on).
+        loaded = self._on_prefetch_input_changed
+        self.preload = ModelPreload(self.native, self._preload_target, self.models.get, loaded)
         self.pickers.auto_pick()
         self.auto.watch("boxes", self._boxes.value)
         self._on_clicks_layer_changed(self._clicks.value)
@@ -254,9 +256,14 @@ class MedSamWidget(Container):
         request = self._idle_then(lambda: self.prepare_volume(vol.INTERPOLATE))
         return self.apply_volume(request, run_to_end(self.volume_job(request), self.jobs.show_progress))
 
-    def run_job(self, job: Job[Any], on_done: Callable[[Any], None], *, title: str) -> Any:
-        """Run a progress-yielding job in a thread worker (progress bar, Cancel, notifications)."""
-        return self.jobs.start(job, on_done, title=title)
+    def run_job(
+        self, job: Job[Any], on_done: Callable[[Any], None], *, title: str, also: dict[str, Any] | None = None
+    ) -> Any:
+        """Run a progress-yielding job in a thread worker (progress bar, Cancel, notifications).
+
+        ``also``: more callbacks for the worker's signals (see ``JobRunner.start``).
+        """
+        return self.jobs.start(job, on_done, title=title, also=also)
 
     def add_prompt_layers(self, *_: object) -> tuple[Any, Any]:
         """Add a boxes (Shapes) and a clicks (Points) layer over the image and pick them."""
@@ -440,9 +447,24 @@ class MedSamWidget(Container):
             self.status_label.value = str(err)
             self._notify("warning", str(err))
             return
+        if action in (vol.PROPAGATE, vol.CORRECT):
+            self._run_with_preview(request)
+            return
         job = self.volume_job(request) if volume else self.segment_job(request)
         apply = self.apply_volume if volume else self.apply
         self.run_job(job, lambda outcome: apply(request, outcome), title=action)
+
+    def _run_with_preview(self, request: vol.VolumeRequest) -> None:
+        """Run a Propagate or Correct whose masks show in the labels as they are found (Cancel
+        takes them back); the result is then written as one undo step."""
+        preview = vol.Preview(request.inputs.labels, request)
+
+        def apply(outcome: vol.VolumeOutcome) -> None:
+            preview.clear()
+            self.apply_volume(request, outcome)
+
+        also = {"yielded": preview.show, "aborted": preview.clear, "errored": preview.clear}
+        self.run_job(self.volume_job(request), apply, title=request.action, also=also)
 
     def _end_clicked(self, side: str, *_: object) -> None:
         try:

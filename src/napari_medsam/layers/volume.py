@@ -9,6 +9,7 @@ As for Segment, a request is read on the viewer's thread, the job touches no lay
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -18,7 +19,7 @@ import numpy as np
 
 from napari_medsam.core.boxes import BoxXYXY
 from napari_medsam.core.jobs import Job, relay
-from napari_medsam.core.label_policy import assign_label_ids, slices_past
+from napari_medsam.core.label_policy import assign_label_ids, label_changes, slices_past
 from napari_medsam.core.propagation import SliceStep, correct, interpolate_boxes, propagate, segment_boxes
 from napari_medsam.io.volumes import GEOMETRY_KEY
 from napari_medsam.layers.labels import write_planes
@@ -172,6 +173,8 @@ class VolumeRequest:
     objects: list[VolumeObject]
     options: dict[str, Any] = field(default_factory=dict)
     numbers: SliceNumbers | None = None
+    #: Where the job puts each ``(slice, label id, mask)`` as it finds it (a :class:`Preview`'s), or None.
+    found: queue.SimpleQueue | None = None
 
 
 @dataclass
@@ -375,6 +378,8 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
         title = f"{request.action} object {k + 1} of {len(request.objects)} (label {obj.label_id}): "
         numbers = request.numbers or SliceNumbers(tuple(range(depth)), tuple(map(float, range(depth))))
         progress = partial(_object_progress, visited, 1 + k * depth, depth, total, title, numbers)
+        if request.found is not None:
+            progress = partial(_found, request.found, obj.label_id, progress)
         mask = yield from relay(steps, progress)
         if obj.labels is not None:  # a correction also clears the old object where it ran too far
             visited += np.flatnonzero((mask != (obj.labels == obj.label_id)).any(axis=(1, 2))).tolist()
@@ -398,6 +403,57 @@ def _object_progress(
     """One object's slice step as the run's progress; records the slice visited."""
     visited.append(step.slice_index)
     return start + round(depth * step.done / max(step.total, 1)), total, title + step_text(step, numbers)
+
+
+def _found(
+    found: queue.SimpleQueue, label_id: int, progress: Any, step: SliceStep
+) -> tuple[int, int, str]:
+    """Hand a step's mask to the preview, then report it as ``progress`` does."""
+    if step.mask is not None and step.stop is None:
+        found.put((step.slice_index, label_id, step.mask))
+    return progress(step)
+
+
+class Preview:
+    """The masks of a running Propagate or Correct, shown in the Labels layer as they are found.
+
+    They go in outside the undo history: :meth:`clear` puts every pixel back before the run's own
+    write (:func:`write_volume`, one undo step) and after a cancel or a failure. :meth:`show`
+    runs on the viewer's thread (at each progress step); the job only fills ``request.found``.
+    """
+
+    def __init__(self, labels: Any, request: VolumeRequest) -> None:
+        self.labels, self.stack, self.overwrite = labels, request.stack, request.settings.overwrite
+        request.found = self.found = queue.SimpleQueue()
+        self._changes: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
+
+    def show(self, *_: object) -> None:
+        """Paint every mask found since the last call, by the labels policy."""
+        painted = False
+        while True:
+            try:
+                z, label_id, mask = self.found.get_nowait()
+            except queue.Empty:
+                break
+            plane = self.stack.plane_at(z)
+            current = plane.extract(self.labels.data)
+            changes, values = label_changes(current, mask, label_id, overwrite=self.overwrite)
+            if len(values):
+                index = plane.indices(*changes)
+                self._changes.append((index, np.asarray(self.labels.data[index]).copy()))
+                self.labels.data[index] = values
+                painted = True
+        if painted:
+            self.labels.refresh()
+
+    def clear(self, *_: object) -> None:
+        """Put back every pixel :meth:`show` painted (nothing when there is none)."""
+        if not self._changes:
+            return
+        while self._changes:
+            index, old = self._changes.pop()
+            self.labels.data[index] = old
+        self.labels.refresh()
 
 
 def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) -> tuple[list[int], list[str]]:
