@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from napari.settings import get_settings
 from qtpy.QtWidgets import QApplication
 
 from conftest import dice, rectangle
@@ -46,7 +47,9 @@ def reference_organs(viewer):
     return {"liver": data == 5, "spleen": data == 1}
 
 
-def test_walk_through_segment_propagate_name_save_close_reopen(make_napari_viewer, qtbot, tmp_path):
+def test_walk_through_segment_propagate_name_save_close_reopen(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
     [image] = viewer.open_sample("napari-medsam", "abdominal_ct")
@@ -90,8 +93,19 @@ def test_walk_through_segment_propagate_name_save_close_reopen(make_napari_viewe
 
     again = make_napari_viewer(show=True)
     again.open(str(ABDOMINAL_CT), plugin="napari-medsam")
-    for path in paths:
-        [layer] = again.open(str(path), plugin="napari-medsam")
+    settings = get_settings().plugins
+    remembered = {f"*{path.name.split('.', 1)[1]}": "napari-medsam" for path in paths}
+    monkeypatch.setattr(settings, "extension2reader", {**settings.extension2reader, **remembered})
+
+    def file_open(path):  # File > Open, MedSAM chosen and remembered in the reader dialog
+        again.window._qt_viewer._qt_open([str(path)], stack=False)
+        return [again.layers[-1]]
+
+    def script_open(path):
+        return again.open(str(path), plugin="napari-medsam")
+
+    for path, opener in [(path, opener) for path in paths for opener in (file_open, script_open)]:
+        [layer] = opener(path)
         assert layer.__class__.__name__ == "Labels", path.name
         np.testing.assert_array_equal(layer.data, saved)
         assert dict(zip(layer.features["index"], layer.features["name"], strict=True)) == {
