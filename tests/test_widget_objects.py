@@ -222,3 +222,33 @@ def test_propagate_shows_each_slice_as_found_and_cancel_takes_them_back(make_set
     assert dice(w.labels_layer.data == 1, organ) > 0.95
     w.labels_layer.undo()  # the whole run is one step
     np.testing.assert_array_equal(w.labels_layer.data, before)
+
+
+def test_the_dock_keeps_its_width_with_long_messages_names_and_a_3d_visit(make_napari_viewer, spy):
+    from qtpy.QtWidgets import QApplication
+
+    volume, (organ,) = ellipsoids()
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(volume, name="an image with a rather long name from a PACS export, series 3")
+    widget = MedSamWidget(viewer, predictor_factory=lambda source, device: spy)
+    widget.prefetch = False
+    dock = viewer.window.add_dock_widget(widget)
+    boxes, _ = widget.add_prompt_layers()
+    QApplication.processEvents()
+    width = dock.width()
+    viewer.dims.set_current_step(0, 6)
+    boxes.add_rectangles(box_around(organ[6], 6))
+    widget.segment()
+    name = "left kidney upper pole cyst, second reader's outline"
+    widget.labels_layer.features = {"index": [1], "name": [name]}
+    widget.propagate()
+    long = "Propagate object 1 of 1 (label 1): " + "slice 25 (-106.3 mm): low predicted IoU, stopping; " * 6
+    widget.status_label.value = long
+    viewer.dims.ndisplay = 3
+    QApplication.processEvents()
+    viewer.dims.ndisplay = 2
+    widget.status_label.value = long
+    QApplication.processEvents()
+    assert abs(dock.width() - width) <= 10, (width, dock.width())
+    assert widget.status_label.tooltip == long
+    assert image.name in [widget._image.native.itemText(i) for i in range(widget._image.native.count())]
