@@ -39,6 +39,7 @@ class ModelPreload:
     ) -> None:
         self._plan, self._load, self._loaded = plan, load, loaded
         self.worker: Any = None
+        self._closed = False
         self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.start)
@@ -53,16 +54,21 @@ class ModelPreload:
             return
         self.worker = create_worker(
             self._load, *target, _start_thread=False,
-            _connect={"returned": lambda _: self._loaded(), "errored": self._failed},
+            _connect={"returned": self._on_returned, "errored": self._failed},
         )  # fmt: skip
         self.worker.start()
 
     def close(self, timeout: float) -> None:
-        """Never start; wait up to ``timeout`` seconds for a load under way."""
+        """Never start, never call ``loaded``; wait up to ``timeout`` seconds for a load under way."""
+        self._closed = True
         self._timer.stop()
         deadline = time.monotonic() + timeout
         while self.worker is not None and self.worker.is_running and time.monotonic() < deadline:
             time.sleep(0.01)
+
+    def _on_returned(self, _: object) -> None:
+        if not self._closed:  # the result may arrive after the widget closed
+            self._loaded()
 
     def _failed(self, error: BaseException) -> None:
         logger.info("loading the model ahead failed; the first run will say why", exc_info=error)
