@@ -47,6 +47,7 @@ from napari_medsam._qt.pickers import LayerPickers
 from napari_medsam._qt.preload import ModelPreload
 from napari_medsam._qt.watchers import CloseWatcher
 from napari_medsam.core.jobs import Job, run_to_end
+from napari_medsam.core.label_policy import AFTER, BEFORE
 from napari_medsam.core.model_slot import ModelSlot, PredictorFactory, load_predictor, unload_predictor
 from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
@@ -113,7 +114,7 @@ class MedSamWidget(Container):
         self.correct_button = c.correct_button
         self.cancel_button, self.run_buttons, self.actions = c.cancel_button, c.run_buttons, c.actions
         #: The buttons that end the selected object at this slice, by slider side ("before", "after").
-        self.end_buttons = {"before": c.end_before_button, "after": c.end_after_button}
+        self.end_buttons = {BEFORE: c.end_before_button, AFTER: c.end_after_button}
         self.progress_bar, self.status_label = c.progress_bar, c.status_label
         self.extend([*self.pickers.widgets, *c.widgets])
         self.objects = ObjectTable(viewer, self._image, self._labels, on_selected=self._refresh)
@@ -390,11 +391,11 @@ class MedSamWidget(Container):
                 f"Correct the selected object ({selected}) from the box drawn on this slice: re-segment it "
                 "here and carry the change only as far as it changes the object (one undo step)",
             ),
-            self.end_buttons["before"]: (
+            self.end_buttons[BEFORE]: (
                 volume_problem, f"Remove the selected object ({selected}) from every slice before this one"
                 " (lower slider positions), one undo step",
             ),
-            self.end_buttons["after"]: (
+            self.end_buttons[AFTER]: (
                 volume_problem, f"Remove the selected object ({selected}) from every slice after this one"
                 " (higher slider positions), one undo step",
             ),

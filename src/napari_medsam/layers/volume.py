@@ -19,7 +19,7 @@ import numpy as np
 
 from napari_medsam.core.boxes import BoxXYXY
 from napari_medsam.core.jobs import Job, relay
-from napari_medsam.core.label_policy import assign_label_ids, label_changes, slices_past
+from napari_medsam.core.label_policy import AFTER, BEFORE, assign_label_ids, label_changes, slices_past
 from napari_medsam.core.propagation import SliceStep, correct, interpolate_boxes, propagate, segment_boxes
 from napari_medsam.io.volumes import GEOMETRY_KEY
 from napari_medsam.layers.labels import write_planes
@@ -116,7 +116,7 @@ class SliceNumbers:
         slider side: slider positions below the current one are array indices below it unless the
         slider runs reversed."""
         reversed_ = len(self.steps) > 1 and self.steps[-1] < self.steps[0]
-        return {"before": "after", "after": "before"}[side] if reversed_ else side
+        return {BEFORE: AFTER, AFTER: BEFORE}[side] if reversed_ else side
 
 
 def slice_numbers(inputs: LayerInputs, stack: PlaneStack) -> SliceNumbers:
@@ -171,8 +171,8 @@ class VolumeRequest:
     settings: RunSettings
     stack: PlaneStack
     objects: list[VolumeObject]
+    numbers: SliceNumbers
     options: dict[str, Any] = field(default_factory=dict)
-    numbers: SliceNumbers | None = None
     #: Where the job puts each ``(slice, label id, mask)`` as it finds it (a :class:`Preview`'s), or None.
     found: queue.SimpleQueue | None = None
 
@@ -346,7 +346,7 @@ def read_volume_request(
             obj.label_id = label_id
     else:
         raise ValueError(f"unknown volume action {action!r}")
-    return VolumeRequest(action, inputs, settings, stack, objects, dict(options or {}), numbers)
+    return VolumeRequest(action, inputs, settings, stack, objects, numbers, dict(options or {}))
 
 
 def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[VolumeOutcome]:
@@ -376,8 +376,7 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
             steps = segment_boxes(predictor, request.stack, boxes, window=settings.window)
         visited: list[int] = []
         title = f"{request.action} object {k + 1} of {len(request.objects)} (label {obj.label_id}): "
-        numbers = request.numbers or SliceNumbers(tuple(range(depth)), tuple(map(float, range(depth))))
-        progress = partial(_object_progress, visited, 1 + k * depth, depth, total, title, numbers)
+        progress = partial(_object_progress, visited, 1 + k * depth, depth, total, title, request.numbers)
         if request.found is not None:
             progress = partial(_found, request.found, obj.label_id, progress)
         mask = yield from relay(steps, progress)
@@ -481,7 +480,7 @@ def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) ->
 def end_object(labels: Any, stack: PlaneStack, label_id: int, side: str) -> list[int]:
     """End object ``label_id`` at the current slice: clear it from every slice of ``stack`` past it.
 
-    ``side`` is ``"before"`` or ``"after"`` in the stack's index (as
+    ``side`` is ``BEFORE`` or ``AFTER`` in the stack's index (as
     :func:`~napari_medsam.core.label_policy.slices_past`); one undo step. Returns the slices
     cleared (empty: nothing of the object lies that way, nothing written).
     """
