@@ -261,6 +261,30 @@ def test_segment_corrects_one_object_from_a_box_on_one_slice(sample_ct, tmp_path
     assert not (tmp_path / "x.seg.nrrd").exists()
 
 
+def test_segment_ends_an_object_at_a_slice_on_one_side(sample_ct, tmp_path, capsys):
+    """The spleen ran on past slice 20: ``--end 1 --slice 20 --side after`` removes it there only."""
+    path, _, _ = sample_ct
+    _, geometry = read_volume(path)
+    reference, _ = read_volume(SEG_SM)
+    existing = np.where(reference == 1, 1, np.where(reference == 5, 5, 0)).astype(np.uint8)
+    kept = label_objects([1, 5], {1: "spleen", 5: "liver"}, {1: (0.5, 0.25, 1.0)})
+    write_seg_nrrd(tmp_path / "run-on.seg.nrrd", existing, geometry, kept)
+    out = tmp_path / "ended.seg.nrrd"
+    base = ["segment", str(path), "--labels", str(tmp_path / "run-on.seg.nrrd"), "--end", "1"]
+    base += ["--slice", "20"]
+    assert main([*base, "--side", "after", "-o", str(out)]) == 0
+    assert "ended object 1 at slice 20" in capsys.readouterr().out
+    ended, _, objects = load_labels(out)
+    assert (existing[21:] == 1).any()
+    assert not (ended[21:] == 1).any()
+    np.testing.assert_array_equal(ended[:21], existing[:21])
+    np.testing.assert_array_equal(ended == 5, existing == 5)
+    assert objects == kept
+    assert main([*base, "-o", str(tmp_path / "x.seg.nrrd")]) == 1
+    assert "--side before|after" in capsys.readouterr().err
+    assert not (tmp_path / "x.seg.nrrd").exists()
+
+
 @pytest.mark.parametrize("names", [["--name", "liver"], ["--name", "a", "--name", "b", "--name", "c"]])
 def test_a_name_count_that_does_not_match_the_boxes_is_an_argparse_error(sample_ct, tmp_path, capsys, names):
     path, _, boxes = sample_ct

@@ -174,6 +174,20 @@ def test_other_label_files_get_the_sidecar(tmp_path, layer, suffix):
     assert list(kwargs["features"]["name"]) == ["liver", "object 5", "kidney_left"]
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_a_label_file_with_its_sidecar_opens_as_labels_whatever_its_name(tmp_path, layer, suffix):
+    labels, _ = layer
+    path, _ = save(tmp_path, labels, f"organs{suffix}")  # no "seg" or "labels" in the name
+    [(data, kwargs, kind)] = read_layers(path)
+    assert kind == "labels"
+    np.testing.assert_array_equal(data, labels.data)
+    assert list(kwargs["features"]["name"]) == ["liver", "object 5", "kidney_left"]
+    for sidecar in tmp_path.glob("*.labels.json"):
+        sidecar.unlink()
+    [(_, _, kind)] = read_layers(path)  # without it, an integer volume so named is an image
+    assert kind == "image"
+
+
 def test_a_broken_sidecar_is_named(tmp_path):
     (tmp_path / "x.labels.json").write_text('{"labels": [{"name": "liver"}]}')
     with pytest.raises(ValueError, match=r"x\.labels\.json"):

@@ -8,7 +8,7 @@ from napari.layers import Image, Labels, Points, Shapes
 
 from conftest import SpyPredictor, rectangle
 from napari_medsam.core.jobs import run_to_end
-from napari_medsam.core.label_policy import assign_label_ids
+from napari_medsam.core.label_policy import AFTER, BEFORE, assign_label_ids, end_object, slices_past
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
 from napari_medsam.layers.labels import write_planes
@@ -116,3 +116,25 @@ def test_write_planes_keeps_other_objects_unless_asked():
     assert write_planes(labels, [(plane, 1, mask)], overwrite=True) == [1]
     assert (labels.data[0, :2] == 1).all()
     assert not labels.data[1].any()
+
+
+def test_end_object_clears_one_object_past_a_slice_along_any_axis():
+    labels = np.zeros((6, 4, 5), np.uint8)
+    labels[:, 1:3, 1:3] = 2
+    labels[:, 3, 4] = 7
+    ended = end_object(labels, 2, 3, AFTER)
+    assert (ended[:4] == labels[:4]).all()
+    assert not (ended[4:] == 2).any()
+    assert (ended == 7).sum() == (labels == 7).sum()
+    assert labels[5, 1, 1] == 2  # a copy
+    along_cols = end_object(labels, 2, 2, BEFORE, axis=2)
+    assert not (along_cols[:, :, :2] == 2).any()
+    assert (along_cols[:, 1:3, 2] == 2).all()
+    assert list(slices_past(6, 0, BEFORE)) == []
+    assert list(slices_past(6, 5, AFTER)) == []
+    with pytest.raises(ValueError, match="no object 3"):
+        end_object(labels, 3, 2, AFTER)
+    with pytest.raises(ValueError, match="outside the volume"):
+        end_object(labels, 2, 6, AFTER)
+    with pytest.raises(ValueError, match="side must be"):
+        end_object(labels, 2, 2, "above")

@@ -111,9 +111,9 @@ def test_boxes_clipped_skipped_and_reported():
     assert [b.source_index for b in boxes] == [0]
     assert boxes[0].box_xyxy == (0.0, 0.0, 29.0, 10.0)
     assert len(problems) == 3
-    assert problems[0] == "box 1 skipped: it lies outside the image"
-    assert problems[1] == "box 2 skipped: it lies outside the image (axis 0 = 7)"
-    assert problems[2] == "box 3 skipped: it is not parallel to the displayed slice"
+    assert problems[0] == "box 2 skipped: it lies outside the image"
+    assert problems[1] == "box 3 skipped: it lies outside the image (axis 0 = 7)"
+    assert problems[2] == "box 4 skipped: it is not parallel to the displayed slice"
 
 
 def test_2d_shapes_over_3d_image_use_current_slice():
@@ -136,7 +136,7 @@ def test_clicks_polarity_and_planes():
         ((3.0, 2.0), False, 1),
     ]
     assert clicks[0].plane == Plane(1, 2, ((0, 1),))
-    assert problems == ["click 2 skipped: it lies outside the image"]
+    assert problems == ["click 3 skipped: it lies outside the image"]
     # no feature: every click is positive
     plain = Points(np.array([[0, 1.0, 1.0]]))
     assert clicks_from_points(plain, image, (0, 0, 0), (0, 1, 2))[0][0].positive

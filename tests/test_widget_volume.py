@@ -14,7 +14,7 @@ from napari.utils.interactions import mouse_move_callbacks, mouse_press_callback
 from napari.utils.notifications import notification_manager
 
 from conftest import dice, rectangle
-from napari_medsam._qt.widget import ALL_SLICES, MedSamWidget
+from napari_medsam._qt.widget import ALL_OBJECTS, ALL_SLICES, MedSamWidget
 
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 20_000
@@ -307,6 +307,7 @@ def test_propagate_button_carries_each_object_through_the_volume(make_setup, spy
     assert w.segment() == [1, 2]
     labels = w.labels_layer
     labels.data[4, 12:16, 12:16] = 9  # painted by hand inside object 1, two slices down
+    w.propagate_scope = ALL_OBJECTS
     with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS) as blocker:
         w.propagate_button.native.click()
         assert w.jobs.busy
@@ -329,7 +330,7 @@ def test_propagate_button_carries_each_object_through_the_volume(make_setup, spy
 
 
 def test_a_box_on_another_slice_of_the_selected_object_corrects_it_in_3d(make_setup, spy, qtbot):
-    """Object 1 leaked onto a neighbour on slices 2-6: select it, box it on slice 4, Propagate."""
+    """Object 1 leaked onto a neighbour on slices 2-6: select it, box it on slice 4, Correct."""
     volume, (organ, neighbour) = ellipsoids(
         objects=(((6.0, 14.0, 15.0), (4.6, 9.0, 10.0)), ((4.0, 34.0, 38.0), (2.6, 8.0, 12.0)))
     )
@@ -349,7 +350,7 @@ def test_a_box_on_another_slice_of_the_selected_object_corrects_it_in_3d(make_se
     s.boxes.add_rectangles(box_around(organ[4], 4))  # a new box, no label id yet
     prompts = len(spy.prompts)
     with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS) as blocker:
-        w.propagate_button.native.click()
+        w.correct_button.native.click()
     assert blocker.args == ["done"]
     fixed = labels.data
     np.testing.assert_array_equal(fixed == 1, organ)  # the neighbour's voxels are gone

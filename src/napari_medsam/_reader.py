@@ -40,7 +40,8 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     The axes are re-ordered (a view) so that the slider moves superior-inferior; the order and the
     geometry go into ``metadata["geometry"]`` (the writer puts labels back on the file's grid).
     DICOM Segmentations, Slicer segmentations (``.seg.nrrd``) and integer volumes named like a
-    mask (``*_seg``, ``*label*``, ``*mask*``) open as Labels, with the names and colours of their
+    mask (``*_seg``, ``*label*``, ``*mask*``) or with a ``.labels.json`` sidecar (what the plugin
+    writes, whatever the file is called) open as Labels, with the names and colours of their
     segments or sidecar, on the grid of an open image they lie on (:func:`load_labels`);
     everything else as Image. CT (DICOM modality CT, or values reaching air at about -1000 HU)
     opens with the soft-tissue window as contrast limits; the data stay in Hounsfield units.
@@ -54,9 +55,10 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         return [_labels_layer(labels, geometry, objects, path, name)]
     array, geometry = read_volume(path)
     components = array.ndim > geometry.ndim
-    if not components and _is_labels(path, array):
+    objects = [] if components else read_sidecar(path)
+    if not components and _is_labels(path, array, bool(objects)):
         labels, geometry = place_labels(array, geometry, open_image_geometries())
-        return [_labels_layer(labels, geometry, read_sidecar(path), path, name)]
+        return [_labels_layer(labels, geometry, objects, path, name)]
     array, geometry = to_axial(array, geometry)
     kwargs = {**layer_kwargs(geometry, source=path), "name": name}
     if components:
@@ -87,9 +89,10 @@ def _labels_layer(
     return (labels, kwargs, "labels")
 
 
-def _is_labels(path: str, array: np.ndarray) -> bool:
+def _is_labels(path: str, array: np.ndarray, named: bool) -> bool:
+    """An integer volume, non-negative, that has named objects or is named like a mask."""
     name = os.path.basename(os.path.normpath(path)).lower()
-    if not np.issubdtype(array.dtype, np.integer) or not _LABEL_NAME.search(volume_name(name)):
+    if not np.issubdtype(array.dtype, np.integer) or not (named or _LABEL_NAME.search(volume_name(name))):
         return False
     return array.size == 0 or int(array.min()) >= 0
 

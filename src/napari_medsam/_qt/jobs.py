@@ -69,25 +69,34 @@ class JobRunner:
     def busy(self) -> bool:
         return self.worker is not None
 
-    def start(self, job: Job[T], on_done: Callable[[T], None], *, title: str) -> Any:
-        """Run ``job`` in a thread; give its result to ``on_done`` on the viewer's thread."""
+    def start(
+        self,
+        job: Job[T],
+        on_done: Callable[[T], None],
+        *,
+        title: str,
+        also: dict[str, Callable[..., Any]] | None = None,
+    ) -> Any:
+        """Run ``job`` in a thread; give its result to ``on_done`` on the viewer's thread.
+
+        ``also`` connects more callbacks to the worker's signals (``"yielded"``, ``"aborted"``,
+        ``"errored"``) before it starts, after the runner's own.
+        """
         from napari.qt.threading import create_worker
 
         if self.busy:
             raise RuntimeError("another job is still running")
         # Connecting "errored" here (not afterwards) stops superqt re-raising the error.
-        worker = create_worker(
-            _drive,
-            job,
-            _start_thread=False,
-            _connect={
-                "yielded": self.show_progress,
-                "returned": lambda result: self._on_returned(on_done, result),
-                "errored": self._on_errored,
-                "aborted": self._on_aborted,
-                "finished": self._on_finished,
-            },
-        )
+        connect: dict[str, Any] = {
+            "yielded": self.show_progress,
+            "returned": lambda result: self._on_returned(on_done, result),
+            "errored": self._on_errored,
+            "aborted": self._on_aborted,
+            "finished": self._on_finished,
+        }
+        for name, callback in (also or {}).items():
+            connect[name] = [connect[name], callback] if name in connect else callback
+        worker = create_worker(_drive, job, _start_thread=False, _connect=connect)
         self.worker, self._outcome, self._title = worker, "done", title
         self._progress.value = 0
         self._status.value = f"{title}…"
@@ -149,7 +158,6 @@ class JobRunner:
     def _on_finished(self) -> None:
         self.worker = None
         self._cancel.enabled = False
-        if self._outcome == "done":
-            self._progress.value = self._progress.max
+        self._progress.value = self._progress.max if self._outcome == "done" else 0
         self._on_busy(False)
         self.finished.emit(self._outcome)

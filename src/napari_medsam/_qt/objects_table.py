@@ -5,15 +5,20 @@ intensity of the raw image (HU on CT). It follows every change of the labels: Se
 Propagate and Interpolate, painting and erasing (napari's ``paint`` event), a new array
 (``data``), and undo or redo (a refresh without a move of the slice). Refreshing waits for a
 short quiet time, so a paint stroke is counted once.
+
+Each name has its object's colour beside it. The highlighted row is the selected object, the
+labels layer's ``selected_label`` (the label napari paints with): choosing a row selects it, and
+selecting a label in the layer's controls highlights its row; the widget's actions read it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -47,8 +52,16 @@ _LABEL_EVENTS = ("paint", "data", "features")
 class ObjectTable:
     """The table of the objects of the labels picked, over the image picked (``native`` is its QWidget)."""
 
-    def __init__(self, viewer: Any, image_picker: Any, labels_picker: Any) -> None:
+    def __init__(
+        self,
+        viewer: Any,
+        image_picker: Any,
+        labels_picker: Any,
+        on_selected: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``on_selected`` is called when the selected object changes (or its name)."""
         self._viewer, self._image, self._labels = viewer, image_picker, labels_picker
+        self._on_selected = on_selected
         self.native = QWidget()
         self.table = QTableWidget(0, len(HEADERS))
         self.table.setHorizontalHeaderLabels(HEADERS)
@@ -114,7 +127,7 @@ class ObjectTable:
             emitter.disconnect(callback)
 
     def _show(self, stats: Sequence[ObjectStats]) -> None:
-        self.stats = list(stats)
+        self.stats, labels = list(stats), self._labels.value
         blocked = self.table.blockSignals(True)
         try:
             self.table.setRowCount(len(self.stats))
@@ -127,8 +140,26 @@ class ObjectTable:
                         item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
                         item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                     self.table.setItem(row, column, item)
+                color = None if labels is None else labels.get_color(s.label)
+                if color is not None:
+                    self.table.item(row, 0).setData(Qt.ItemDataRole.DecorationRole, QColor.fromRgbF(*color))
         finally:
             self.table.blockSignals(blocked)
+        self._show_selected()
+
+    def _show_selected(self, *_: object) -> None:
+        """Highlight the row of the labels' ``selected_label`` (none when it names no object)."""
+        labels = self._labels.value
+        selected = None if labels is None else int(labels.selected_label)
+        rows = [row for row, s in enumerate(self.stats) if s.label == selected]
+        blocked = self.table.blockSignals(True)
+        try:
+            self.table.clearSelection()
+            if rows:
+                self.table.selectRow(rows[0])
+        finally:
+            self.table.blockSignals(blocked)
+        self._on_selected()
 
     def _on_labels_picked(self, labels: Any) -> None:
         self._follow(labels)
@@ -139,11 +170,13 @@ class ObjectTable:
             for name in _LABEL_EVENTS:
                 getattr(self._followed.events, name).disconnect(self.schedule)
             self._followed.events.set_data.disconnect(self._on_set_data)
+            self._followed.events.selected_label.disconnect(self._show_selected)
         self._followed = labels
         if labels is not None:
             for name in _LABEL_EVENTS:
                 getattr(labels.events, name).connect(self.schedule)
             labels.events.set_data.connect(self._on_set_data)
+            labels.events.selected_label.connect(self._show_selected)
 
     def _on_set_data(self, *_: object) -> None:
         """A refresh of the labels: undo or redo when the slice stayed, else only a move."""
@@ -157,6 +190,7 @@ class ObjectTable:
         if item.column() != 0 or labels is None or item.row() >= len(self.stats):
             return
         name_objects(labels, {self.stats[item.row()].label: item.text()})
+        self._on_selected()
 
     def _on_select(self) -> None:
         rows = {index.row() for index in self.table.selectedIndexes()}

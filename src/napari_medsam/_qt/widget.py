@@ -3,8 +3,10 @@
 Every action reads its inputs on the viewer's thread (:meth:`MedSamWidget.prepare`,
 :meth:`MedSamWidget.prepare_volume`), runs the model in a job that touches no layer, then writes
 all masks as one undo step (:meth:`MedSamWidget.apply`, :meth:`MedSamWidget.apply_volume`).
-:meth:`segment`, :meth:`propagate` and :meth:`interpolate` chain the three synchronously for
-scripts; the buttons run the same jobs in a thread worker with progress and Cancel.
+:meth:`segment`, :meth:`propagate`, :meth:`correct` and :meth:`interpolate` chain the three
+synchronously for scripts; the buttons run the same jobs in a thread worker with progress and
+Cancel. The selected object is one fact: the labels layer's ``selected_label``, which the objects
+table's highlighted row shows and sets; Propagate (by default), Correct and End here act on it.
 Auto-segment runs Segment on each box or click drawn (``_qt.background.AutoSegment``), background
 encoding encodes every slice of the image on screen (``VolumeEncoding``); ``objects`` is the table of
 the objects' names and statistics (``_qt.objects_table``).
@@ -22,7 +24,7 @@ from magicgui.widgets import Container
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_medsam._qt.background import AutoSegment, EncodeTarget, VolumeEncoding
-from napari_medsam._qt.controls import Controls
+from napari_medsam._qt.controls import Controls, keep_narrow
 from napari_medsam._qt.jobs import JobRunner
 from napari_medsam._qt.objects_table import ObjectTable
 from napari_medsam._qt.options import (
@@ -42,8 +44,10 @@ from napari_medsam._qt.options import (
     layer_window,
 )
 from napari_medsam._qt.pickers import LayerPickers
+from napari_medsam._qt.preload import ModelPreload
 from napari_medsam._qt.watchers import CloseWatcher
 from napari_medsam.core.jobs import Job, run_to_end
+from napari_medsam.core.label_policy import AFTER, BEFORE
 from napari_medsam.core.model_slot import (
     ModelSlot,
     PredictorFactory,
@@ -54,12 +58,26 @@ from napari_medsam.core.model_slot import (
 from napari_medsam.core.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
+from napari_medsam.layers.objects import object_names
 from napari_medsam.layers.prompt_layers import ClickPolarity
 from napari_medsam.layers.prompts import current_plane, spatial_shape
-from napari_medsam.layers.requests import LayerInputs, RunSettings, run_problem
+from napari_medsam.layers.requests import (
+    ALL_OBJECTS,
+    NEW_OBJECTS,
+    PROPAGATE_SCOPES,
+    SELECTED_OBJECT,
+    LayerInputs,
+    RunSettings,
+    run_problem,
+)
 from napari_medsam.models import BACKENDS
 
-__all__ = ["ALL_SLICES", "MODELS", "THIS_SLICE", "TOGGLE_KEY", "WINDOWS", "MedSamWidget"]
+__all__ = [
+    "ALL_OBJECTS", "ALL_SLICES", "MODELS", "NEW_OBJECTS", "SELECTED_OBJECT", "THIS_SLICE", "TOGGLE_KEY",
+    "WINDOWS", "MedSamWidget",
+]  # fmt: skip
+#: The longest object name a button shows (longer names are cut, the tooltip has them whole).
+BUTTON_NAME_CHARS = 14
 
 
 class MedSamWidget(Container):
@@ -79,6 +97,7 @@ class MedSamWidget(Container):
     backend = Option("controls.backend", f"What runs the image encoder (CLI --backend): one of {BACKENDS}.")
     window = Option("controls.window", f"Intensity window preset: one of {list(WINDOWS)}.")
     scope = Option("controls.scope", f"What Segment and Interpolate take: {THIS_SLICE!r} or {ALL_SLICES!r}.")
+    propagate_scope = Option("controls.propagate_scope", f"What Propagate carries: {PROPAGATE_SCOPES}.")
     overwrite = Option("controls.overwrite", "Whether new masks may overwrite other objects' pixels.", bool)
     auto_segment = Option("controls.auto", "Segment each box or click as soon as it is drawn.", bool)
     prefetch = Option("controls.prefetch", "Encode every slice of the image in the background.", bool)
@@ -104,12 +123,16 @@ class MedSamWidget(Container):
             unload_predictor,
             fetch=None if predictor_factory else fetch_weights,  # a given factory has its own weights
         )
-        self.segment_button, self.propagate_button, self.interpolate_button = c.run_buttons
+        self.segment_button, self.propagate_button, self.interpolate_button = c.run_buttons[:3]
+        self.correct_button = c.correct_button
         self.cancel_button, self.run_buttons, self.actions = c.cancel_button, c.run_buttons, c.actions
+        #: The buttons that end the selected object at this slice, by slider side ("before", "after").
+        self.end_buttons = {BEFORE: c.end_before_button, AFTER: c.end_after_button}
         self.progress_bar, self.status_label = c.progress_bar, c.status_label
         self.extend([*self.pickers.widgets, *c.widgets])
-        self.objects = ObjectTable(viewer, self._image, self._labels)
+        self.objects = ObjectTable(viewer, self._image, self._labels, on_selected=self._refresh)
         self.native.layout().addWidget(self.objects.native)
+        keep_narrow(self.native)
         self.jobs = JobRunner(c.progress_bar, c.status_label, c.cancel_button, self._notify, self._on_busy)
         self.job_finished = self.jobs.finished
         self.auto = AutoSegment(self.native, self._auto_segment, lambda: self.jobs.busy)
@@ -118,8 +141,12 @@ class MedSamWidget(Container):
         self.prefetcher = self.encoding.prefetcher
 
         self.controls.new_layers.changed.connect(self.add_prompt_layers)
-        for button in self.run_buttons:
-            button.changed.connect(partial(self._start, button.text))
+        actions = ("Segment", vol.PROPAGATE, vol.INTERPOLATE, vol.CORRECT)
+        for button, action in zip(self.run_buttons, actions, strict=True):
+            button.changed.connect(partial(self._start, action))
+        for side, button in self.end_buttons.items():
+            button.changed.connect(partial(self._end_clicked, side))
+        self.controls.propagate_scope.changed.connect(self._refresh)
         self._boxes.changed.connect(lambda layer: self.auto.watch("boxes", layer))
         self._clicks.changed.connect(self._on_clicks_layer_changed)
         self.controls.auto.changed.connect(lambda on: setattr(self.auto, "enabled", bool(on)))
@@ -144,6 +171,10 @@ class MedSamWidget(Container):
         #: Polarity of the next click; key T toggles it (or flips the selected clicks).
         self.polarity = ClickPolarity(self._viewer, self.controls.positive, TOGGLE_KEY)
         self._close_watcher = CloseWatcher(self.native, self.release)
+        #: Loads the chosen model in a thread soon after opening: the first Segment need not wait.
+        #: Then encodes the slices around the one on screen (when prefetching is on).
+        loaded = self._on_prefetch_input_changed
+        self.preload = ModelPreload(self.native, self._preload_target, self.models.get, loaded)
         self.pickers.auto_pick()
         self.auto.watch("boxes", self._boxes.value)
         self._on_clicks_layer_changed(self._clicks.value)
@@ -192,22 +223,62 @@ class MedSamWidget(Container):
         return self.apply(request, run_to_end(self.segment_job(request), self.jobs.show_progress))
 
     def propagate(self, **options: Any) -> list[int]:
-        """Propagate each object on the current slice through the volume, as Propagate does.
+        """Propagate objects of the current slice through the volume, as Propagate does.
 
-        ``options`` go to :func:`napari_medsam.core.propagation.propagate` (``expand``,
-        ``min_area_fraction``, ``max_slices``, ...). Returns the label ids written.
+        Which objects: ``propagate_scope`` (the selected one, the new ones, or all). ``options`` go
+        to :func:`napari_medsam.core.propagation.propagate` (``expand``, ``min_area_fraction``,
+        ``max_slices``, ...). Returns the label ids written.
         """
         request = self._idle_then(lambda: self.prepare_volume(vol.PROPAGATE, **options))
         return self.apply_volume(request, run_to_end(self.volume_job(request), self.jobs.show_progress))
+
+    def correct(self, **options: Any) -> list[int]:
+        """Correct the selected object from the box drawn on this slice, as Correct does.
+
+        ValueError (saying what to draw or select) when there is no selected object or no box.
+        """
+        request = self._idle_then(lambda: self.prepare_volume(vol.CORRECT, **options))
+        return self.apply_volume(request, run_to_end(self.volume_job(request), self.jobs.show_progress))
+
+    def end_here(self, side: str) -> list[int]:
+        """End the selected object at the slice on screen, as the End here buttons do (one undo step).
+
+        ``side`` is ``"before"`` (lower slider positions) or ``"after"``; returns the slider
+        positions cleared. ValueError when there is no selected object.
+        """
+        problem = self._input_problem() or self._volume_problem()
+        inputs, _ = self._idle_then(lambda: self._run_inputs(problem))
+        labels = inputs.labels
+        if labels is None or not labels.data.any():
+            raise ValueError("End here acts on a segmented object: segment one first.")
+        stack = self.current_stack()
+        numbers = vol.slice_numbers(inputs, stack)
+        label_id = int(labels.selected_label)
+        name = vol.describe_object(labels, label_id)
+        if not (stack.plane.extract(labels.data) == label_id).any():
+            raise ValueError(
+                f"The selected object ({name}) is not on {numbers.name(stack.index)}: go to the slice where "
+                "it should end, or select it in the objects table."
+            )
+        ended = vol.end_object(labels, stack, label_id, numbers.side(side))
+        cleared = sorted(numbers.steps[z] for z in ended)
+        where = f"slice(s) {cleared[0]}..{cleared[-1]}" if cleared else "no slice (nothing lay that way)"
+        self.status_label.value = f"Ended {name} at {numbers.name(stack.index)}: removed from {where}"
+        return cleared
 
     def interpolate(self) -> list[int]:
         """Segment the slices between key boxes of one object, as Interpolate does; return the ids."""
         request = self._idle_then(lambda: self.prepare_volume(vol.INTERPOLATE))
         return self.apply_volume(request, run_to_end(self.volume_job(request), self.jobs.show_progress))
 
-    def run_job(self, job: Job[Any], on_done: Callable[[Any], None], *, title: str) -> Any:
-        """Run a progress-yielding job in a thread worker (progress bar, Cancel, notifications)."""
-        return self.jobs.start(job, on_done, title=title)
+    def run_job(
+        self, job: Job[Any], on_done: Callable[[Any], None], *, title: str, also: dict[str, Any] | None = None
+    ) -> Any:
+        """Run a progress-yielding job in a thread worker (progress bar, Cancel, notifications).
+
+        ``also``: more callbacks for the worker's signals (see ``JobRunner.start``).
+        """
+        return self.jobs.start(job, on_done, title=title, also=also)
 
     def add_prompt_layers(self, *_: object) -> tuple[Any, Any]:
         """Add a boxes (Shapes) and a clicks (Points) layer over the image and pick them."""
@@ -230,6 +301,7 @@ class MedSamWidget(Container):
         self._released = True
         self.jobs.cancel()
         self.jobs.wait(JOIN_TIMEOUT_S)
+        self.preload.close(JOIN_TIMEOUT_S)
         self.auto.close()
         self.encoding.close(JOIN_TIMEOUT_S)
         self.objects.close()
@@ -280,13 +352,16 @@ class MedSamWidget(Container):
         if problem:
             raise ValueError(problem)
         image = self._image.value
-        inputs = LayerInputs(image, self._labels.value, self._boxes.value, self._clicks.value, *self._dims())
+        dims_range = tuple((float(r.start), float(r.stop), float(r.step)) for r in self._viewer.dims.range)
+        layers = (image, self._labels.value, self._boxes.value, self._clicks.value)
+        inputs = LayerInputs(*layers, *self._dims(), dims_range=dims_range)
         settings = RunSettings(
             window=self.intensity_window(image),
             source=self.model_source,
             device=str(self.device),
             overwrite=bool(self.overwrite),
             this_slice_only=self.controls.scope.value == THIS_SLICE,
+            propagate=str(self.propagate_scope),
         )
         return inputs, settings
 
@@ -319,12 +394,27 @@ class MedSamWidget(Container):
     def _refresh(self, *_: object) -> None:
         problem = self._input_problem()
         volume_problem = problem or (None if self._image.value is None else self._volume_problem())
+        selected = self._selected_name()
+        self.propagate_button.text, propagate_tip = self._propagate_text(selected)
         tips = {
             self.segment_button: (problem, "Segment the boxes and clicks (one undo step)"),
-            self.propagate_button: (volume_problem, "Carry the objects on this slice through the volume"),
+            self.propagate_button: (volume_problem, propagate_tip),
             self.interpolate_button: (volume_problem, "Segment the slices between an object's key boxes"),
-        }
-        for button in self.run_buttons:
+            self.correct_button: (
+                volume_problem,
+                f"Correct the selected object ({selected}) from the box drawn on this slice: re-segment it "
+                "here and carry the change only as far as it changes the object (one undo step)",
+            ),
+            self.end_buttons[BEFORE]: (
+                volume_problem, f"Remove the selected object ({selected}) from every slice before this one"
+                " (lower slider positions), one undo step",
+            ),
+            self.end_buttons[AFTER]: (
+                volume_problem, f"Remove the selected object ({selected}) from every slice after this one"
+                " (higher slider positions), one undo step",
+            ),
+        }  # fmt: skip
+        for button in (*self.run_buttons, *self.end_buttons.values()):
             blocker, tip = tips.get(button, (problem, button.tooltip))
             button.enabled = blocker is None and not self.jobs.busy
             button.tooltip = blocker or tip
@@ -332,6 +422,24 @@ class MedSamWidget(Container):
             self.status_label.value, self._showing_problem = problem, True
         elif self._showing_problem:
             self.status_label.value, self._showing_problem = "Ready", False
+
+    def _selected_name(self) -> str:
+        """The selected object as buttons name it: its name (cut to fit), else its label id."""
+        labels = self._labels.value
+        if labels is None:
+            return "none yet"
+        label_id = int(labels.selected_label)
+        name = object_names(labels).get(label_id) or f"label {label_id}"
+        return name if len(name) <= BUTTON_NAME_CHARS else name[: BUTTON_NAME_CHARS - 1] + "…"
+
+    def _propagate_text(self, selected: str) -> tuple[str, str]:
+        """The Propagate button's text and tooltip: what it will carry, by ``propagate_scope``."""
+        scope = str(self.propagate_scope)
+        if scope == SELECTED_OBJECT:
+            return f"{vol.PROPAGATE} {selected}", f"Carry the selected object ({selected}) through the volume"
+        if scope == NEW_OBJECTS:
+            return f"{vol.PROPAGATE} new", "Carry the objects of this slice that are on no other slice yet"
+        return f"{vol.PROPAGATE} all", "Carry every object on this slice through the volume, again"
 
     def _notify(self, level: str, message: str) -> None:
         {"error": show_error, "warning": show_warning}.get(level, show_info)(message)
@@ -348,15 +456,38 @@ class MedSamWidget(Container):
 
     def _start(self, action: str, *_: object) -> None:
         """A button's run: read (a warning if that fails), run in the worker, write when done."""
-        volume = action in (vol.PROPAGATE, vol.INTERPOLATE)
+        volume = action in (vol.PROPAGATE, vol.INTERPOLATE, vol.CORRECT)
         try:
             request = self.prepare_volume(action) if volume else self.prepare()
         except ValueError as err:
+            self.status_label.value = str(err)
             self._notify("warning", str(err))
+            return
+        if action in (vol.PROPAGATE, vol.CORRECT):
+            self._run_with_preview(request)
             return
         job = self.volume_job(request) if volume else self.segment_job(request)
         apply = self.apply_volume if volume else self.apply
         self.run_job(job, lambda outcome: apply(request, outcome), title=action)
+
+    def _run_with_preview(self, request: vol.VolumeRequest) -> None:
+        """Run a Propagate or Correct whose masks show in the labels as they are found (Cancel
+        takes them back); the result is then written as one undo step."""
+        preview = vol.Preview(request.inputs.labels, request)
+
+        def apply(outcome: vol.VolumeOutcome) -> None:
+            preview.clear()
+            self.apply_volume(request, outcome)
+
+        also = {"yielded": preview.show, "aborted": preview.clear, "errored": preview.clear}
+        self.run_job(self.volume_job(request), apply, title=request.action, also=also)
+
+    def _end_clicked(self, side: str, *_: object) -> None:
+        try:
+            self.end_here(side)
+        except ValueError as err:
+            self.status_label.value = str(err)
+            self._notify("warning", str(err))
 
     def _auto_segment(self, box_rows: set[int], click_rows: set[int]) -> None:
         """Segment the objects just drawn or edited (on this slice), as Segment would."""
@@ -375,6 +506,12 @@ class MedSamWidget(Container):
         self.encoding.forget_predictor()  # never encode with the old model again
         self._refresh()
         self._on_prefetch_input_changed()
+
+    def _preload_target(self) -> tuple[str, str] | None:
+        """The model to load ahead: the one chosen, unless a run has started or weights are missing."""
+        if self._released or self.jobs.busy or self.model == CUSTOM:
+            return None
+        return self.model_source, str(self.device)
 
     def _on_clicks_layer_changed(self, layer: Any) -> None:
         self.auto.watch("clicks", layer)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from napari_medsam.cli.common import add_model_options, add_window_options, window_for
-from napari_medsam.core.label_policy import add_objects, check_label_image
+from napari_medsam.core.label_policy import AFTER, BEFORE, add_objects, check_label_image, end_object
 from napari_medsam.core.objects import LabelObject, present_ids
 from napari_medsam.core.preprocessing import check_finite_slices
 from napari_medsam.core.stats import object_stats
@@ -68,6 +68,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="ID",
         help="with --labels and one --box on --slice: re-segment object ID on that slice and re-propagate "
         "it both ways only as far as the new masks differ from the old ones; the rest is kept",
+    )
+    segment.add_argument(
+        "--end",
+        type=int,
+        metavar="ID",
+        help="with --labels, --slice Z and --side: end object ID at slice Z, removing it from every slice "
+        "before or after Z (no model runs); the rest is kept",
+    )
+    segment.add_argument(
+        "--side", choices=[BEFORE, AFTER], help="with --end: remove the object before or after --slice"
     )
     segment.add_argument(
         "-o",
@@ -176,7 +186,8 @@ def check_outputs(
     """Refuse, before the model loads, outputs that cannot be written or would replace an input,
     and NaN or infinite values on the slices the run reaches (ValueError naming what to change)."""
     volume_file = suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")
-    whole = is_volume and (args.propagate or args.labels is not None or args.correct is not None)
+    edits = args.labels is not None or args.correct is not None or args.end is not None
+    whole = is_volume and (args.propagate or edits)
     inputs = [Path(args.image)]
     dicom = geometry is not None and bool(geometry.source_files)
     check_output(Path(args.output), inputs, dimensions=3 if whole or (is_volume and volume_file) else 2,
@@ -190,6 +201,16 @@ def check_outputs(
         check_finite_slices(image, args.axis, reached)
     else:
         check_finite_slices(image[None], 0, [0])
+
+
+def ended(args: argparse.Namespace, existing: np.ndarray | None) -> np.ndarray:
+    """The ``--labels`` with object ``--end`` removed past ``--slice`` on ``--side``."""
+    if existing is None or args.slice is None or args.side is None or args.box or args.point:
+        raise ValueError("--end ID takes --labels IN, --slice Z and --side before|after, no --box or --point")
+    output = end_object(existing, args.end, args.slice, args.side, axis=args.axis)
+    removed = int(np.sum(output != existing))
+    print(f"ended object {args.end} at slice {args.slice}: removed {removed} voxel(s)")
+    return output
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -208,6 +229,11 @@ def run_segment(args: argparse.Namespace) -> int:
         existing, kept = existing_labels(Path(args.labels), image.shape, geometry)
     if args.correct is not None:
         check_correction(args, existing)
+    if args.end is not None:
+        check_outputs(args, image, geometry, is_volume=True)
+        names, colors = {o.label: o.name for o in kept}, {o.label: o.color for o in kept}
+        write_mask(Path(args.output), ended(args, existing), geometry, names=names, colors=colors)
+        return 0
     plane, is_volume = _slice_of(image, args)
     points, labels = _points(args)
     if not args.box and points is None:

@@ -112,3 +112,33 @@ def add_objects(existing: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, dict
     free = (existing == 0) & (new > 0)
     merged[free] = lut[new[free]]
     return merged, ids
+
+
+#: The sides of a slice an object can be ended on: lower or higher indices along the slice axis.
+BEFORE, AFTER = "before", "after"
+
+
+def slices_past(depth: int, index: int, side: str) -> range:
+    """The slice indices of a ``depth``-slice stack past ``index`` on ``side`` (``index`` itself kept)."""
+    if not 0 <= index < depth:
+        raise ValueError(f"slice {index} is outside the volume (0..{depth - 1})")
+    if side == BEFORE:
+        return range(0, index)
+    if side == AFTER:
+        return range(index + 1, depth)
+    raise ValueError(f"side must be {BEFORE!r} or {AFTER!r}, not {side!r}")
+
+
+def end_object(labels: np.ndarray, label_id: int, index: int, side: str, axis: int = 0) -> np.ndarray:
+    """A copy of ``labels`` where object ``label_id`` ends at slice ``index``: cleared on every slice past it.
+
+    "Past" is :func:`slices_past` along ``axis``; other objects and the slice itself are kept.
+    ValueError when the object is not in ``labels``.
+    """
+    if not np.any(labels == label_id):
+        raise ValueError(f"there is no object {label_id} to end")
+    out = np.array(labels, copy=True)
+    past = slices_past(out.shape[axis], index, side)
+    view = np.moveaxis(out, axis, 0)[past.start : past.stop]  # a view of ``out``
+    view[view == label_id] = 0
+    return out

@@ -47,7 +47,7 @@ def add_boxes_layer(viewer: Any, image: Any) -> Any:
         edge_color="yellow",
         face_color="transparent",
         edge_width=max(1.0, size / 256),
-        text={"string": "{label_id}", "color": "yellow", "anchor": "upper_left", "size": 9},
+        text={"string": "{label_id}", "color": "white", "anchor": "upper_left", "size": 14},
         **image_transforms(image),
     )
 

@@ -205,7 +205,8 @@ def boxes_from_shapes(
 
     Each shape's vertices are mapped into the image; its bounding box on the displayed axes,
     clipped to the image, is the prompt. Any shape type works (rectangles are the usual).
-    Shapes off the image or not parallel to the displayed slice are skipped with a reason.
+    Shapes off the image or not parallel to the displayed slice are skipped with a reason, naming
+    the box by its number from 1 (the layer's first shape is box 1).
     """
     row, col = plane_axes(dims_order, len(world_point), image_layer.ndim)
     shape = spatial_shape(image_layer)
@@ -216,16 +217,16 @@ def boxes_from_shapes(
         img = layer_to_image(shapes_layer, verts, image_layer, world_point)
         plane = _plane_of(img, row, col, shape)
         if isinstance(plane, str):
-            problems.append(f"box {k} skipped: {plane}")
+            problems.append(f"box {k + 1} skipped: {plane}")
             continue
         (x0, y0), (x1, y1) = rowcol_to_xy(np.stack([img[:, [row, col]].min(0), img[:, [row, col]].max(0)]))
         if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
-            problems.append(f"box {k} skipped: it lies outside the image")
+            problems.append(f"box {k + 1} skipped: it lies outside the image")
             continue
         x0, x1 = float(np.clip(x0, 0, width - 1)), float(np.clip(x1, 0, width - 1))
         y0, y1 = float(np.clip(y0, 0, height - 1)), float(np.clip(y1, 0, height - 1))
         if x1 - x0 < 1 or y1 - y0 < 1:
-            problems.append(f"box {k} skipped: it is less than one pixel wide or high")
+            problems.append(f"box {k + 1} skipped: it is less than one pixel wide or high")
             continue
         boxes.append(BoxPrompt(plane, (x0, y0, x1, y1), k))
     return boxes, problems
@@ -259,7 +260,7 @@ def clicks_from_points(
         plane = _plane_of(p[None], row, col, shape)
         r, c = p[row], p[col]
         if isinstance(plane, str) or not (-0.5 <= r < shape[row] - 0.5 and -0.5 <= c < shape[col] - 0.5):
-            problems.append(f"click {k} skipped: it lies outside the image")
+            problems.append(f"click {k + 1} skipped: it lies outside the image")
             continue
         r, c = np.clip(r, 0, shape[row] - 1), np.clip(c, 0, shape[col] - 1)
         x, y = rowcol_to_xy(np.array([r, c]))

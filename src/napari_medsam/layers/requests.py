@@ -12,10 +12,19 @@ SWITCH_TO_2D = (
     "or Ctrl+Y), then segment."
 )
 
+#: Which objects of the slice on screen Propagate carries: the one selected (the objects table's
+#: row, the labels layer's ``selected_label``), those on no other slice yet, or every one.
+SELECTED_OBJECT, NEW_OBJECTS, ALL_OBJECTS = "selected object", "new objects", "all objects"
+PROPAGATE_SCOPES = (SELECTED_OBJECT, NEW_OBJECTS, ALL_OBJECTS)
+
 
 @dataclass(frozen=True)
 class LayerInputs:
-    """The layers picked and the slice shown when a run starts."""
+    """The layers picked and the slice shown when a run starts.
+
+    ``dims_range`` is the viewer's ``(start, stop, step)`` per world axis: how the sliders number
+    positions (empty: each slider position is the image's index).
+    """
 
     image: Any
     labels: Any | None
@@ -23,6 +32,7 @@ class LayerInputs:
     clicks: Any | None
     world_point: tuple[float, ...]
     dims_order: tuple[int, ...]
+    dims_range: tuple[tuple[float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,8 @@ class RunSettings:
 
     ``window`` is the (low, high) intensity window (None: each slice's min..max); ``source`` and
     ``device`` name the model; ``overwrite`` lets masks replace other objects' pixels;
-    ``this_slice_only`` limits Segment and Interpolate to the slice on screen.
+    ``this_slice_only`` limits Segment and Interpolate to the slice on screen; ``propagate``
+    says which objects of the slice Propagate carries (one of ``PROPAGATE_SCOPES``).
     """
 
     window: tuple[float, float] | None
@@ -39,6 +50,7 @@ class RunSettings:
     device: str
     overwrite: bool = False
     this_slice_only: bool = True
+    propagate: str = ALL_OBJECTS
 
 
 def run_problem(image: Any | None, labels: Any | None, ndisplay: int = 2) -> str | None:

@@ -107,6 +107,11 @@ def object_ids(objects: list[ObjectPrompt], labels_data: Any | None, boxes: Any,
     return assign_label_ids(known, labels_data, np.concatenate([box_ids, click_ids]))
 
 
+def loading_message(source: str) -> str:
+    """What a run says while it waits for its model (seconds the first time, nothing after)."""
+    return f"Loading the model {source} (the first run only: a few seconds)…"
+
+
 def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[SegmentOutcome]:
     """Encode each slice once and predict each object; yields (done, total, message).
 
@@ -115,14 +120,14 @@ def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[S
     """
     planes = [(p, list(objs)) for p, objs in groupby(request.objects, key=lambda o: o.plane)]
     total = 1 + len(planes) + len(request.objects)
-    yield 0, total, f"Loading {request.settings.source}…"
+    yield 0, total, loading_message(request.settings.source)
     predictor = predictor_for(request.settings.source, request.settings.device)
     family = str(predictor.family)
     masks: list[np.ndarray] = []
     notes: list[str] = []
     done = 1
-    for plane, objects in planes:
-        yield done, total, f"Encoding slice {plane.describe()}…"
+    for k, (plane, objects) in enumerate(planes, start=1):
+        yield done, total, f"Encoding slice {k} of {len(planes)} (the model's image encoder)…"
         predictor.set_image(request.slices[plane], window=request.settings.window)
         done += 1
         for obj in objects:

@@ -9,6 +9,7 @@ As for Segment, a request is read on the viewer's thread, the job touches no lay
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -18,10 +19,11 @@ import numpy as np
 
 from napari_medsam.core.boxes import BoxXYXY
 from napari_medsam.core.jobs import Job, relay
-from napari_medsam.core.label_policy import assign_label_ids
+from napari_medsam.core.label_policy import AFTER, BEFORE, assign_label_ids, label_changes, slices_past
 from napari_medsam.core.propagation import SliceStep, correct, interpolate_boxes, propagate, segment_boxes
+from napari_medsam.io.volumes import GEOMETRY_KEY
 from napari_medsam.layers.labels import write_planes
-from napari_medsam.layers.objects import note_written
+from napari_medsam.layers.objects import note_written, object_names
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids
 from napari_medsam.layers.prompts import (
     BoxPrompt,
@@ -31,11 +33,19 @@ from napari_medsam.layers.prompts import (
     slider_axis,
     spatial_shape,
 )
-from napari_medsam.layers.requests import LayerInputs, RunSettings
-from napari_medsam.layers.segment import PredictorFor
+from napari_medsam.layers.requests import ALL_OBJECTS, NEW_OBJECTS, SELECTED_OBJECT, LayerInputs, RunSettings
+from napari_medsam.layers.segment import PredictorFor, loading_message
 
-PROPAGATE, INTERPOLATE = "Propagate", "Interpolate"
-NEEDS_3D = "Propagate and Interpolate need a 3D image (this one is 2D)."
+PROPAGATE, INTERPOLATE, CORRECT = "Propagate", "Interpolate", "Correct"
+NEEDS_3D = "Propagate, Correct and Interpolate need a 3D image (this one is 2D)."
+#: Why a direction of a walk ended, as the status line says it (keys: ``SliceStep.stop``).
+STOP_TEXT = {
+    "empty": "nothing found, stopping this direction",
+    "small": "mask too small, stopping",
+    "low score": "low predicted IoU, stopping",
+    "moved": "the mask left the object, stopping",
+    "agrees": "agrees with the object as it was, stopping",
+}
 
 
 class PlaneStack:
@@ -83,6 +93,59 @@ def current_stack(image: Any, world_point: Sequence[float], dims_order: Sequence
     return PlaneStack(data, plane, axis)
 
 
+@dataclass(frozen=True)
+class SliceNumbers:
+    """How messages name the slices of a stack: the slider position the user sees for each index.
+
+    napari's slider counts world positions, so it runs against the array's index where the image
+    is flipped (the radiological display of most CT). ``world`` is each slice's world position
+    along the slider, in mm when ``unit`` says so.
+    """
+
+    steps: tuple[int, ...]
+    world: tuple[float, ...]
+    unit: str | None = None
+
+    def name(self, z: int) -> str:
+        """``"slice 25 (-312.5 mm)"``: the slider position of index ``z`` and its world position."""
+        where = f"slice {self.steps[z]}"
+        return f"{where} ({self.world[z]:.1f} {self.unit})" if self.unit else where
+
+    def side(self, side: str) -> str:
+        """The array side (``BEFORE``/``AFTER`` of :mod:`~napari_medsam.core.label_policy`) of a
+        slider side: slider positions below the current one are array indices below it unless the
+        slider runs reversed."""
+        reversed_ = len(self.steps) > 1 and self.steps[-1] < self.steps[0]
+        return {BEFORE: AFTER, AFTER: BEFORE}[side] if reversed_ else side
+
+
+def slice_numbers(inputs: LayerInputs, stack: PlaneStack) -> SliceNumbers:
+    """The :class:`SliceNumbers` of ``stack``, from the image's transform and the viewer's slider ranges."""
+    image = inputs.image
+    point = np.asarray(image.world_to_data(np.asarray(inputs.world_point, dtype=float)), dtype=float)
+    world_axis = stack.axis + len(inputs.world_point) - image.ndim
+    steps, world = [], []
+    for z in range(stack.shape[0]):
+        point[stack.axis] = z
+        position = float(np.asarray(image.data_to_world(point))[world_axis])
+        if len(inputs.dims_range) > world_axis:
+            start, _, step = inputs.dims_range[world_axis]
+            steps.append(round((position - start) / step) if step else z)
+        else:
+            steps.append(z)
+        world.append(position)
+    unit = "mm" if GEOMETRY_KEY in getattr(image, "metadata", {}) else None
+    return SliceNumbers(tuple(steps), tuple(world), unit)
+
+
+def step_text(step: SliceStep, numbers: SliceNumbers) -> str:
+    """A walk's slice step for the status line, naming the slice by its slider position."""
+    where = numbers.name(step.slice_index)
+    if step.stop is not None:
+        return f"{where}: {STOP_TEXT.get(step.stop, str(getattr(step.stop, 'value', step.stop)))}"
+    return f"{where}: {step.area} px"
+
+
 @dataclass
 class VolumeObject:
     """One object of a volume run: its label id and its key mask (Propagate) or key boxes.
@@ -108,7 +171,10 @@ class VolumeRequest:
     settings: RunSettings
     stack: PlaneStack
     objects: list[VolumeObject]
+    numbers: SliceNumbers
     options: dict[str, Any] = field(default_factory=dict)
+    #: Where the job puts each ``(slice, label id, mask)`` as it finds it (a :class:`Preview`'s), or None.
+    found: queue.SimpleQueue | None = None
 
 
 @dataclass
@@ -119,45 +185,94 @@ class VolumeOutcome:
     spans: list[tuple[int, int]]
 
 
-def propagation_objects(labels: Any, stack: PlaneStack) -> list[VolumeObject]:
-    """One object per label id on the current slice of ``labels``, its pixels as the key mask."""
+def propagation_objects(
+    labels: Any, stack: PlaneStack, scope: str = ALL_OBJECTS, where: str = "this slice"
+) -> list[VolumeObject]:
+    """The objects on the current slice of ``labels`` that ``scope`` takes, their pixels as key masks.
+
+    ``SELECTED_OBJECT``: the labels' ``selected_label``; ``NEW_OBJECTS``: those on no other slice
+    of the stack; ``ALL_OBJECTS``: every one. ValueError, with what to do, when there is none.
+    ``where`` names the slice in messages.
+    """
     if labels is None:
         raise ValueError("Propagate starts from labels on this slice: segment an object here first.")
     current = stack.plane.extract(labels.data)
     ids = [int(i) for i in np.unique(current) if i > 0]
     if not ids:
         raise ValueError(
-            f"No labels on this slice ({stack.plane.describe()}) of {labels.name!r}: "
-            "segment an object here first, then press Propagate."
+            f"No labels on {where} of {labels.name!r}: segment an object here first, then press Propagate."
         )
+    if scope == SELECTED_OBJECT:
+        selected = int(labels.selected_label)
+        if selected not in ids:
+            raise ValueError(
+                f"The selected object ({describe_object(labels, selected)}) is not on {where}: select "
+                f"one of {[describe_object(labels, i) for i in ids]} in the objects table, or go to a slice "
+                "that shows it."
+            )
+        ids = [selected]
+    elif scope == NEW_OBJECTS:
+        elsewhere = [stack_plane(labels, stack, z) for z in range(stack.shape[0]) if z != stack.index]
+        others = {int(i) for plane in elsewhere for i in np.unique(plane)}
+        ids = [i for i in ids if i not in others]
+        if not ids:
+            raise ValueError(
+                f"No new objects on {where}: every object here reaches other slices already. Select "
+                f"one in the objects table and propagate '{SELECTED_OBJECT}', or '{ALL_OBJECTS}'."
+            )
     return [VolumeObject(i, key_mask=current == i) for i in ids]
 
 
-def correction_objects(inputs: LayerInputs, stack: PlaneStack) -> list[VolumeObject]:
-    """The selected object, to correct from a new box drawn on this slice, or nothing.
+def describe_object(labels: Any, label_id: int) -> str:
+    """``"'liver' (label 1)"``: an object as messages name it."""
+    name = object_names(labels).get(label_id)
+    return f"{name!r} (label {label_id})" if name else f"label {label_id}"
 
-    A correction is Propagate with one box on this slice that has no label id yet, over the
-    object selected in the labels layer (``selected_label``: the objects table selects it) where
-    that object lies here or on a neighbouring slice, and on other slices too: the object is
-    re-segmented here and re-propagated only as far as its masks change.
+
+def stack_plane(labels: Any, stack: PlaneStack, z: int) -> np.ndarray:
+    """Slice ``z`` of ``stack`` in ``labels``."""
+    return stack.plane_at(z).extract(labels.data)
+
+
+def correction_objects(
+    inputs: LayerInputs, stack: PlaneStack, where: str = "this slice"
+) -> list[VolumeObject]:
+    """The selected object (the labels' ``selected_label``), to correct from a box on this slice.
+
+    The box is the one new box (no label id yet) on this slice, else the last box of the selected
+    object here (a correction undone and tried again). ValueError, with what to do, when there is
+    no such object or box. The object is re-segmented here and re-propagated only as far as its
+    masks change (:func:`~napari_medsam.core.propagation.correct`); a box past the object's end
+    extends it.
     """
     labels, boxes = inputs.labels, inputs.boxes
-    label_id = 0 if labels is None else int(labels.selected_label)
-    if boxes is None or label_id <= 0:
-        return []
-    prompts, _ = boxes_from_shapes(boxes, inputs.image, inputs.world_point, inputs.dims_order)
+    if labels is None or not labels.data.any():
+        raise ValueError("Correct changes an object already segmented: segment and propagate one first.")
+    label_id = int(labels.selected_label)
+    planes = np.stack([stack_plane(labels, stack, z) for z in range(stack.shape[0])])
+    if not (planes == label_id).any():
+        raise ValueError(
+            f"The selected object ({describe_object(labels, label_id)}) is not in this volume: select the "
+            "object to correct in the objects table."
+        )
+    prompts = []
+    if boxes is not None:
+        prompts, _ = boxes_from_shapes(boxes, inputs.image, inputs.world_point, inputs.dims_order)
     ids = feature_ids(boxes)
-    new = [b for b in prompts if b.plane == stack.plane and ids[b.source_index] == 0]
-    if len(new) != 1:
-        return []
-    (box,), around = new, range(max(stack.index - 1, 0), min(stack.index + 2, stack.shape[0]))
-    near = np.any([stack.plane_at(z).extract(labels.data) == label_id for z in around], axis=0)
-    x0, y0, x1, y1 = box.box_xyxy
-    if not near[max(round(y0), 0) : round(y1) + 1, max(round(x0), 0) : round(x1) + 1].any():
-        return []
-    planes = np.stack([stack.plane_at(z).extract(labels.data) for z in range(stack.shape[0])])
-    if not (np.delete(planes, around, axis=0) == label_id).any():  # nothing to correct elsewhere
-        return []
+    here = [b for b in prompts if b.plane == stack.plane]
+    new = [b for b in here if ids[b.source_index] == 0]
+    own = [b for b in here if ids[b.source_index] == label_id]
+    if len(new) > 1:
+        raise ValueError(
+            f"{len(new)} new boxes on {where}: Correct takes one box around "
+            f"{describe_object(labels, label_id)}; delete the others."
+        )
+    if not new and not own:
+        raise ValueError(
+            f"Draw a box around {describe_object(labels, label_id)} on {where} (where it is wrong or "
+            "missing), then press Correct."
+        )
+    box = new[0] if new else own[-1]
     return [VolumeObject(label_id, box_rows=(box.source_index,), correct_box=box.box_xyxy, labels=planes)]
 
 
@@ -210,8 +325,12 @@ def read_volume_request(
     """
     image, labels, boxes = inputs.image, inputs.labels, inputs.boxes
     stack = current_stack(image, inputs.world_point, inputs.dims_order)
+    numbers = slice_numbers(inputs, stack)
+    where = numbers.name(stack.index)
     if action == PROPAGATE:
-        objects = correction_objects(inputs, stack) or propagation_objects(labels, stack)
+        objects = propagation_objects(labels, stack, settings.propagate, where)
+    elif action == CORRECT:
+        objects = correction_objects(inputs, stack, where)
     elif action == INTERPOLATE:
         if boxes is None:
             raise ValueError("Interpolate needs boxes: pick a Shapes layer as 'boxes'.")
@@ -227,7 +346,7 @@ def read_volume_request(
             obj.label_id = label_id
     else:
         raise ValueError(f"unknown volume action {action!r}")
-    return VolumeRequest(action, inputs, settings, stack, objects, dict(options or {}))
+    return VolumeRequest(action, inputs, settings, stack, objects, numbers, dict(options or {}))
 
 
 def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[VolumeOutcome]:
@@ -235,7 +354,7 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
     depth = request.stack.shape[0]
     total = 1 + depth * len(request.objects)
     settings = request.settings
-    yield 0, total, f"Loading {settings.source}…"
+    yield 0, total, loading_message(settings.source)
     predictor = predictor_for(settings.source, settings.device)
     masks, spans = [], []
     for k, obj in enumerate(request.objects):
@@ -247,7 +366,7 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
                 ),
                 obj.label_id,
             )  # fmt: skip
-        elif request.action == PROPAGATE:
+        elif request.action in (PROPAGATE, CORRECT):
             steps = propagate(
                 predictor, request.stack, request.stack.index, key_mask=obj.key_mask,
                 window=settings.window, **request.options,
@@ -257,7 +376,9 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
             steps = segment_boxes(predictor, request.stack, boxes, window=settings.window)
         visited: list[int] = []
         title = f"{request.action} object {k + 1} of {len(request.objects)} (label {obj.label_id}): "
-        progress = partial(_object_progress, visited, 1 + k * depth, depth, total, title)
+        progress = partial(_object_progress, visited, 1 + k * depth, depth, total, title, request.numbers)
+        if request.found is not None:
+            progress = partial(_found, request.found, obj.label_id, progress)
         mask = yield from relay(steps, progress)
         if obj.labels is not None:  # a correction also clears the old object where it ran too far
             visited += np.flatnonzero((mask != (obj.labels == obj.label_id)).any(axis=(1, 2))).tolist()
@@ -276,11 +397,62 @@ def _corrected_mask(
 
 
 def _object_progress(
-    visited: list[int], start: int, depth: int, total: int, title: str, step: SliceStep
+    visited: list[int], start: int, depth: int, total: int, title: str, numbers: SliceNumbers, step: SliceStep
 ) -> tuple[int, int, str]:
     """One object's slice step as the run's progress; records the slice visited."""
     visited.append(step.slice_index)
-    return start + round(depth * step.done / max(step.total, 1)), total, title + step.message
+    return start + round(depth * step.done / max(step.total, 1)), total, title + step_text(step, numbers)
+
+
+def _found(
+    found: queue.SimpleQueue, label_id: int, progress: Any, step: SliceStep
+) -> tuple[int, int, str]:
+    """Hand a step's mask to the preview, then report it as ``progress`` does."""
+    if step.mask is not None and step.stop is None:
+        found.put((step.slice_index, label_id, step.mask))
+    return progress(step)
+
+
+class Preview:
+    """The masks of a running Propagate or Correct, shown in the Labels layer as they are found.
+
+    They go in outside the undo history: :meth:`clear` puts every pixel back before the run's own
+    write (:func:`write_volume`, one undo step) and after a cancel or a failure. :meth:`show`
+    runs on the viewer's thread (at each progress step); the job only fills ``request.found``.
+    """
+
+    def __init__(self, labels: Any, request: VolumeRequest) -> None:
+        self.labels, self.stack, self.overwrite = labels, request.stack, request.settings.overwrite
+        request.found = self.found = queue.SimpleQueue()
+        self._changes: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
+
+    def show(self, *_: object) -> None:
+        """Paint every mask found since the last call, by the labels policy."""
+        painted = False
+        while True:
+            try:
+                z, label_id, mask = self.found.get_nowait()
+            except queue.Empty:
+                break
+            plane = self.stack.plane_at(z)
+            current = plane.extract(self.labels.data)
+            changes, values = label_changes(current, mask, label_id, overwrite=self.overwrite)
+            if len(values):
+                index = plane.indices(*changes)
+                self._changes.append((index, np.asarray(self.labels.data[index]).copy()))
+                self.labels.data[index] = values
+                painted = True
+        if painted:
+            self.labels.refresh()
+
+    def clear(self, *_: object) -> None:
+        """Put back every pixel :meth:`show` painted (nothing when there is none)."""
+        if not self._changes:
+            return
+        while self._changes:
+            index, old = self._changes.pop()
+            self.labels.data[index] = old
+        self.labels.refresh()
 
 
 def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) -> tuple[list[int], list[str]]:
@@ -303,3 +475,18 @@ def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) ->
     note_written(labels, written, request.inputs.boxes, rows, request.settings.source)
     empty = [obj.label_id for obj in request.objects if obj.label_id not in written]
     return written, [f"{request.action} found nothing for label(s) {empty}."] if empty else []
+
+
+def end_object(labels: Any, stack: PlaneStack, label_id: int, side: str) -> list[int]:
+    """End object ``label_id`` at the current slice: clear it from every slice of ``stack`` past it.
+
+    ``side`` is ``BEFORE`` or ``AFTER`` in the stack's index (as
+    :func:`~napari_medsam.core.label_policy.slices_past`); one undo step. Returns the slices
+    cleared (empty: nothing of the object lies that way, nothing written).
+    """
+    past = slices_past(stack.shape[0], stack.index, side)
+    past = [z for z in past if (stack_plane(labels, stack, z) == label_id).any()]
+    if past:
+        empty = np.zeros(stack.shape[1:], dtype=bool)
+        write_planes(labels, [(stack.plane_at(z), label_id, empty) for z in past], overwrite=False)
+    return past

@@ -1,0 +1,152 @@
+"""The widget as a clinician walks it, with the real LiteMedSAM on the shared CT, under Xvfb:
+open the sample, draw, Segment, Propagate, name, save, close, reopen; the dock keeps its width;
+a correction on the liver's lower tip. Screenshots go to the test's folder for a look."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.settings import get_settings
+from qtpy.QtWidgets import QApplication
+
+from conftest import dice, rectangle
+from napari_medsam._qt.widget import MedSamWidget
+from napari_medsam.io.samples import ABDOMINAL_CT
+from realdata import SEG_SM, oracle_box
+
+pytestmark = pytest.mark.gui
+TIMEOUT_MS = 600_000
+#: How far the dock's width may move during a session (px).
+WIDTH_TOLERANCE = 10
+
+
+def settle(viewer) -> None:
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.window._qt_window.repaint()
+
+
+def open_widget(viewer):
+    widget = MedSamWidget(viewer)
+    widget.model, widget.device, widget.prefetch = "lite-medsam", "cpu", False
+    dock = viewer.window.add_dock_widget(widget, name="MedSAM")
+    boxes, _ = widget.add_prompt_layers()
+    settle(viewer)
+    return widget, dock, boxes
+
+
+def box_on(mask2d, z):
+    x0, y0, x1, y1 = oracle_box(mask2d)
+    return rectangle(y0, x0, y1, x1, z)
+
+
+def reference_organs(viewer):
+    [reference] = viewer.open(str(SEG_SM), plugin="napari-medsam")
+    data = np.asarray(reference.data)
+    viewer.layers.remove(reference)
+    return {"liver": data == 5, "spleen": data == 1}
+
+
+def test_walk_through_segment_propagate_name_save_close_reopen(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    [image] = viewer.open_sample("napari-medsam", "abdominal_ct")
+    organs = reference_organs(viewer)
+    w, dock, boxes = open_widget(viewer)
+    width = dock.width()
+    depth = image.data.shape[0]
+    z = 15
+    viewer.dims.set_current_step(0, depth - 1 - z)  # the slider runs against the array on this CT
+    assert w.current_stack().index == z
+    boxes.add_rectangles(box_on(organs["liver"][z], z))
+    boxes.add_rectangles(box_on(organs["spleen"][z], z))
+    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
+        w.segment_button.native.click()
+    labels = w.labels_layer
+    assert labels.selected_label == 2  # the object segmented last is the one selected
+    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS) as blocker:
+        w.propagate_button.native.click()  # "Propagate object 2": the spleen alone
+    assert blocker.args == ["done"]
+    assert (labels.data[z] == 1).any()
+    assert not (labels.data[np.arange(depth) != z] == 1).any()  # the liver was not carried
+    assert dice(labels.data == 2, organs["spleen"]) > 0.85
+    w.objects.refresh()
+    w.objects.table.item(0, 0).setText("liver")  # named as a user does: typed into the table
+    w.objects.table.item(1, 0).setText("spleen")
+    viewer.dims.ndisplay = 3  # a visit to the 3D view puts its long message in the status line
+    settle(viewer)
+    assert "switch the viewer to 2D" in w.status_label.value
+    viewer.dims.ndisplay = 2
+    settle(viewer)
+    assert abs(dock.width() - width) <= WIDTH_TOLERANCE, (width, dock.width())
+    shot = viewer.screenshot(str(tmp_path / "after-propagate.png"), canvas_only=False)
+    assert shot.shape[1] >= viewer.window._qt_window.width()  # the whole window, dock included
+
+    saved = np.asarray(labels.data).copy()
+    colors = {i: np.asarray(labels.get_color(i)) for i in (1, 2)}
+    paths = [tmp_path / "organs.nii.gz", tmp_path / "organs.seg.nrrd"]
+    for path in paths:
+        labels.save(str(path), plugin="napari-medsam")
+    viewer.close()
+
+    again = make_napari_viewer(show=True)
+    again.open(str(ABDOMINAL_CT), plugin="napari-medsam")
+    settings = get_settings().plugins
+    remembered = {f"*{path.name.split('.', 1)[1]}": "napari-medsam" for path in paths}
+    monkeypatch.setattr(settings, "extension2reader", {**settings.extension2reader, **remembered})
+
+    def file_open(path):  # File > Open, MedSAM chosen and remembered in the reader dialog
+        again.window._qt_viewer._qt_open([str(path)], stack=False)
+        return [again.layers[-1]]
+
+    def script_open(path):
+        return again.open(str(path), plugin="napari-medsam")
+
+    for path, opener in [(path, opener) for path in paths for opener in (file_open, script_open)]:
+        [layer] = opener(path)
+        assert layer.__class__.__name__ == "Labels", path.name
+        np.testing.assert_array_equal(layer.data, saved)
+        assert dict(zip(layer.features["index"], layer.features["name"], strict=True)) == {
+            1: "liver", 2: "spleen"
+        }
+        for label_id, color in colors.items():
+            np.testing.assert_allclose(layer.get_color(label_id), color, atol=2e-3)
+        again.layers.remove(layer)
+    w2, _, _ = open_widget(again)
+    again.open(str(paths[0]), plugin="napari-medsam")
+    w2.objects.refresh()
+    assert [s.name for s in w2.objects.stats] == ["liver", "spleen"]
+
+
+@pytest.mark.xfail(
+    reason="today's core/propagation.correct() re-propagates the whole liver from the tip (3D Dice 0.92 -> "
+    "0.70); the rebuilt correction of issue 24 is to make this pass",
+    strict=False,
+)
+def test_a_box_on_the_livers_lower_tip_adds_it_and_keeps_what_was_right(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open(str(ABDOMINAL_CT), plugin="napari-medsam")
+    liver = reference_organs(viewer)["liver"]
+    w, _, boxes = open_widget(viewer)
+    depth, key = liver.shape[0], int(liver.sum(axis=(1, 2)).argmax())
+    viewer.dims.set_current_step(0, depth - 1 - key)
+    boxes.add_rectangles(box_on(liver[key], key))
+    assert w.segment() == [1]
+    assert w.propagate() == [1]
+    before = w.labels_layer.data == 1
+    missed = [z for z in range(depth) if liver[z].any() and not before[z].any()]
+    assert missed, "propagation reached the tip: nothing to correct"
+    tip = missed[len(missed) // 2]
+    viewer.dims.set_current_step(0, depth - 1 - tip)
+    boxes.add_rectangles(box_on(liver[tip], tip))
+    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS) as blocker:
+        w.correct_button.native.click()
+    assert blocker.args == ["done"]
+    after = w.labels_layer.data == 1
+    assert dice(after[tip], liver[tip]) > 0.8  # the tip is added
+    for z in range(depth):
+        was = dice(before[z], liver[z])
+        if was >= 0.9:
+            assert dice(after[z], liver[z]) >= was - 0.02, z
