@@ -280,7 +280,7 @@ def test_plugin_menu_widget_segments_through_public_api(make_napari_viewer, spy,
     """napari hands plugins a viewer proxy that forbids private attributes: segment through it."""
     import napari_medsam._qt.widget as widget_module
 
-    monkeypatch.setattr(widget_module, "load_predictor", lambda source, device: spy)
+    monkeypatch.setattr(widget_module, "load_predictor", lambda source, device, backend="auto": spy)
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((30, 40), np.uint8))
     _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM segmentation")

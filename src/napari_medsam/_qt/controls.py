@@ -94,5 +94,6 @@ class Controls:
         self.widgets = [
             self.new_layers, self.positive, self.auto, self.model, self.weights, self.device, self.backend,
             self.window, self.scope, self.propagate_scope, self.overwrite, self.prefetch,
-            self.encoding_status, self.store.edit, self.actions, self.edits, self.progress_bar, self.status_label,
+            self.encoding_status, self.store.edit, self.actions, self.edits, self.progress_bar,
+            self.status_label,
         ]  # fmt: skip
