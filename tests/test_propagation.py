@@ -45,6 +45,14 @@ class ThresholdPredictor:
         logits = np.full((256, 256), float(len(self.calls)), np.float32)
         return type("Prediction", (), {"mask": mask, "score": 1.0, "logits": logits})()
 
+    def features(self, mask):
+        """The stand-in's look of a mask: how far its mean lies from the background (40) and the
+        object (140): (100, 0) on the object, (0, 100) on the background, between on noise."""
+        if not mask.any():
+            return None
+        mean = float(np.clip(self.image[mask].mean(), 40.0, 140.0))
+        return np.array([mean - 40.0, 140.0 - mean])
+
 
 def ellipsoid_volume(
     shape=(20, 64, 72), centre=(10.0, 30.0, 36.0), radii=(6.5, 16.0, 20.0), seed=0
@@ -220,36 +228,32 @@ def test_a_mask_that_moves_off_the_previous_one_ends_the_direction():
     np.testing.assert_array_equal(loose, truth)  # pieces that overlap at all are kept
 
 
-def test_a_key_slice_at_the_organs_tip_does_not_set_a_lenient_reference():
-    """From a low-scoring tip, the first direction walks past the organ scoring like the tip; the
-    other direction then finds the organ's real score, and the first direction's tail that falls
-    below ``score_drop`` of it is dropped."""
+def test_a_walk_stops_where_the_mask_looks_like_the_surroundings_not_the_object():
+    """Past the object's end a model still outlines something in the box, with a high score: the
+    walk stops there because that mask's features are the key box background's ("unlike")."""
     volume, truth = ellipsoid_volume()
     volume = clean(volume, truth)
     tip = int(np.flatnonzero(truth.any(axis=(1, 2)))[-1])
 
-    tip_area = int(truth[tip].sum())
-
-    class TipScores(ThresholdPredictor):
-        """Scores 0.6 on the object's last slice and past it, 0.95 inside; past the end it
-        outlines the middle of its box (something where the object was)."""
+    class Outlining(ThresholdPredictor):
+        """Past the object it outlines the middle of its box (background), scoring 0.95."""
 
         def predict(self, box=None, mask_input=None, **kwargs):
             result = super().predict(box, mask_input)
-            bright = int((self.image > self.threshold).sum())
-            result.score = 0.95 if bright > tip_area else 0.6
-            if bright == 0:
+            result.score = 0.95
+            if not result.mask.any():
                 x0, y0, x1, y1 = (int(v) for v in box)
                 result.mask[y0 + 1 : y1, x0 + 1 : x1] = True
             return result
 
     steps = []
-    result = run_to_end(
-        propagate(TipScores(), volume, tip, key_box=truth_box(truth[tip]), max_slices=3), steps.append
-    )
-    assert any(step.mask is not None and step.slice_index > tip for step in steps)  # it walked past
-    assert not result[tip + 1 :].any()  # ... and those slices were dropped
-    assert result[tip - 3 : tip].any(axis=(1, 2)).all()
+    result = run_to_end(propagate(Outlining(), volume, 10, key_box=truth_box(truth[10])), steps.append)
+    assert [(s.slice_index, s.stop) for s in steps if s.slice_index > 10 and s.stop] == [(tip + 1, "unlike")]
+    assert not result[tip + 1 :].any()
+    assert "surroundings" in next(s.message for s in steps if s.stop == "unlike")
+    np.testing.assert_array_equal(result, truth)
+    loose = run_to_end(propagate(Outlining(), volume, 10, key_box=truth_box(truth[10]), unlike=None))
+    assert loose[tip + 1 :].any()  # without the rule it runs on
 
 
 def test_min_score_ends_a_direction():
@@ -310,7 +314,8 @@ def test_key_mask_is_kept_and_other_axes_work():
     key[:, : key.shape[1] // 2] = False  # an edited key mask is kept as drawn
     result = run_to_end(propagate(predictor, volume, 10, key_mask=key))
     np.testing.assert_array_equal(result[10], key)
-    assert len(predictor.slices_set) == np.count_nonzero(truth.any(axis=(1, 2))) + 1  # no key
+    # the object's slices, the two that stopped, and the key once (for its look), not twice
+    assert len(predictor.slices_set) == np.count_nonzero(truth.any(axis=(1, 2))) + 2
     # slicing along the last axis of a transposed volume gives the transposed result
     moved = np.moveaxis(volume, 0, 2)
     on_axis = run_to_end(
