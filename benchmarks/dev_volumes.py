@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from realdata import ORGANS, brain_mr, ct_dicom, ct_sm, ct_spleen  # noqa: E402
+from realdata import ORGANS, brain_mr, ct_dicom, ct_sm, ct_spleen
 
 CORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "more" / "spine-mr-cord"
 

@@ -26,16 +26,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dev_volumes import dev_volumes  # noqa: E402
+from dev_volumes import dev_volumes
 
-from napari_medsam import MedSamPredictor  # noqa: E402
-from napari_medsam.core.boxes import box_union, expand_box, mask_box  # noqa: E402
-from napari_medsam.core.metrics import dice, iou  # noqa: E402
-from napari_medsam.core.propagation import MARGIN_OF_LONGER_SIDE, overlap, touching  # noqa: E402
-from napari_medsam.core.windows import training_window  # noqa: E402
+from napari_medsam import MedSamPredictor
+from napari_medsam.core.boxes import box_union, mask_box
+from napari_medsam.core.metrics import dice, iou
+from napari_medsam.core.propagation import PropagationRules, box_mask, overlap, touching
+from napari_medsam.core.windows import training_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from realdata import oracle_box  # noqa: E402
+from realdata import oracle_box
 
 KEY_CHOICES = ("largest", "middle", "first", "last")
 
@@ -85,7 +85,9 @@ def cells(mask: np.ndarray, geometry) -> np.ndarray:
 
     new_h, new_w = geometry.resized
     size = geometry.input_size
-    resized = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(new_h, new_w), mode="area")
+    resized = F.interpolate(
+        torch.from_numpy(mask.astype(np.float32))[None, None], size=(new_h, new_w), mode="area"
+    )
     padded = F.pad(resized, (0, size - new_w, 0, size - new_h))
     return F.avg_pool2d(padded, size // 64)[0, 0].numpy()
 
@@ -107,14 +109,6 @@ def cosine(a: np.ndarray | None, b: np.ndarray | None) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def ring(mask: np.ndarray, box, shape) -> np.ndarray:
-    """The prompt box's pixels outside the mask (the box background)."""
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    out = np.zeros(shape, dtype=bool)
-    out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
-    return out & ~mask
-
-
 def histogram(values: np.ndarray) -> np.ndarray:
     counts, _ = np.histogram(values, bins=32, range=(0, 255))
     return counts / max(counts.sum(), 1)
@@ -129,17 +123,14 @@ def free_walk(predictor, image, truth, key, window, margin=0.05, max_refine=4, b
     """Walk from ``key`` to ``beyond`` slices past the object's ends with propagate's prompt rules."""
     depth = image.shape[0]
     plane = image.shape[1:]
-    pad = MARGIN_OF_LONGER_SIDE * max(plane)
-
-    def grown(mask):
-        return expand_box(mask_box(mask), plane, margin, pad)
+    grown = PropagationRules(margin=margin).grower(plane)
 
     predictor.set_image(image[key], window)
     key_box = oracle_box(truth[key])
     prediction = predictor.predict(box=key_box)
     first = np.asarray(prediction.mask, bool)
     key_feat = features(predictor, first)
-    key_bg = features(predictor, ring(first, grown(first), plane))
+    key_bg = features(predictor, box_mask(grown(first), plane) & ~first)
     key_hist = histogram(windowed(image[key], window)[first])
     key_area = int(first.sum())
     key_visit = Visit(key, first, float(prediction.score), bool(truth[key].any()), dice(first, truth[key]))
@@ -165,7 +156,11 @@ def free_walk(predictor, image, truth, key, window, margin=0.05, max_refine=4, b
                 box = joined
             score = float(pred.score)
             area = int(new.sum())
-            s: dict[str, float] = {"score": score, "score_rel_best": score / best, "score_rel_prev": score / prev_score}
+            s: dict[str, float] = {
+                "score": score,
+                "score_rel_best": score / best,
+                "score_rel_prev": score / prev_score,
+            }
             s["area_rel_key"] = area / key_area
             s["area_rel_prev"] = area / max(prev_area, 1)
             s["raw_any"] = float(raw.any())
@@ -179,7 +174,7 @@ def free_walk(predictor, image, truth, key, window, margin=0.05, max_refine=4, b
                 pb = box
                 s["fill_prompt"] = area / max((pb[2] - pb[0] + 1) * (pb[3] - pb[1] + 1), 1)
                 f = features(predictor, new)
-                bg = features(predictor, ring(new, box, plane))
+                bg = features(predictor, box_mask(box, plane) & ~new)
                 s["emb_key"] = cosine(f, key_feat)
                 s["emb_key_bg"] = cosine(f, key_bg)
                 s["emb_margin"] = s["emb_key"] - s["emb_key_bg"]
@@ -191,7 +186,9 @@ def free_walk(predictor, image, truth, key, window, margin=0.05, max_refine=4, b
                 s["back_iou"] = iou(back, mask)
                 predictor.set_image(image[z], window)
             inside = bool(present[0] <= z <= present[-1])
-            visits.append(Visit(z, new, score, inside, dice(new, truth[z]) if area or truth[z].any() else 1.0, s))
+            visits.append(
+                Visit(z, new, score, inside, dice(new, truth[z]) if area or truth[z].any() else 1.0, s)
+            )
             if area:
                 best = max(best, score)
                 prev_area, prev_score = area, score
@@ -210,10 +207,14 @@ def oracle_masks(predictor, image, truth, window) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--store", help="embedding store (.zarr) to read and fill")
     parser.add_argument("--walks", default="walks.pkl", help="where to write the walks (pickle)")
-    parser.add_argument("--keys", nargs="*", default=["largest"], choices=KEY_CHOICES, help="key slices walked from")
+    parser.add_argument(
+        "--keys", nargs="*", default=["largest"], choices=KEY_CHOICES, help="key slices walked from"
+    )
     parser.add_argument("--volumes", nargs="*", help="only these development volumes")
     args = parser.parse_args()
     from napari_medsam.models.loading import load_model
@@ -235,8 +236,19 @@ def main() -> None:
                 if choice not in args.keys:
                     continue
                 key_visit, walks, extent = free_walk(predictor, image, truth, key, window)
-                out["walks"].append(Walk(volume.name, name, choice, key, extent, key_visit, walks[1], walks[-1]))
-                print(volume.name, name, choice, key, extent, "oracle", round(out["oracle"][(volume.name, name)], 3), flush=True)
+                out["walks"].append(
+                    Walk(volume.name, name, choice, key, extent, key_visit, walks[1], walks[-1])
+                )
+                print(
+                    volume.name,
+                    name,
+                    choice,
+                    key,
+                    extent,
+                    "oracle",
+                    round(out["oracle"][(volume.name, name)], 3),
+                    flush=True,
+                )
     with open(args.walks, "wb") as f:
         pickle.dump(out, f)
 

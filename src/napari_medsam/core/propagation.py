@@ -64,22 +64,25 @@ class PropagationRules:
 
     Prompt: the previous mask's box grown by ``max(margin * side, margin_pixels)`` per side
     (``margin_pixels`` None: :data:`MARGIN_OF_LONGER_SIDE` of the slice's longer side), grown again
-    (never shrunk) at most ``max_refine`` times while the mask reaches past it. Stops (None turns
-    one off): ``unlike`` -- the mask's features (the model's embedding averaged over it) lie closer
-    to the key slice's box background than to the key object; ``min_overlap`` -- ``overlap`` with
-    the previous mask below it; ``score_drop`` -- predicted IoU below that fraction of the object's
-    best; ``min_score`` -- below that value; ``min_area_fraction`` -- area below that fraction of
-    the key mask's.
+    (never shrunk) at most ``max_refine`` times while the mask reaches past it; when the mask's
+    likeness (:meth:`Appearance.likeness`) falls below ``retry`` times the key mask's own, the
+    previous mask's box without margin is tried too and the more object-like mask kept. Stops
+    (None turns one off): ``unlike`` -- likeness below it (0: the mask looks more like the key
+    slice's box background than the key object); ``min_overlap`` -- ``overlap`` with the previous
+    mask below it; ``score_drop`` -- predicted IoU below that fraction of the object's best;
+    ``min_score`` -- below that value; ``min_area_fraction`` -- area below that fraction of the key
+    mask's.
     """
 
     margin: float = 0.05
     margin_pixels: float | None = None
     max_refine: int = 4
     unlike: float | None = 0.0
+    retry: float = 0.0
     min_overlap: float | None = 0.5
     score_drop: float | None = None
     min_score: float | None = None
-    min_area_fraction: float = 0.0
+    min_area_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         negative = self.margin_pixels is not None and self.margin_pixels < 0
@@ -158,6 +161,8 @@ def box_mask(box: BoxXYXY, shape: tuple[int, ...]) -> np.ndarray:
     out = np.zeros(shape, dtype=bool)
     out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
     return out
+
+
 def interpolate_boxes(key_boxes: Mapping[int, Sequence[float]]) -> dict[int, BoxXYXY]:
     """Boxes for every slice from the first to the last key slice, linear between key slices.
 
@@ -263,7 +268,9 @@ def propagate(
     if key_area == 0:
         yield SliceStep(key_slice, done, done, 0, None, box, StopReason.EMPTY, score)
         return result
-    look = Appearance.of(predictor, first, grown(first)) if rules.unlike is not None else Appearance(None, None)
+    look = (
+        Appearance.of(predictor, first, grown(first)) if rules.unlike is not None else Appearance(None, None)
+    )
     key_likeness = look.likeness(look.inside) or 0.0
     view[key_slice] = first
     yield SliceStep(key_slice, done, total, key_area, first, box, None, score, key_likeness)
@@ -278,9 +285,15 @@ def propagate(
                     ahead.submit(z + direction)
                 feed = previous_logits if use_previous_logits else None
                 candidates = _candidates(predictor, mask, grown, rules, feed)
-                new, box, score, new_logits, raw_any = max(candidates, key=lambda c: _rank(look, predictor, c[0]))
+                new, box, score, new_logits, raw_any = max(
+                    candidates, key=lambda c: _rank(look, predictor, c[0])
+                )
                 likeness = look.likeness(predictor.features(new)) if new.any() else None
-                if rules.unlike is not None and likeness is not None and likeness < rules.unlike * key_likeness:
+                if (
+                    rules.unlike is not None
+                    and likeness is not None
+                    and likeness < rules.retry * key_likeness
+                ):
                     tight = _candidates(predictor, mask, mask_box, PropagationRules(max_refine=0), feed)
                     retry = tight[0][0]
                     again = look.likeness(predictor.features(retry)) if retry.any() else None
@@ -288,7 +301,7 @@ def propagate(
                         (new, box, score, new_logits, raw_any), likeness = tight[0], again
                 area = int(new.sum())
                 done += 1
-                stop = _stop(rules, new, mask, area, key_area, score, best, likeness, key_likeness, raw_any)
+                stop = _stop(rules, new, mask, area, key_area, score, best, likeness, raw_any)
                 if stop is None and old is not None and iou(new, old[z]) >= agree:
                     stop = StopReason.AGREES
                 if stop is not None:
@@ -343,7 +356,6 @@ def _stop(
     score: float,
     best: float | None,
     likeness: float | None,
-    key_likeness: float,
     raw_any: bool,
 ) -> StopReason | None:
     """Why the walk ends at a slice with mask ``new`` (None: it goes on)."""
@@ -351,7 +363,7 @@ def _stop(
         return StopReason.MOVED if raw_any else StopReason.EMPTY
     if rules.min_overlap is not None and overlap(new, previous) < rules.min_overlap:
         return StopReason.MOVED
-    if rules.unlike is not None and likeness is not None and likeness < rules.unlike * key_likeness:
+    if rules.unlike is not None and likeness is not None and likeness < rules.unlike:
         return StopReason.UNLIKE
     floor = max(
         rules.min_score if rules.min_score is not None else 0.0,
@@ -384,12 +396,14 @@ def correct(
     the new masks are better supported than the old ones: a slice where the object was missing
     takes the new mask (the correction extends an object that stopped short); a slice that had
     the object takes the new mask only if the new one looks more like the corrected object than
-    the old one does (:class:`Appearance`, the likeness propagation stops on) and they differ
-    (IoU < ``agree``); at the first slice where the old mask is as well supported, or agrees (the
-    walk stops there: ``AGREES``), the old object is kept from there on. Where the new walk ends, the old object's slices beyond are
-    removed only while they fail the same rule (likeness < 0: they lay past the object). Other
-    objects' voxels are never taken. Yields a :class:`SliceStep` per slice visited; returns a copy
-    of ``labels`` (the caller writes the slices that changed, as one undo step). A box that finds
+    takes the new mask's changes only where the object's look supports them (:class:`Appearance`,
+    the likeness propagation stops on): the part only the old mask has is removed if it looks
+    unlike the object, the part only the new one has is added if it looks like it; at the first
+    slice where nothing is supported, or the masks agree (IoU >= ``agree``: the walk stops there,
+    ``AGREES``), the old object is kept from there on. Where the new walk ends, the old object's
+    slices beyond are removed only while they fail the same rule (likeness < 0: they lay past the
+    object). Other objects' voxels are never taken. Yields a :class:`SliceStep` per slice visited;
+    returns a copy of ``labels`` (the caller writes the slices that changed, as one undo step). A box that finds
     nothing raises ValueError with what to do.
     """
     labels = np.asarray(labels)
@@ -433,10 +447,9 @@ def correct(
             if iou(new_z[z], was) >= agree:
                 break
             predictor.set_image(take_slice(volume, z, axis), window)
-            before = look.likeness(predictor.features(was))
-            if before is not None and step.likeness is not None and before >= step.likeness:
+            merged[z] = _supported(predictor, look, was, new_z[z])
+            if np.array_equal(merged[z], was):
                 break
-            merged[z] = new_z[z]
     out = labels.copy()
     out_z = np.moveaxis(out, axis, 0)
     out_z[old_z & ~merged] = 0
@@ -459,6 +472,19 @@ def _look(
     """The :class:`Appearance` of ``mask`` on slice ``z``, with its box grown as propagation grows it."""
     predictor.set_image(take_slice(volume, z, axis), window)
     return Appearance.of(predictor, mask, rules.grower(mask.shape)(mask))
+
+
+def _supported(predictor: SlicePredictor, look: Appearance, was: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The old mask ``was`` with the new mask's changes that the object's look supports: the part
+    only the old one has goes if it looks unlike the object, the part only the new one has comes
+    if it looks like it."""
+    out = was.copy()
+    gone, added = was & ~new, new & ~was
+    if gone.any() and (likeness := look.likeness(predictor.features(gone))) is not None and likeness < 0:
+        out &= ~gone
+    if added.any() and (likeness := look.likeness(predictor.features(added))) is not None and likeness >= 0:
+        out |= added
+    return out
 
 
 def _clear_unlike(
