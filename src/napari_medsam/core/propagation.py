@@ -403,8 +403,8 @@ def correct(
     ``AGREES``), the old object is kept from there on. Where the new walk ends, the old object's
     slices beyond are removed only while they fail the same rule (likeness < 0: they lay past the
     object). Other objects' voxels are never taken. Yields a :class:`SliceStep` per slice visited;
-    returns a copy of ``labels`` (the caller writes the slices that changed, as one undo step). A box that finds
-    nothing raises ValueError with what to do.
+    returns a copy of ``labels`` (the caller writes the slices that changed, as one undo step). A
+    box that finds nothing raises ValueError with what to do.
     """
     labels = np.asarray(labels)
     if labels.shape != tuple(np.shape(volume)):
