@@ -20,6 +20,21 @@ from realdata import ORGANS, brain_mr, ct_dicom, ct_sm, ct_spleen
 CORD = Path(__file__).resolve().parents[2] / "shared" / "data" / "more" / "spine-mr-cord"
 
 
+KEY_CHOICES = ("largest", "middle", "first", "last")
+
+
+def key_slices(truth: np.ndarray) -> dict[str, int]:
+    """The object's largest slice, the middle of its extent, and its first and last slice."""
+    areas = truth.sum(axis=(1, 2))
+    present = np.flatnonzero(areas)
+    return {
+        "largest": int(np.argmax(areas)),
+        "middle": int((present[0] + present[-1]) // 2),
+        "first": int(present[0]),
+        "last": int(present[-1]),
+    }
+
+
 @dataclass(frozen=True)
 class DevVolume:
     """A volume, how to load it as (image, labels), and its objects (name -> label value)."""

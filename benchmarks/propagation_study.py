@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dev_volumes import dev_volumes
+from dev_volumes import KEY_CHOICES, dev_volumes, key_slices
 
 from napari_medsam import MedSamPredictor
 from napari_medsam.core.boxes import box_union, mask_box
@@ -36,8 +36,6 @@ from napari_medsam.core.windows import training_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from realdata import oracle_box
-
-KEY_CHOICES = ("largest", "middle", "first", "last")
 
 
 @dataclass
@@ -64,18 +62,6 @@ class Walk:
     key_visit: Visit
     up: list[Visit]
     down: list[Visit]
-
-
-def key_slices(truth: np.ndarray) -> dict[str, int]:
-    """The object's largest slice, the middle of its extent, and its first and last slice."""
-    areas = truth.sum(axis=(1, 2))
-    present = np.flatnonzero(areas)
-    return {
-        "largest": int(np.argmax(areas)),
-        "middle": int((present[0] + present[-1]) // 2),
-        "first": int(present[0]),
-        "last": int(present[-1]),
-    }
 
 
 def cells(mask: np.ndarray, geometry) -> np.ndarray:
