@@ -284,21 +284,20 @@ def propagate(
                 if abs(z + direction - key_slice) <= limit:
                     ahead.submit(z + direction)
                 feed = previous_logits if use_previous_logits else None
-                candidates = _candidates(predictor, mask, grown, rules, feed)
-                new, box, score, new_logits, raw_any = max(
-                    candidates, key=lambda c: _rank(look, predictor, c[0])
-                )
-                likeness = look.likeness(predictor.features(new)) if new.any() else None
+                ranked = [
+                    (_likeness(look, predictor, c[0]), c)
+                    for c in _candidates(predictor, mask, grown, rules, feed)
+                ]
+                likeness, (new, box, score, new_logits, raw_any) = max(ranked, key=_rank)
                 if (
                     rules.unlike is not None
                     and likeness is not None
                     and likeness < rules.retry * key_likeness
                 ):
-                    tight = _candidates(predictor, mask, mask_box, PropagationRules(max_refine=0), feed)
-                    retry = tight[0][0]
-                    again = look.likeness(predictor.features(retry)) if retry.any() else None
+                    tight = _candidates(predictor, mask, mask_box, PropagationRules(max_refine=0), feed)[0]
+                    again = _likeness(look, predictor, tight[0])
                     if again is not None and again > likeness:
-                        (new, box, score, new_logits, raw_any), likeness = tight[0], again
+                        likeness, (new, box, score, new_logits, raw_any) = again, tight
                 area = int(new.sum())
                 done += 1
                 stop = _stop(rules, new, mask, area, key_area, score, best, likeness, raw_any)
@@ -339,12 +338,15 @@ def _candidates(
     return [out[-1], out[0]] if len(out) > 1 else out
 
 
-def _rank(look: Appearance, predictor: SlicePredictor, mask: np.ndarray) -> tuple[bool, float]:
-    """Sort key of a candidate mask: non-empty first, then more like the object (the grown box on ties)."""
-    if not mask.any():
-        return (False, 0.0)
-    likeness = look.likeness(predictor.features(mask))
-    return (True, 0.0 if likeness is None else likeness)
+def _likeness(look: Appearance, predictor: SlicePredictor, mask: np.ndarray) -> float | None:
+    """The mask's likeness to the object on the current slice (None: empty, or not measured)."""
+    return look.likeness(predictor.features(mask)) if mask.any() else None
+
+
+def _rank(candidate: tuple[float | None, tuple]) -> tuple[bool, float]:
+    """Sort key of a (likeness, candidate): non-empty first, then more like the object (ties: the first)."""
+    likeness, (mask, *_) = candidate
+    return (bool(mask.any()), 0.0 if likeness is None else likeness)
 
 
 def _stop(
