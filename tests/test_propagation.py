@@ -510,3 +510,5 @@ def test_a_correction_replaces_the_object_only_where_it_was_wrong():
     assert min(s.slice_index for s in steps) == 7
     assert [s.stop for s in steps if s.slice_index == 7] == ["agrees"]
     assert "agrees" in steps[-1].message
+    with pytest.raises(ValueError, match="found nothing to correct object 2 with"):  # a box on background
+        run_to_end(correct(predictor, volume, labels, 2, 12, (2.0, 40.0, 8.0, 46.0)))
