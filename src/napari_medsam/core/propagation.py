@@ -396,12 +396,11 @@ def correct(
     The slice takes the box's mask, and the object is propagated from it both ways
     (:func:`propagate`, ``options`` passed on). Each direction changes the old object only while
     the new masks are better supported than the old ones: a slice where the object was missing
-    takes the new mask (the correction extends an object that stopped short); a slice that had
-    the object takes the new mask only if the new one looks more like the corrected object than
-    takes the new mask's changes only where the object's look supports them (:class:`Appearance`,
-    the likeness propagation stops on): the part only the old mask has is removed if it looks
-    unlike the object, the part only the new one has is added if it looks like it; at the first
-    slice where nothing is supported, or the masks agree (IoU >= ``agree``: the walk stops there,
+    takes the new mask (the correction extends an object that stopped short); on a slice that had
+    the object, the part only the old mask has is removed if it lies apart from the new mask or
+    looks unlike the object (:class:`Appearance`, the likeness propagation stops on), and the
+    part only the new one has is added if it looks like it; at the first slice where nothing is
+    supported, or the masks agree (IoU >= ``agree``: the walk stops there,
     ``AGREES``), the old object is kept from there on. Where the new walk ends, the old object's
     slices beyond are removed only while they fail the same rule (likeness < 0: they lay past the
     object). Other objects' voxels are never taken. Yields a :class:`SliceStep` per slice visited;
@@ -478,12 +477,24 @@ def _look(
 
 def _supported(predictor: SlicePredictor, look: Appearance, was: np.ndarray, new: np.ndarray) -> np.ndarray:
     """The old mask ``was`` with the new mask's changes that the object's look supports: the part
-    only the old one has goes if it looks unlike the object, the part only the new one has comes
-    if it looks like it."""
+    only the old one has goes if it lies apart from the new mask (another structure, as in
+    propagation) or looks unlike the object; the part only the new one has comes if it looks
+    like it."""
     out = was.copy()
     gone, added = was & ~new, new & ~was
-    if gone.any() and (likeness := look.likeness(predictor.features(gone))) is not None and likeness < 0:
-        out &= ~gone
+    near = new.copy()  # the new mask grown by one pixel (8-connected)
+    near[1:] |= new[:-1]
+    near[:-1] |= new[1:]
+    near[:, 1:] |= near[:, :-1].copy()
+    near[:, :-1] |= near[:, 1:].copy()
+    attached = touching(gone, near)
+    out &= ~(gone & ~attached)  # pieces apart from the new mask: another structure (propagation's rule)
+    if (
+        attached.any()
+        and (likeness := look.likeness(predictor.features(attached))) is not None
+        and likeness < 0
+    ):
+        out &= ~attached
     if added.any() and (likeness := look.likeness(predictor.features(added))) is not None and likeness >= 0:
         out |= added
     return out
