@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dev_volumes import KEY_CHOICES, dev_volumes, key_slices
 
 from napari_medsam import MedSamPredictor
-from napari_medsam.core.boxes import box_union, mask_box
+from napari_medsam.core.boxes import mask_box
 from napari_medsam.core.metrics import dice, iou
-from napari_medsam.core.propagation import PropagationRules, box_mask, overlap, touching
+from napari_medsam.core.propagation import PropagationRules, box_mask, overlap, prompt_candidates
 from napari_medsam.core.windows import training_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -109,7 +109,8 @@ def free_walk(predictor, image, truth, key, window, margin=0.05, max_refine=4, b
     """Walk from ``key`` to ``beyond`` slices past the object's ends with propagate's prompt rules."""
     depth = image.shape[0]
     plane = image.shape[1:]
-    grown = PropagationRules(margin=margin).grower(plane)
+    rules = PropagationRules(margin=margin, max_refine=max_refine)
+    grown = rules.grower(plane)
 
     predictor.set_image(image[key], window)
     key_box = oracle_box(truth[key])
@@ -127,20 +128,8 @@ def free_walk(predictor, image, truth, key, window, margin=0.05, max_refine=4, b
         mask, best, prev_area, prev_score = first, float(prediction.score), key_area, float(prediction.score)
         z = key + direction
         while 0 <= z < depth and mask.any() and present[0] - beyond <= z <= present[-1] + beyond:
-            box = grown(mask)
             predictor.set_image(image[z], window)
-            raw = None
-            for _ in range(1 + max_refine):
-                pred = predictor.predict(box=box)
-                raw = np.asarray(pred.mask, bool)
-                new = touching(raw, mask)
-                if not new.any():
-                    break
-                joined = box_union(box, grown(new))
-                if np.allclose(joined, box):
-                    break
-                box = joined
-            score = float(pred.score)
+            new, box, score, _, raw_any = prompt_candidates(predictor, mask, grown, rules, None)[0]
             area = int(new.sum())
             s: dict[str, float] = {
                 "score": score,
@@ -149,7 +138,7 @@ def free_walk(predictor, image, truth, key, window, margin=0.05, max_refine=4, b
             }
             s["area_rel_key"] = area / key_area
             s["area_rel_prev"] = area / max(prev_area, 1)
-            s["raw_any"] = float(raw.any())
+            s["raw_any"] = float(raw_any)
             if area:
                 s["iou_prev"] = iou(new, mask)
                 s["overlap_prev"] = overlap(new, mask)

@@ -286,7 +286,7 @@ def propagate(
                 feed = previous_logits if use_previous_logits else None
                 ranked = [
                     (_likeness(look, predictor, c[0]), c)
-                    for c in _candidates(predictor, mask, grown, rules, feed)
+                    for c in prompt_candidates(predictor, mask, grown, rules, feed)
                 ]
                 likeness, (new, box, score, new_logits, raw_any) = max(ranked, key=_rank)
                 if (
@@ -294,7 +294,9 @@ def propagate(
                     and likeness is not None
                     and likeness < rules.retry * key_likeness
                 ):
-                    tight = _candidates(predictor, mask, mask_box, PropagationRules(max_refine=0), feed)[0]
+                    tight = prompt_candidates(
+                        predictor, mask, mask_box, PropagationRules(max_refine=0), feed
+                    )[0]
                     again = _likeness(look, predictor, tight[0])
                     if again is not None and again > likeness:
                         likeness, (new, box, score, new_logits, raw_any) = again, tight
@@ -314,14 +316,17 @@ def propagate(
     return result
 
 
-def _candidates(
+def prompt_candidates(
     predictor: SlicePredictor,
     previous: np.ndarray,
     grown: Callable[[np.ndarray], BoxXYXY],
     rules: PropagationRules,
     mask_input: np.ndarray | None,
 ) -> list[tuple[np.ndarray, BoxXYXY, float, np.ndarray, bool]]:
-    """(mask, box, score, logits, raw mask non-empty) of the first box and of the grown box."""
+    """(mask, box, score, logits, raw mask non-empty) of the grown box, then of the first box.
+
+    The first box is ``grown(previous)``; only the pieces touching ``previous`` are kept; the box
+    grows while the mask reaches past it, at most ``rules.max_refine`` times."""
     box = grown(previous)
     out = []
     for _ in range(1 + rules.max_refine):
