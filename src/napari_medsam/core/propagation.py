@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 PREVIOUS_LOGITS_DEFAULT: dict[str, bool] = {"medsam": False, "lite-medsam": False, "sam": False}
 #: The default pixel margin of a propagated box, as a fraction of the slice's longer side.
 MARGIN_OF_LONGER_SIDE = 0.025
+#: A correction removes the part only the old mask has (attached to the new one) when that part's
+#: likeness is below this fraction of the new mask's: it looks clearly less like the object.
+LEAK_FRACTION = 0.5
 
 
 class StopReason(str, Enum):
@@ -403,7 +406,8 @@ def correct(
     the new masks are better supported than the old ones: a slice where the object was missing
     takes the new mask (the correction extends an object that stopped short); on a slice that had
     the object, the part only the old mask has is removed if it lies apart from the new mask or
-    looks unlike the object (:class:`Appearance`, the likeness propagation stops on), and the
+    looks clearly less like the object than the new mask (:data:`LEAK_FRACTION` of its likeness,
+    :class:`Appearance`, the measure propagation stops on), and the
     part only the new one has is added if it looks like it; at the first slice where nothing is
     supported, or the masks agree (IoU >= ``agree``: the walk stops there,
     ``AGREES``), the old object is kept from there on. Where the new walk ends, the old object's
@@ -483,8 +487,8 @@ def _look(
 def _supported(predictor: SlicePredictor, look: Appearance, was: np.ndarray, new: np.ndarray) -> np.ndarray:
     """The old mask ``was`` with the new mask's changes that the object's look supports: the part
     only the old one has goes if it lies apart from the new mask (another structure, as in
-    propagation) or looks unlike the object; the part only the new one has comes if it looks
-    like it."""
+    propagation) or looks clearly less like the object than the new mask (:data:`LEAK_FRACTION`);
+    the part only the new one has comes if it looks like it."""
     out = was.copy()
     gone, added = was & ~new, new & ~was
     near = new.copy()  # the new mask grown by one pixel (8-connected)
@@ -494,10 +498,12 @@ def _supported(predictor: SlicePredictor, look: Appearance, was: np.ndarray, new
     near[:, :-1] |= near[:, 1:].copy()
     attached = touching(gone, near)
     out &= ~(gone & ~attached)  # pieces apart from the new mask: another structure (propagation's rule)
+    kept = look.likeness(predictor.features(new)) if new.any() else None
+    bar = 0.0 if kept is None else min(0.0, kept) + LEAK_FRACTION * max(kept, 0.0)
     if (
         attached.any()
         and (likeness := look.likeness(predictor.features(attached))) is not None
-        and likeness < 0
+        and likeness < bar
     ):
         out &= ~attached
     if added.any() and (likeness := look.likeness(predictor.features(added))) is not None and likeness >= 0:
