@@ -23,6 +23,8 @@ CT_SM = ABDOMINAL_CT
 SEG_SM = DATA / "example_seg.nii.gz"
 DICOM_SERIES = DATA / "example_ct_dicom"
 SEG_DICOM = DATA / "example_seg_dicom.nii.gz"
+BRAIN_MR = DATA / "brain-mr-tumour"
+CT_SPLEEN = DATA / "ct-spleen"
 #: Organs judged on real anatomy (label ids of the TotalSegmentator v2 "total" map).
 ORGANS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "stomach": 6, "aorta": 52}
 
@@ -48,6 +50,26 @@ def ct_dicom() -> tuple[np.ndarray, np.ndarray]:
     label = sitk.ReadImage(str(SEG_DICOM))
     resampled = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(resampled)
+
+
+@functools.cache
+def brain_mr() -> tuple[np.ndarray, np.ndarray]:
+    """Brain MR T1 after gadolinium ((25, 256, 256), 6.5 mm slices) and its tumour label (1, slices 11-17)."""
+    return _pair(BRAIN_MR / "brain1_image.nrrd", BRAIN_MR / "brain1_label.nrrd")
+
+
+@functools.cache
+def ct_spleen() -> tuple[np.ndarray, np.ndarray]:
+    """Abdominal CT in HU ((26, 166, 164), 5 mm slices) and its manual spleen label (1, slices 3-22)."""
+    return _pair(CT_SPLEEN / "sub-spleen2_ct.nii.gz", CT_SPLEEN / "sub-spleen2_ct_seg-manual.nii.gz")
+
+
+def _pair(image: Path, label: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its label file as (z, y, x) arrays, the label as uint8."""
+    import SimpleITK as sitk
+
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(label)))
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(image))), labels.astype(np.uint8)
 
 
 def label_names() -> dict[int, str]:

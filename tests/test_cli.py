@@ -256,6 +256,9 @@ def test_segment_corrects_one_object_from_a_box_on_one_slice(sample_ct, tmp_path
 
     assert main([*base, "--correct", "7", "-o", str(tmp_path / "x.seg.nrrd")]) == 1
     assert "has no object 7" in capsys.readouterr().err
+    off = ["segment", str(path), "--slice", "5", "--box", "400", "400", "420", "420", "--labels", labels]
+    assert main([*off, "--correct", "2", "-o", str(tmp_path / "x.seg.nrrd")]) == 1
+    assert "lies wholly outside the image" in capsys.readouterr().err
     assert main([*base[:-2], "--correct", "2", "-o", str(tmp_path / "x.seg.nrrd")]) == 1
     assert "needs the labels to correct" in capsys.readouterr().err
     assert not (tmp_path / "x.seg.nrrd").exists()

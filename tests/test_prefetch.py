@@ -233,7 +233,9 @@ def test_propagation_encodes_the_next_slice_while_decoding_and_each_slice_once(t
     volume = np.random.default_rng(0).normal(0, 100, (7, 48, 64)).astype(np.float32)
     try:
         steps: list = []
-        walk = propagate(predictor, volume, 3, key_box=(16, 12, 43, 29), window=(-150.0, 150.0))
+        walk = propagate(  # a random model's features say nothing: the "unlike" stop off
+            predictor, volume, 3, key_box=(16, 12, 43, 29), window=(-150.0, 150.0), unlike=None
+        )
         run_to_end(walk, steps.append)
     finally:
         hook.remove()

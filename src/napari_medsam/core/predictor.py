@@ -61,6 +61,8 @@ class SlicePredictor(Protocol):
 
     def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool: ...
 
+    def features(self, mask: np.ndarray) -> np.ndarray | None: ...
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -226,6 +228,35 @@ class MedSamPredictor:
         """Whether ``set_image(image, window)`` would reuse an embedding (memory or store)."""
         key = self._key(check_image(image), check_window(window))
         return key in self.cache or (self.store is not None and key in self.store)
+
+    def features(self, mask: np.ndarray) -> np.ndarray | None:
+        """The current image's embedding averaged over ``mask`` (H, W): one vector per mask (None if empty).
+
+        Each embedding cell counts by the fraction of it the mask covers, in the model input's
+        placement of the slice, so a mask smaller than a cell still has features. The model's own
+        view of what the mask holds, comparable between slices of one volume on any modality.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        with self._lock:
+            if self._embedding is None or self._geometry is None:
+                raise RuntimeError("no image set: call set_image(image) before features()")
+            embedding, geometry = self._embedding, self._geometry
+        area = np.asarray(mask, dtype=np.float32)
+        if area.shape != geometry.original:
+            raise ValueError(f"mask has shape {area.shape}, the image {geometry.original}")
+        if not area.any():
+            return None
+        (new_h, new_w), size = geometry.resized, geometry.input_size
+        resized = F.interpolate(torch.from_numpy(area)[None, None], size=(new_h, new_w), mode="area")
+        padded = F.pad(resized, (0, size - new_w, 0, size - new_h))
+        cells = embedding.shape[-1]
+        weights = F.avg_pool2d(padded, size // cells)[0, 0]
+        if float(weights.sum()) <= 0:
+            return None
+        vectors = embedding[0].float().cpu()
+        return (vectors * weights).sum(dim=(1, 2)).div(weights.sum()).numpy()
 
     def reset_image(self) -> None:
         """Forget the current image (cached embeddings stay in the cache)."""

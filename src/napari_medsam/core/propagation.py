@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -31,15 +32,89 @@ logger = logging.getLogger(__name__)
 PREVIOUS_LOGITS_DEFAULT: dict[str, bool] = {"medsam": False, "lite-medsam": False, "sam": False}
 #: The default pixel margin of a propagated box, as a fraction of the slice's longer side.
 MARGIN_OF_LONGER_SIDE = 0.025
+#: A correction removes the part only the old mask has (attached to the new one) when that part's
+#: likeness is below this fraction of the new mask's: it looks clearly less like the object.
+LEAK_FRACTION = 0.5
+
+
+class StopReason(str, Enum):
+    """Why a direction of a walk ended at a slice (compares equal to its value: ``"low score"``)."""
+
+    EMPTY = "empty"
+    SMALL = "small"
+    LOW_SCORE = "low score"
+    MOVED = "moved"
+    UNLIKE = "unlike"
+    AGREES = "agrees"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_STOP_MESSAGES = {
+    StopReason.EMPTY: "nothing found, stopping this direction",
+    StopReason.SMALL: "mask too small ({area} px), stopping",
+    StopReason.LOW_SCORE: "low predicted IoU, stopping",
+    StopReason.MOVED: "the mask left the object of the slice before, stopping",
+    StopReason.UNLIKE: "the mask looks like the key slice's surroundings, not the object: stopping",
+    StopReason.AGREES: "agrees with the object as it was, stopping",
+}
+
+
+@dataclass(frozen=True)
+class PropagationRules:
+    """How a walk prompts each slice and where it stops; the reasons are in ``docs/propagation.md``.
+
+    Prompt: the previous mask's box grown by ``max(margin * side, margin_pixels)`` per side
+    (``margin_pixels`` None: :data:`MARGIN_OF_LONGER_SIDE` of the slice's longer side), grown again
+    (never shrunk) at most ``max_refine`` times while the mask reaches past it; when the mask's
+    likeness (:meth:`Appearance.likeness`) falls below ``retry`` times the key mask's own, the
+    previous mask's box without margin is tried too and the more object-like mask kept. Stops
+    (None turns one off): ``unlike`` -- likeness below it (0: the mask looks more like the key
+    slice's box background than the key object); ``min_overlap`` -- ``overlap`` with the previous
+    mask below it; ``score_drop`` -- predicted IoU below that fraction of the object's best;
+    ``min_score`` -- below that value; ``min_area_fraction`` -- area below that fraction of the key
+    mask's.
+    """
+
+    margin: float = 0.05
+    margin_pixels: float | None = None
+    max_refine: int = 4
+    unlike: float | None = 0.0
+    retry: float = 0.0
+    min_overlap: float | None = 0.5
+    score_drop: float | None = None
+    min_score: float | None = None
+    min_area_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        negative = self.margin_pixels is not None and self.margin_pixels < 0
+        if self.margin < 0 or negative or self.max_refine < 0:
+            raise ValueError("margin, margin_pixels and max_refine must be >= 0")
+        if not 0.0 <= self.min_area_fraction <= 1.0:
+            raise ValueError(f"min_area_fraction must be in [0, 1], got {self.min_area_fraction}")
+        if self.min_overlap is not None and not 0.0 <= self.min_overlap <= 1.0:
+            raise ValueError(f"min_overlap must be in [0, 1] or None, got {self.min_overlap}")
+
+    def grower(self, plane: tuple[int, ...]) -> Callable[[np.ndarray], BoxXYXY]:
+        """The prompt of the slice after a mask on slices of shape ``plane``: its box plus the margin."""
+        pad = MARGIN_OF_LONGER_SIDE * max(plane) if self.margin_pixels is None else float(self.margin_pixels)
+
+        def grown(mask: np.ndarray) -> BoxXYXY:
+            return expand_box(mask_box(mask), plane, self.margin, pad)  # type: ignore[arg-type]
+
+        return grown
 
 
 @dataclass(frozen=True)
 class SliceStep:
     """Progress after one slice: ``done`` of at most ``total`` slices visited.
 
-    ``mask`` is the slice's mask (None when the slice ended a direction), ``box`` the prompt used,
-    ``stop`` why a direction ended there ("empty", "small", "low score", "moved", "agrees"), else None, and
-    ``score`` the model's predicted IoU (None for a key mask given as such).
+    ``slice_index`` is the array index along the walk's axis. ``mask`` is the slice's mask (None
+    when the slice ended a direction), ``box`` the prompt used, ``stop`` why a direction ended there
+    (a :class:`StopReason`), else None, ``score`` the model's predicted IoU (None for a key mask
+    given as such) and ``likeness`` how much more the mask's features resemble the key object than
+    the key slice's box background (cosine similarities; None where not measured).
     """
 
     slice_index: int
@@ -48,23 +123,47 @@ class SliceStep:
     area: int
     mask: np.ndarray | None
     box: BoxXYXY | None
-    stop: str | None = None
+    stop: StopReason | None = None
     score: float | None = None
+    likeness: float | None = None
 
     @property
     def message(self) -> str:
-        """One line for a status bar."""
-        if self.stop == "empty":
-            return f"slice {self.slice_index}: nothing found, stopping this direction"
-        if self.stop == "small":
-            return f"slice {self.slice_index}: mask too small ({self.area} px), stopping"
-        if self.stop == "low score":
-            return f"slice {self.slice_index}: low predicted IoU, stopping"
-        if self.stop == "moved":
-            return f"slice {self.slice_index}: the mask left the object of the slice before, stopping"
-        if self.stop == "agrees":
-            return f"slice {self.slice_index}: agrees with the object as it was, stopping"
-        return f"slice {self.slice_index}: {self.area} px"
+        """One line for a status bar (slice numbers as array indices)."""
+        if self.stop is None:
+            return f"slice {self.slice_index}: {self.area} px"
+        return f"slice {self.slice_index}: " + _STOP_MESSAGES[StopReason(self.stop)].format(area=self.area)
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """The key object's look in the model's features, and its key box background's."""
+
+    inside: np.ndarray | None
+    around: np.ndarray | None
+
+    @classmethod
+    def of(cls, predictor: SlicePredictor, mask: np.ndarray, box: BoxXYXY) -> Appearance:
+        """From the key mask and its grown box on the predictor's current slice."""
+        return cls(predictor.features(mask), predictor.features(box_mask(box, mask.shape) & ~mask))
+
+    def likeness(self, features: np.ndarray | None) -> float | None:
+        """cos(features, object) - cos(features, background); None when any is missing."""
+        if features is None or self.inside is None or self.around is None:
+            return None
+        return _cosine(features, self.inside) - _cosine(features, self.around)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def box_mask(box: BoxXYXY, shape: tuple[int, ...]) -> np.ndarray:
+    """The pixels of ``shape`` (H, W) inside ``box`` (x0, y0, x1, y1), ends included."""
+    x0, y0, x1, y1 = (round(v) for v in box)
+    out = np.zeros(shape, dtype=bool)
+    out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+    return out
 
 
 def interpolate_boxes(key_boxes: Mapping[int, Sequence[float]]) -> dict[int, BoxXYXY]:
@@ -95,85 +194,41 @@ def propagate(
     key_score: float | None = None,
     axis: int = 0,
     window: WindowArg = AUTO,
-    margin: float = 0.05,
-    margin_pixels: float | None = None,
-    max_refine: int = 4,
-    min_area_fraction: float = 0.1,
-    min_score: float | None = None,
-    score_drop: float | None = 0.8,
-    min_overlap: float | None = 0.5,
     max_slices: int | None = None,
     use_previous_logits: bool | None = None,
     agree_with: np.ndarray | None = None,
     agree: float = 0.9,
+    rules: PropagationRules | None = None,
+    **overrides: Any,
 ) -> Generator[SliceStep, None, np.ndarray]:
     """Segment one object through a volume, starting from a key slice.
 
     The key slice is segmented with ``key_box`` (or taken from ``key_mask``, whose predicted IoU
-    may come as ``key_score``). Then, walking away from it in both directions, each slice is
-    segmented by these rules, each judged by what the model and the image say on that slice
-    (measured on the shared real CT with LiteMedSAM, key slice = each organ's largest, middle,
-    first and last slice, both directions; ``benchmarks/bench_quality.py`` prints the outcome):
+    may come as ``key_score``). The key mask's features (the model's embedding averaged over it)
+    and those of the rest of its grown box are the object's and its surroundings' look. Then each
+    direction walks slice by slice (``rules``, :class:`PropagationRules`; ``overrides`` replace
+    single fields, e.g. ``min_overlap=None``):
 
-    1. **Prompt: the previous mask's box plus a margin** of ``max(margin * side, margin_pixels)``
-       per side (:func:`~napari_medsam.core.boxes.expand_box`). ``margin_pixels`` defaults to
-       2.5 % of the slice's longer side: the +3 px of MedSAM's training boxes on a 122 px slice,
-       the same distance in the model's input on any grid. The larger of the two, not their sum:
-       a sum grows the box faster than the organ and the model fills it (leaks into neighbours).
-    2. **Only what the previous slice touched**: of the new mask, only the connected pieces that
-       overlap the previous mask are kept. A piece that does not touch it is another structure
-       that came into the box; keeping it would widen the next box onto it. With rule 4's trim,
-       this cut the CT's slices whose mask lay mostly off the organ from 17 to 5 (24 runs, ~600
-       slices; the liver's lowest 3 slices had been mostly off the liver).
-    3. **Grow-only refinement**: the new mask's box plus the margin is joined to the prompt; if
-       that changed the box, the slice is predicted again, at most ``max_refine`` times. The box
-       grows where the organ continues past it, but never shrinks within a slice: the models
-       under-segment slightly from a box, and re-prompting with the mask's own box feeds that
-       back. Shrinking happens from one slice to the next (rule 1), so the prompt follows an
-       organ that ends. Measured and not done: also trying the shrunk box and keeping whichever
-       mask the model scores higher changed 3D Dice by less than 0.004 on every run; also trying
-       a wider box (+10 %, at least twice the margin) that way took the spleen from its 27 px
-       first slice to Dice 0.95 (0.03 without), but the stomach from its first slice then went
-       onto a neighbouring structure for 19 slices, predicted IoUs 0.86-0.93 (also with a 0.02 score
-       gain required): a drift no stop rule saw.
-    4. **Stops**: a direction ends at
-
-       - an empty mask ("empty"), or one that no longer overlaps the previous mask ("moved":
-         overlap ``|new & previous| / min(|new|, |previous|)`` below ``min_overlap``; two
-         cross-sections of one organ a slice apart overlap: on the CT >= 0.59, median 0.97; the
-         masks that had jumped to another structure: 0.14-0.56);
-       - a mask smaller than ``min_area_fraction`` of the key mask ("small");
-       - a predicted IoU below ``min_score`` (if given) or below ``score_drop`` times the best
-         the object has had so far, both directions together ("low score"). Past an organ's
-         end the model still outlines something, with a lower predicted IoU: on the CT 0.60-0.71
-         past the kidneys' ends against 0.89-0.95 on them (ratio 0.64-0.75); inside organs the
-         ratio stayed >= 0.81 but for the scan's edge and a stomach mask leaking into bowel;
-         on a CT phantom 0.93-0.97 on the organ, 0.69-0.79 past it;
-       - the volume's end, or ``max_slices`` slices;
-       - with ``agree_with`` (a boolean mask of the volume's shape: the object as it was), the
-         first slice whose new mask has IoU >= ``agree`` with it ("agrees"; :func:`correct`).
-
-       The slice that stopped a direction is left out. When both directions are done, slices at
-       the far end of the first one that score below ``score_drop`` times the best of the whole
-       object are dropped too: a key slice at an organ's tip scores low itself, so the first
-       direction's reference was too lenient (the left kidney's last slice as key: 3 slices past
-       the organ without this, none with it).
-
-    Dropped after measuring (they separated no better than the predicted IoU, or stopped inside
-    organs): the intensity distribution inside the mask (of the model's input) against the key
-    object's or the previous slice's (histogram overlap down to 0.43 inside organs: small and
-    textured masks, stomach contents; 0.49-0.60 on the first slice past an organ; the mask's
-    median outside the previous mask's 5-95 % range fired on the first slice past each kidney,
-    where the rules above already stop, and on 4 slices inside organs); consecutive
-    masks' IoU and centroid shift relative to size (inside organs down to 0.37 and up to 0.48);
-    the area ratio between slices (0.52-1.94 inside, 0.45-1.72 past the end).
+    1. **Prompt**: the previous mask's box plus the margin; of the new mask only the connected
+       pieces that overlap the previous mask are kept; the box grows (never shrinks) while the
+       mask reaches past it, at most ``max_refine`` times. When the grown box's mask looks less
+       like the object than the mask of the first box (below), the first one is kept.
+    2. **Stops**: a direction ends at the first slice whose mask is empty (``EMPTY``), touches
+       nothing of the previous mask or overlaps it less than ``min_overlap`` (``MOVED``), looks
+       more like the key slice's surroundings than the key object (``UNLIKE``: likeness < 0), or
+       fails an optional score or area rule; at the volume's end or after ``max_slices`` slices;
+       with ``agree_with`` (the object as it was, a boolean mask of the volume's shape) at the
+       first slice whose new mask has IoU >= ``agree`` with it (``AGREES``; :func:`correct`).
+       The slice that stopped a direction is left out.
 
     With ``use_previous_logits`` the previous low-resolution logits go in as ``mask_input``
     (default per family, :data:`PREVIOUS_LOGITS_DEFAULT`). ``window`` is passed to ``set_image``
     for every slice: ``"auto"`` is MedSAM's training window for the volume
     (:func:`~napari_medsam.core.windows.training_window`), None each slice's own min..max.
     Yields a :class:`SliceStep` per slice; returns a boolean mask of the volume's shape.
+    Why these rules and not others: ``docs/propagation.md``.
     """
+    rules = replace(rules or PropagationRules(), **overrides)
     shape = tuple(np.shape(volume))
     if len(shape) != 3:
         raise ValueError(f"volume must be 3D, got shape {shape}")
@@ -184,106 +239,151 @@ def propagate(
         raise ValueError(f"key_slice {key_slice} is outside 0..{depth - 1} along axis {axis}")
     if (key_box is None) == (key_mask is None):
         raise ValueError("give exactly one of key_box and key_mask")
-    if not 0.0 <= min_area_fraction <= 1.0:
-        raise ValueError(f"min_area_fraction must be in [0, 1], got {min_area_fraction}")
-    if min_overlap is not None and not 0.0 <= min_overlap <= 1.0:
-        raise ValueError(f"min_overlap must be in [0, 1] or None, got {min_overlap}")
     if agree_with is not None and np.shape(agree_with) != shape:
         raise ValueError(f"agree_with has shape {np.shape(agree_with)}, the volume {shape}")
     old = None if agree_with is None else np.moveaxis(np.asarray(agree_with, dtype=bool), axis, 0)
     if max_slices is not None and max_slices < 0:
         raise ValueError(f"max_slices must be >= 0 or None, got {max_slices}")
-    if margin < 0 or (margin_pixels is not None and margin_pixels < 0) or max_refine < 0:
-        raise ValueError("margin, margin_pixels and max_refine must be >= 0")
     if use_previous_logits is None:
         use_previous_logits = PREVIOUS_LOGITS_DEFAULT.get(str(predictor.family), False)
     window = resolve_window(window, volume)
     plane = tuple(s for i, s in enumerate(shape) if i != axis)
-    pad = MARGIN_OF_LONGER_SIDE * max(plane) if margin_pixels is None else float(margin_pixels)
+    grown = rules.grower(plane)
     limit = depth if max_slices is None else max_slices
     total = 1 + min(depth - 1 - key_slice, limit) + min(key_slice, limit)
 
     result = np.zeros(shape, dtype=bool)
     view = np.moveaxis(result, axis, 0)
     logits, score = None, key_score
+    if key_mask is not None and np.shape(key_mask) != plane:
+        raise ValueError(f"key_mask has shape {np.shape(key_mask)}, slices have shape {plane}")
+    predictor.set_image(take_slice(volume, key_slice, axis), window)
     if key_mask is not None:
         first = np.asarray(key_mask, dtype=bool)
-        if first.shape != plane:
-            raise ValueError(f"key_mask has shape {first.shape}, slices have shape {plane}")
         box = mask_box(first)
     else:
         box = normalise_box(key_box)  # type: ignore[arg-type]
-        predictor.set_image(take_slice(volume, key_slice, axis), window)
         prediction = predictor.predict(box=box)
         first, logits = np.asarray(prediction.mask, dtype=bool), prediction.logits
         score = float(prediction.score)
     key_area = int(first.sum())
     done = 1
     if key_area == 0:
-        yield SliceStep(key_slice, done, done, 0, None, box, "empty", score)
+        yield SliceStep(key_slice, done, done, 0, None, box, StopReason.EMPTY, score)
         return result
+    look = (
+        Appearance.of(predictor, first, grown(first)) if rules.unlike is not None else Appearance(None, None)
+    )
+    key_likeness = look.likeness(look.inside) or 0.0
     view[key_slice] = first
-    yield SliceStep(key_slice, done, total, key_area, first, box, None, score)
-
-    def grown(mask: np.ndarray) -> BoxXYXY:
-        return expand_box(mask_box(mask), plane, margin, pad)  # type: ignore[arg-type]
-
+    yield SliceStep(key_slice, done, total, key_area, first, box, None, score, key_likeness)
     best = score  # the object's best predicted IoU so far, both directions
-    scores: dict[int, float] = {}  # predicted IoU of each propagated slice kept
     with Lookahead(predictor, volume, axis, window) as ahead:  # the next slice encodes while this one decodes
         for direction in (1, -1):
             mask, previous_logits = first, logits
             z = key_slice + direction
             while 0 <= z < depth and abs(z - key_slice) <= limit:
-                box = grown(mask)  # rule 1
                 predictor.set_image(take_slice(volume, z, axis), window)
                 if abs(z + direction - key_slice) <= limit:
                     ahead.submit(z + direction)
-                new_logits = previous_logits
-                for _ in range(1 + max_refine):  # rule 3
-                    prediction = predictor.predict(
-                        box=box, mask_input=new_logits if use_previous_logits else None
-                    )
-                    new = touching(np.asarray(prediction.mask, dtype=bool), mask)  # rule 2
-                    score, new_logits = float(prediction.score), prediction.logits
-                    if not new.any():
-                        break
-                    joined = box_union(box, grown(new))
-                    if np.allclose(joined, box):
-                        break
-                    box = joined
+                feed = previous_logits if use_previous_logits else None
+                ranked = [
+                    (_likeness(look, predictor, c[0]), c)
+                    for c in prompt_candidates(predictor, mask, grown, rules, feed)
+                ]
+                likeness, (new, box, score, new_logits, raw_any) = max(ranked, key=_rank)
+                if (
+                    rules.unlike is not None
+                    and likeness is not None
+                    and likeness < rules.retry * key_likeness
+                ):
+                    tight = prompt_candidates(
+                        predictor, mask, mask_box, PropagationRules(max_refine=0), feed
+                    )[0]
+                    again = _likeness(look, predictor, tight[0])
+                    if again is not None and again > likeness:
+                        likeness, (new, box, score, new_logits, raw_any) = again, tight
                 area = int(new.sum())
                 done += 1
-                stop = None  # rule 4
-                if area == 0:
-                    stop = "moved" if np.asarray(prediction.mask).any() else "empty"
-                elif area < min_area_fraction * key_area:
-                    stop = "small"
-                elif score < max(
-                    min_score if min_score is not None else 0.0,
-                    score_drop * best if score_drop is not None and best is not None else 0.0,
-                ):
-                    stop = "low score"
-                elif min_overlap is not None and overlap(new, mask) < min_overlap:
-                    stop = "moved"
-                elif old is not None and iou(new, old[z]) >= agree:
-                    stop = "agrees"
+                stop = _stop(rules, new, mask, area, key_area, score, best, likeness, raw_any)
+                if stop is None and old is not None and iou(new, old[z]) >= agree:
+                    stop = StopReason.AGREES
                 if stop is not None:
                     logger.info("propagation stops at slice %d (%s)", z, stop)
-                    yield SliceStep(z, done, total, area, None, box, stop, score)
+                    yield SliceStep(z, done, total, area, None, box, stop, score, likeness)
                     break
                 view[z] = new
-                yield SliceStep(z, done, total, area, new, box, None, score)
+                yield SliceStep(z, done, total, area, new, box, None, score, likeness)
                 mask, previous_logits, best = new, new_logits, max(score, best or 0.0)
-                scores[z] = score
                 z += direction
-    if score_drop is not None and best is not None:
-        for z in sorted((z for z in scores if z > key_slice), reverse=True):  # the first direction's far end
-            if scores[z] >= score_drop * best:
-                break
-            logger.info("propagation drops slice %d (predicted IoU %.2f, best %.2f)", z, scores[z], best)
-            view[z] = False
     return result
+
+
+def prompt_candidates(
+    predictor: SlicePredictor,
+    previous: np.ndarray,
+    grown: Callable[[np.ndarray], BoxXYXY],
+    rules: PropagationRules,
+    mask_input: np.ndarray | None,
+) -> list[tuple[np.ndarray, BoxXYXY, float, np.ndarray, bool]]:
+    """(mask, box, score, logits, raw mask non-empty) of the grown box, then of the first box.
+
+    The first box is ``grown(previous)``; only the pieces touching ``previous`` are kept; the box
+    grows while the mask reaches past it, at most ``rules.max_refine`` times."""
+    box = grown(previous)
+    out = []
+    for _ in range(1 + rules.max_refine):
+        prediction = predictor.predict(box=box, mask_input=mask_input)
+        raw = np.asarray(prediction.mask, dtype=bool)
+        new = touching(raw, previous)
+        out.append((new, box, float(prediction.score), prediction.logits, bool(raw.any())))
+        if not new.any():
+            break
+        joined = box_union(box, grown(new))
+        if np.allclose(joined, box):
+            break
+        box = joined
+    return [out[-1], out[0]] if len(out) > 1 else out
+
+
+def _likeness(look: Appearance, predictor: SlicePredictor, mask: np.ndarray) -> float | None:
+    """The mask's likeness to the object on the current slice (None: empty, or not measured)."""
+    return look.likeness(predictor.features(mask)) if mask.any() else None
+
+
+def _rank(candidate: tuple[float | None, tuple]) -> tuple[bool, float]:
+    """Sort key of a (likeness, candidate): non-empty first, then more like the object (ties: the first)."""
+    likeness, (mask, *_) = candidate
+    return (bool(mask.any()), 0.0 if likeness is None else likeness)
+
+
+def _stop(
+    rules: PropagationRules,
+    new: np.ndarray,
+    previous: np.ndarray,
+    area: int,
+    key_area: int,
+    score: float,
+    best: float | None,
+    likeness: float | None,
+    raw_any: bool,
+) -> StopReason | None:
+    """Why the walk ends at a slice with mask ``new`` (None: it goes on)."""
+    if area == 0:
+        return StopReason.MOVED if raw_any else StopReason.EMPTY
+    if rules.min_overlap is not None and overlap(new, previous) < rules.min_overlap:
+        return StopReason.MOVED
+    if rules.unlike is not None and likeness is not None and likeness < rules.unlike:
+        return StopReason.UNLIKE
+    floor = max(
+        rules.min_score if rules.min_score is not None else 0.0,
+        rules.score_drop * best if rules.score_drop is not None and best is not None else 0.0,
+    )
+    if score < floor:
+        return StopReason.LOW_SCORE
+    if area < rules.min_area_fraction * key_area:
+        return StopReason.SMALL
+    return None
 
 
 def correct(
@@ -301,20 +401,27 @@ def correct(
 ) -> Generator[SliceStep, None, np.ndarray]:
     """Correct object ``label_id`` of a label volume from a box on one slice; return new labels.
 
-    The slice is segmented with ``box`` and the object propagated from it both ways
-    (:func:`propagate`, ``options`` passed on), each direction only as far as the new masks
-    differ from the object as it was: a direction ends at the first slice whose new mask has
-    IoU >= ``agree`` with the old one, and from there on the old object is kept as it is. Where
-    a direction ends for another reason (the organ ends, the mask leaves it), the old object's
-    run of slices from there on in that direction is removed: it lay past the organ. Other
-    objects' voxels are never taken. Yields a :class:`SliceStep` per slice visited; returns a
-    copy of ``labels`` (the caller writes the slices that changed, as one undo step).
+    The slice takes the box's mask, and the object is propagated from it both ways
+    (:func:`propagate`, ``options`` passed on). Each direction changes the old object only while
+    the new masks are better supported than the old ones: a slice where the object was missing
+    takes the new mask (the correction extends an object that stopped short); on a slice that had
+    the object, the part only the old mask has is removed if it lies apart from the new mask or
+    looks clearly less like the object than the new mask (:data:`LEAK_FRACTION` of its likeness,
+    :class:`Appearance`, the measure propagation stops on), and the
+    part only the new one has is added if it looks like it; at the first slice where nothing is
+    supported, or the masks agree (IoU >= ``agree``: the walk stops there,
+    ``AGREES``), the old object is kept from there on. Where the new walk ends, the old object's
+    slices beyond are removed only while they fail the same rule (likeness < 0: they lay past the
+    object). Other objects' voxels are never taken. Yields a :class:`SliceStep` per slice visited;
+    returns a copy of ``labels`` (the caller writes the slices that changed, as one undo step). A
+    box that finds nothing raises ValueError with what to do.
     """
     labels = np.asarray(labels)
     if labels.shape != tuple(np.shape(volume)):
         raise ValueError(f"labels have shape {labels.shape}, the volume {np.shape(volume)}")
     axis = check_axis(axis, 3)
-    old = labels == label_id
+    window = resolve_window(window, volume)
+    old_z = np.moveaxis(labels == label_id, axis, 0)
     steps: list[SliceStep] = []
 
     def kept(step: SliceStep) -> SliceStep:
@@ -322,31 +429,107 @@ def correct(
         return step
 
     walk = propagate(
-        predictor, volume, slice_index, key_box=box, axis=axis, window=window, agree_with=old,
+        predictor, volume, slice_index, key_box=box, axis=axis, window=window, agree_with=labels == label_id,
         agree=agree, **options,
     )  # fmt: skip
     new = yield from relay(walk, kept)
-    old_z, new_z = np.moveaxis(old, axis, 0), np.moveaxis(new, axis, 0)
+    new_z = np.moveaxis(new, axis, 0)
+    if not new_z[slice_index].any():
+        raise ValueError(
+            f"the box on slice {slice_index} found nothing to correct object {label_id} with: draw it "
+            "around the object as it should be on that slice"
+        )
+    rules = replace(PropagationRules(), **{k: v for k, v in options.items() if k in _RULE_FIELDS})
+    look = _look(predictor, volume, axis, window, slice_index, new_z[slice_index], rules)
     merged = old_z.copy()
-    depth = merged.shape[0]
-    for direction in (1, -1):
-        visited = [s for s in steps if (s.slice_index - slice_index) * direction > 0]
-        agreed = bool(visited) and visited[-1].stop == "agrees"
-        end = visited[-1].slice_index if visited and visited[-1].stop else None
-        for s in visited:
-            if s.stop is None:
-                merged[s.slice_index] = new_z[s.slice_index]
-        if end is not None and not agreed:
-            z = end
-            while 0 <= z < depth and old_z[z].any():  # the old run past the new end
-                merged[z] = False
-                z += direction
     merged[slice_index] = new_z[slice_index]
+    for direction in (1, -1):
+        for step in (s for s in steps if (s.slice_index - slice_index) * direction > 0):
+            z, was = step.slice_index, old_z[step.slice_index]
+            if step.stop == StopReason.AGREES:
+                break
+            if step.stop is not None:
+                _clear_unlike(predictor, volume, axis, window, look, old_z, merged, z, direction)
+                break
+            if not was.any():
+                merged[z] = new_z[z]
+                continue
+            if iou(new_z[z], was) >= agree:
+                break
+            predictor.set_image(take_slice(volume, z, axis), window)
+            merged[z] = _supported(predictor, look, was, new_z[z])
+            if np.array_equal(merged[z], was):
+                break
     out = labels.copy()
     out_z = np.moveaxis(out, axis, 0)
     out_z[old_z & ~merged] = 0
     out_z[merged & (out_z == 0)] = label_id
     return out
+
+
+_RULE_FIELDS = frozenset(PropagationRules.__dataclass_fields__)
+
+
+def _look(
+    predictor: SlicePredictor,
+    volume: Any,
+    axis: int,
+    window: tuple[float, float] | None,
+    z: int,
+    mask: np.ndarray,
+    rules: PropagationRules,
+) -> Appearance:
+    """The :class:`Appearance` of ``mask`` on slice ``z``, with its box grown as propagation grows it."""
+    predictor.set_image(take_slice(volume, z, axis), window)
+    return Appearance.of(predictor, mask, rules.grower(mask.shape)(mask))
+
+
+def _supported(predictor: SlicePredictor, look: Appearance, was: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The old mask ``was`` with the new mask's changes that the object's look supports: the part
+    only the old one has goes if it lies apart from the new mask (another structure, as in
+    propagation) or looks clearly less like the object than the new mask (:data:`LEAK_FRACTION`);
+    the part only the new one has comes if it looks like it."""
+    out = was.copy()
+    gone, added = was & ~new, new & ~was
+    near = new.copy()  # the new mask grown by one pixel (8-connected)
+    near[1:] |= new[:-1]
+    near[:-1] |= new[1:]
+    near[:, 1:] |= near[:, :-1].copy()
+    near[:, :-1] |= near[:, 1:].copy()
+    attached = touching(gone, near)
+    out &= ~(gone & ~attached)  # pieces apart from the new mask: another structure (propagation's rule)
+    kept = look.likeness(predictor.features(new)) if new.any() else None
+    bar = 0.0 if kept is None else min(0.0, kept) + LEAK_FRACTION * max(kept, 0.0)
+    if (
+        attached.any()
+        and (likeness := look.likeness(predictor.features(attached))) is not None
+        and likeness < bar
+    ):
+        out &= ~attached
+    if added.any() and (likeness := look.likeness(predictor.features(added))) is not None and likeness >= 0:
+        out |= added
+    return out
+
+
+def _clear_unlike(
+    predictor: SlicePredictor,
+    volume: Any,
+    axis: int,
+    window: tuple[float, float] | None,
+    look: Appearance,
+    old_z: np.ndarray,
+    merged: np.ndarray,
+    z: int,
+    direction: int,
+) -> None:
+    """From slice ``z`` on in ``direction``, remove the old object while it looks unlike it."""
+    while 0 <= z < len(old_z) and old_z[z].any():
+        predictor.set_image(take_slice(volume, z, axis), window)
+        likeness = look.likeness(predictor.features(old_z[z]))
+        if likeness is None or likeness >= 0:
+            return
+        merged[z] = False
+        z += direction
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
