@@ -297,6 +297,7 @@ def test_a_user_encoding_starts_at_once_while_the_background_encodes(prefetcher,
     from napari_medsam.core.predictor import MedSamPredictor
     from napari_medsam.models.loading import load_model
 
+    earlier = set(threading.enumerate())  # another test's thread may still be ending
     model = load_model(tiny_sam_dir, device="cpu", dtype="float32")
     held = HeldEncoder(model.encoder)
     predictor = MedSamPredictor(replace(model, encoder=held))
@@ -397,7 +398,8 @@ def test_segment_pressed_while_the_volume_encodes_starts_at_once_and_closing_sto
     viewer.close()
     assert widget._released
     assert not thread.is_alive()
-    assert not any(t.name == "napari-medsam-prefetch" and t.is_alive() for t in threading.enumerate())
+    started = set(threading.enumerate()) - earlier
+    assert not any(t.name == "napari-medsam-prefetch" and t.is_alive() for t in started)
 
     _, plain = segment_slice_2(model.encoder, prefetch=False)
     np.testing.assert_array_equal(labels, plain.labels_layer.data)
