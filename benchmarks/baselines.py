@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from napari_medsam.core.predictor import Prediction
-from napari_medsam.core.preprocessing import (
+from napari_medsam.base.windows import check_window
+from napari_medsam.engine.predictor import Prediction
+from napari_medsam.models.preprocessing import (
     check_image,
     masks_from_logits,
     model_input,
     scale_box,
     to_rgb_uint8,
 )
-from napari_medsam.core.windows import check_window
 from napari_medsam.models.tinyvit import relative_position_index
 
 

@@ -22,11 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
-from napari_medsam.core.devices import cpu_has_native_bfloat16
-from napari_medsam.core.metrics import iou
-from napari_medsam.core.predictor import MedSamPredictor
-from napari_medsam.core.windows import training_window
+from napari_medsam.base.metrics import iou
+from napari_medsam.base.windows import training_window
+from napari_medsam.engine.predictor import MedSamPredictor
 from napari_medsam.models import onednn
+from napari_medsam.models.devices import cpu_has_native_bfloat16
 from napari_medsam.models.loading import load_model
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

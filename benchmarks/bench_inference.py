@@ -26,7 +26,7 @@ interleaved in the same run: median over repeats after a warm-up, and the ratio 
 
 - MedSAM ViT-B uses random weights of the real architecture (``SamConfig()`` defaults; weights
   do not change the work done); LiteMedSAM uses its real bundled weights.
-- Slices are 512 x 512 CT-like phantoms (``napari_medsam.core.phantoms``), masks come out at 512 x 512.
+- Slices are 512 x 512 CT-like phantoms (``napari_medsam.base.phantoms``), masks come out at 512 x 512.
 - Peak memory: the largest RSS rise during one embedding, sampled every 2 ms, each in a fresh
   process (a warm process reuses memory it freed earlier).
 - On a busy machine set ``OMP_WAIT_POLICY=PASSIVE``: PyTorch's two OpenMP threads otherwise spin
@@ -54,10 +54,10 @@ import numpy as np
 import torch
 
 from napari_medsam import MedSamPredictor
-from napari_medsam.core.devices import cpu_has_native_bfloat16, resolve_dtype
-from napari_medsam.core.jobs import run_to_end
-from napari_medsam.core.phantoms import ct_phantom_slice, ct_phantom_volume
-from napari_medsam.core.propagation import propagate
+from napari_medsam.base.jobs import run_to_end
+from napari_medsam.base.phantoms import ct_phantom_slice, ct_phantom_volume
+from napari_medsam.engine.propagation import propagate
+from napari_medsam.models.devices import cpu_has_native_bfloat16, resolve_dtype
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import PlainPredictor, PlainTinyViT, SamGetImageEmbeddings
@@ -534,7 +534,7 @@ def bench_backends(args: argparse.Namespace) -> None:
     box = label_box(organ)
 
     embed, decode = embed_and_decode(variants, image, box, args.repeats, args.prompt_repeats, args.warmup)
-    from napari_medsam.core.prefetch import Lookahead
+    from napari_medsam.engine.prefetch import Lookahead
 
     rates: dict[str, list[float]] = {n: [] for n in variants}  # pipelined (the default)
     sequential: dict[str, list[float]] = {n: [] for n in variants}
@@ -738,7 +738,7 @@ def cpu_flags() -> str:
 
 def propagation_speed(predictor: MedSamPredictor, volume: np.ndarray, seg: np.ndarray, repeats: int) -> list:
     """Rows: the encoder alone, cold propagation (look-ahead on / off), warm propagation."""
-    from napari_medsam.core.prefetch import Lookahead
+    from napari_medsam.engine.prefetch import Lookahead
 
     liver = seg == GUARD_ORGANS["liver"]
     key = int(np.argmax(liver.sum(axis=(1, 2))))

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from napari_medsam import MedSamPredictor
-from napari_medsam.core.devices import cpu_has_native_bfloat16, resolve_dtype
-from napari_medsam.core.jobs import run_to_end
-from napari_medsam.core.metrics import dice, iou
-from napari_medsam.core.propagation import correct, propagate
-from napari_medsam.core.windows import SOFT_TISSUE, training_window
+from napari_medsam.base.jobs import run_to_end
+from napari_medsam.base.metrics import dice, iou
+from napari_medsam.base.windows import SOFT_TISSUE, training_window
+from napari_medsam.engine.propagation import correct, propagate
+from napari_medsam.models.devices import cpu_has_native_bfloat16, resolve_dtype
 from napari_medsam.models.loading import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -144,7 +144,7 @@ def correction_table(store: str | None = None, rounds: int = 3) -> list[tuple]:
 
     Each correction is what a user would do: on the slice inside the object's extent where the
     result is most wrong (lowest Dice with the reference), a box from the reference + 3 px, then
-    :func:`~napari_medsam.core.propagation.correct`.
+    :func:`~napari_medsam.engine.propagation.correct`.
     """
     model = load_model("lite-medsam", device="cpu", dtype="float32")
     rows = []

@@ -32,9 +32,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning
 
+from napari_medsam.base.windows import SOFT_TISSUE
 from napari_medsam.cli import main as cli
 from napari_medsam.cli.cluster import open_client
-from napari_medsam.core.windows import SOFT_TISSUE
 from napari_medsam.io.samples import ABDOMINAL_CT
 
 CT = ABDOMINAL_CT
@@ -102,8 +102,8 @@ def scaling(args: argparse.Namespace, folder: Path, paths: list[Path]) -> list[t
 def per_slice(args: argparse.Namespace, folder: Path, repeats: int) -> dict[str, float]:
     """Medians in seconds of ``set_image`` on a new slice without and with a store, on a store hit
     (empty memory cache), and of one box through the decoder."""
-    from napari_medsam.core.cache import EmbeddingCache
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.cache import EmbeddingCache
+    from napari_medsam.engine.predictor import MedSamPredictor
     from napari_medsam.io.files import read_image
 
     volume = read_image(CT)[0]

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dev_volumes import KEY_CHOICES, dev_volumes, key_slices
 
 from napari_medsam import MedSamPredictor
-from napari_medsam.core.boxes import mask_box
-from napari_medsam.core.metrics import dice, iou
-from napari_medsam.core.propagation import PropagationRules, box_mask, overlap, prompt_candidates
-from napari_medsam.core.windows import training_window
+from napari_medsam.base.boxes import mask_box
+from napari_medsam.base.metrics import dice, iou
+from napari_medsam.base.windows import training_window
+from napari_medsam.engine.propagation import PropagationRules, box_mask, overlap, prompt_candidates
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from realdata import oracle_box

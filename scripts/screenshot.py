@@ -32,7 +32,7 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
     from skimage.io import imsave
 
-    from napari_medsam.core.boxes import expand_box, mask_box
+    from napari_medsam.base.boxes import expand_box, mask_box
     from napari_medsam.io.samples import ABDOMINAL_CT_LIVER
     from napari_medsam.io.volumes import read_volume
     from napari_medsam.layers.prompt_layers import set_features

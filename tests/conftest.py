@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from napari_medsam.core.metrics import dice, iou
+from napari_medsam.base.metrics import dice, iou
 
 __all__ = ["dice", "iou"]  # shared by the tests
 
@@ -111,7 +111,7 @@ def lite_predictor_model(lite_checkpoint):
 
 def make_phantom(height: int = 192, width: int = 256, seed: int = 0):
     """A CT-like slice in HU with a bright organ: (image int16, truth mask, box around the organ)."""
-    from napari_medsam.core.phantoms import ct_phantom_slice
+    from napari_medsam.base.phantoms import ct_phantom_slice
 
     return ct_phantom_slice(height, width, seed)
 

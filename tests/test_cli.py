@@ -14,8 +14,8 @@ import tifffile
 from skimage.io import imread
 
 from conftest import dice, make_phantom
+from napari_medsam.base.objects import label_objects
 from napari_medsam.cli import main
-from napari_medsam.core.objects import label_objects
 from napari_medsam.io.label_files import load_labels
 from napari_medsam.io.label_names import read_sidecar
 from napari_medsam.io.samples import ABDOMINAL_CT

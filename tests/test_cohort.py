@@ -27,7 +27,7 @@ import pytest
 import napari_medsam
 from napari_medsam.cli import main
 from napari_medsam.cli.cluster import open_client
-from napari_medsam.core.store import EmbeddingStore
+from napari_medsam.engine.store import EmbeddingStore
 from napari_medsam.io.files import read_image
 from napari_medsam.io.label_names import read_sidecar
 from realdata import CT_SM as CT

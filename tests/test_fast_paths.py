@@ -87,7 +87,7 @@ def test_fast_decoder_on_real_lite_medsam(lite_predictor_model):
     predictor.set_image(image, window=(-160, 240))
     fast = predictor.predict(box=box)
     sam, embedding = lite_predictor_model.sam, predictor._embedding
-    from napari_medsam.core.preprocessing import masks_from_logits, scale_box
+    from napari_medsam.models.preprocessing import masks_from_logits, scale_box
 
     geometry = predictor._geometry
     boxes = torch.tensor(scale_box(np.asarray(box), geometry)[None, None], dtype=torch.float32)
@@ -172,7 +172,7 @@ def test_mixed_bfloat16_encoder_keeps_the_masks():
     predictor.set_image(image, window=(-160, 240))
     want = predictor.predict(box=box)
     exact = predictor._embedding
-    from napari_medsam.core.preprocessing import model_input, to_rgb_uint8
+    from napari_medsam.models.preprocessing import model_input, to_rgb_uint8
 
     pixels, _ = model_input(to_rgb_uint8(image, (-160.0, 240.0)), "medsam")
     with torch.inference_mode():
@@ -201,7 +201,7 @@ def test_bfloat16_model_keeps_the_masks():
 
 def test_auto_dtype_is_float32_whatever_the_cpu(monkeypatch):
     """Reduced precision is opt-in: bfloat16 failed the real-data mask guard (bench_quality.py)."""
-    from napari_medsam.core import devices
+    from napari_medsam.models import devices
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for native in (True, False):
@@ -213,7 +213,7 @@ def test_auto_dtype_is_float32_whatever_the_cpu(monkeypatch):
 
 
 def test_native_bfloat16_detection_matches_the_kernel_flags():
-    from napari_medsam.core.devices import _cpuinfo_flags, cpu_has_native_bfloat16
+    from napari_medsam.models.devices import _cpuinfo_flags, cpu_has_native_bfloat16
 
     flags = _cpuinfo_flags()
     if not flags:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from napari_medsam.core.errors import ModelLoadError
-from napari_medsam.core.jobs import user_message
+from napari_medsam.base.errors import ModelLoadError
+from napari_medsam.base.jobs import user_message
 
 
 def test_out_of_memory_tells_the_user_what_to_change():

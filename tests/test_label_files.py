@@ -17,8 +17,8 @@ from napari.layers import Labels
 
 from napari_medsam._reader import read_layers
 from napari_medsam._writer import napari_write_labels
-from napari_medsam.core.objects import PALETTE, label_color, label_objects, palette_cycle
-from napari_medsam.core.stats import STATS_COLUMNS, object_stats
+from napari_medsam.base.objects import PALETTE, label_color, label_objects, palette_cycle
+from napari_medsam.base.stats import STATS_COLUMNS, object_stats
 from napari_medsam.io.label_files import load_labels
 from napari_medsam.io.label_names import read_sidecar, sidecar_path
 from napari_medsam.io.orientation import layer_kwargs

@@ -7,8 +7,8 @@ import pytest
 from napari.layers import Image, Labels, Points, Shapes
 
 from conftest import SpyPredictor, rectangle
-from napari_medsam.core.jobs import run_to_end
-from napari_medsam.core.label_policy import AFTER, BEFORE, assign_label_ids, end_object, slices_past
+from napari_medsam.base.jobs import run_to_end
+from napari_medsam.base.label_policy import AFTER, BEFORE, assign_label_ids, end_object, slices_past
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
 from napari_medsam.layers.labels import write_planes

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import dice
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.base.errors import ModelLoadError
 from napari_medsam.models import LoadedModel, weights
 from napari_medsam.models import lite_medsam as lm
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.base.errors import ModelLoadError
 from napari_medsam.models import loading
 from napari_medsam.models.loading import is_available_offline, load_model, resolve_source
 
@@ -109,7 +109,7 @@ def test_the_loaded_model_registry_is_bounded_and_can_be_emptied(tiny_sam_dir, t
 
 
 def test_one_predictor_per_slot_and_a_model_change_releases_the_previous():
-    from napari_medsam.core.model_slot import ModelSlot
+    from napari_medsam.engine.model_slot import ModelSlot
 
     made, released = [], []
 
@@ -134,8 +134,8 @@ def test_the_onnx_backend_without_its_extra_names_the_extra(monkeypatch, capsys,
     """ONNX Runtime is the optional [onnx] extra: asking for it names the extra; auto never needs it."""
     import torch
 
+    from napari_medsam.base.errors import MissingExtraError
     from napari_medsam.cli import main
-    from napari_medsam.core.errors import MissingExtraError
     from napari_medsam.models import FAMILIES
     from napari_medsam.models import onnx_encoder as ox
 

@@ -18,7 +18,7 @@ if importlib.util.find_spec("onnxruntime") is None:  # the testing extra install
 
 import torch
 
-from napari_medsam.core.metrics import iou
+from napari_medsam.base.metrics import iou
 from napari_medsam.models import BACKENDS, FAMILIES, LoadedModel
 from napari_medsam.models import onnx_encoder as ox
 from realdata import ORGANS, ct_sm, oracle_box

@@ -22,7 +22,7 @@ from napari.layers import Image, Labels, Shapes
 from conftest import SpyPredictor
 from napari_medsam._reader import read_layers
 from napari_medsam._writer import napari_write_labels
-from napari_medsam.core.jobs import run_to_end
+from napari_medsam.base.jobs import run_to_end
 from napari_medsam.io.orientation import layer_kwargs, nearest_axes, radiological_senses, to_axial
 from napari_medsam.io.volumes import VolumeGeometry, read_volume
 from napari_medsam.layers import segment as seg

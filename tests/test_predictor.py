@@ -121,7 +121,7 @@ def test_sam_family_pads_and_normalises(tiny_sam_dir):
 
 
 def test_lite_medsam_upsamples_logits_before_the_sigmoid():
-    from napari_medsam.core.preprocessing import InputGeometry, masks_from_logits
+    from napari_medsam.models.preprocessing import InputGeometry, masks_from_logits
 
     geometry = InputGeometry("lite-medsam", (90, 150), (154, 256), 256)
     logits = torch.randn(1, 256, 256) * 4
@@ -141,7 +141,7 @@ def test_lite_medsam_upsamples_logits_before_the_sigmoid():
 
 
 def test_box_scaling_per_family():
-    from napari_medsam.core.preprocessing import InputGeometry, scale_box
+    from napari_medsam.models.preprocessing import InputGeometry, scale_box
 
     box = np.array([10.0, 20.0, 99.0, 59.0])
     medsam = InputGeometry("medsam", (80, 200), (1024, 1024), 1024)
@@ -168,7 +168,7 @@ def test_float16_cached_embedding_keeps_the_mask(lite_predictor_model):
     image, _, box = make_phantom()
     predictor.set_image(image, window=(-160, 240))
     cached = predictor.predict(box=box)
-    from napari_medsam.core.preprocessing import model_input, to_rgb_uint8
+    from napari_medsam.models.preprocessing import model_input, to_rgb_uint8
 
     pixels, _ = model_input(to_rgb_uint8(image, (-160.0, 240.0)), "lite-medsam")
     with torch.no_grad():
@@ -199,7 +199,7 @@ def test_cache_hit_runs_no_encoder(tiny_sam_dir):
 
 
 def test_cache_is_bounded_in_bytes():
-    from napari_medsam.core.cache import EmbeddingCache, EmbeddingKey
+    from napari_medsam.engine.cache import EmbeddingCache, EmbeddingKey
 
     cache = EmbeddingCache(max_bytes=3 * 1024)
     for i in range(5):

@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from napari_medsam.core.preemption import Preempted, in_background, preemptible, preemption_point
-from napari_medsam.core.prefetch import Prefetcher
+from napari_medsam.base.preemption import Preempted, in_background, preemptible, preemption_point
+from napari_medsam.engine.prefetch import Prefetcher
 
 TIMEOUT = 60.0  # only reached when something hangs
 
@@ -171,7 +171,7 @@ def test_closed_prefetcher_refuses_requests():
 
 def test_prefetch_makes_the_next_slice_decoder_only(prefetcher, tiny_sam_dir):
     """Real MedSamPredictor: after prefetching, box -> mask on the next slice does not encode."""
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.predictor import MedSamPredictor
 
     predictor = MedSamPredictor.from_pretrained(str(tiny_sam_dir), device="cpu", dtype="float32")
     encoder_calls = []
@@ -202,14 +202,14 @@ def test_prefetch_makes_the_next_slice_decoder_only(prefetcher, tiny_sam_dir):
 
 
 def test_propagation_encodes_the_next_slice_while_decoding_and_each_slice_once(tiny_sam_dir):
-    """Pipelined propagation (core/prefetch.Lookahead): slice k+1 is encoded in a worker thread while
+    """Pipelined propagation (engine/prefetch.Lookahead): slice k+1 is encoded in a worker thread while
     slice k decodes, and every slice of the walk is encoded exactly once."""
     import hashlib
     from dataclasses import replace
 
-    from napari_medsam.core.jobs import run_to_end
-    from napari_medsam.core.predictor import MedSamPredictor, Prediction
-    from napari_medsam.core.propagation import propagate
+    from napari_medsam.base.jobs import run_to_end
+    from napari_medsam.engine.predictor import MedSamPredictor, Prediction
+    from napari_medsam.engine.propagation import propagate
     from napari_medsam.models.loading import load_model
 
     model = load_model(tiny_sam_dir, device="cpu", dtype="float32")
@@ -294,10 +294,9 @@ def test_a_user_encoding_starts_at_once_while_the_background_encodes(prefetcher,
     then slice 2 is encoded again; embeddings and masks equal those of a run without background."""
     from dataclasses import replace
 
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.predictor import MedSamPredictor
     from napari_medsam.models.loading import load_model
 
-    earlier = set(threading.enumerate())  # another test's thread may still be ending
     model = load_model(tiny_sam_dir, device="cpu", dtype="float32")
     held = HeldEncoder(model.encoder)
     predictor = MedSamPredictor(replace(model, encoder=held))
@@ -328,7 +327,7 @@ def test_a_user_encoding_starts_at_once_while_the_background_encodes(prefetcher,
 def test_interrupt_and_close_stop_the_slice_in_the_encoder(prefetcher, tiny_sam_dir):
     from dataclasses import replace
 
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.predictor import MedSamPredictor
     from napari_medsam.models.loading import load_model
 
     model = load_model(tiny_sam_dir, device="cpu", dtype="float32")
@@ -361,9 +360,10 @@ def test_segment_pressed_while_the_volume_encodes_starts_at_once_and_closing_sto
     from dataclasses import replace
 
     from napari_medsam._qt.widget import MedSamWidget
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.predictor import MedSamPredictor
     from napari_medsam.models.loading import load_model
 
+    earlier = set(threading.enumerate())  # another test's thread may still be ending
     model = load_model(tiny_sam_dir, device="cpu", dtype="float32")
     held = HeldEncoder(model.encoder)
     volume = np.random.default_rng(3).normal(0, 100, (5, 48, 64)).astype(np.float32)

@@ -8,7 +8,7 @@ import pytest
 from skimage.transform import resize
 
 from conftest import make_phantom
-from napari_medsam.core.preprocessing import SAM_PIXEL_MEAN, SAM_PIXEL_STD, model_input, to_rgb_uint8
+from napari_medsam.models.preprocessing import SAM_PIXEL_MEAN, SAM_PIXEL_STD, model_input, to_rgb_uint8
 
 
 def slices() -> dict[str, np.ndarray]:
@@ -89,7 +89,7 @@ def medsam_mr_uint8(volume: np.ndarray) -> np.ndarray:
 def test_mr_window_is_medsams_rule_of_the_voxels_above_zero():
     """An MR-like volume with negative values (noise around a zero background): the percentiles of
     ``!= 0`` and of ``> 0`` differ, and the slices reach the model exactly as MedSAM's rule gives."""
-    from napari_medsam.core.windows import training_window
+    from napari_medsam.base.windows import training_window
 
     rng = np.random.default_rng(7)
     volume = rng.normal(300.0, 120.0, (6, 40, 50))

@@ -7,7 +7,7 @@ import pytest
 from napari.layers import Image, Points, Shapes
 
 from conftest import rectangle
-from napari_medsam.core.label_policy import label_changes, next_label_id, paint_mask
+from napari_medsam.base.label_policy import label_changes, next_label_id, paint_mask
 from napari_medsam.layers.prompts import (
     Plane,
     boxes_from_shapes,

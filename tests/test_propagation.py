@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import dice
-from napari_medsam.core.boxes import box_union, expand_box, mask_box
-from napari_medsam.core.jobs import relay, run_to_end
-from napari_medsam.core.propagation import (
+from napari_medsam.base.boxes import box_union, expand_box, mask_box
+from napari_medsam.base.jobs import relay, run_to_end
+from napari_medsam.engine.propagation import (
     PREVIOUS_LOGITS_DEFAULT,
     interpolate_boxes,
     label_volume,
@@ -171,7 +171,7 @@ def test_propagation_stops_where_an_organ_ends_against_a_touching_one():
     model may on data it was not tuned to), so only the overlap rules can stop there."""
     from scipy import ndimage
 
-    from napari_medsam.core.phantoms import touching_objects_volume
+    from napari_medsam.base.phantoms import touching_objects_volume
 
     _, ending, continuing = touching_objects_volume()
     volume = np.where(ending | continuing, 140, 40).astype(np.int16)
@@ -427,7 +427,7 @@ def test_propagation_with_litemedsam_segments_an_ellipsoid(tmp_path, lite_predic
     one slice past each end of the ellipsoid."""
     import SimpleITK as sitk
 
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.predictor import MedSamPredictor
     from napari_medsam.io.volumes import VolumeGeometry, read_volume
     from test_volume_io import write_dicom_series
 
@@ -470,8 +470,8 @@ def test_propagation_with_litemedsam_segments_an_ellipsoid(tmp_path, lite_predic
 def test_litemedsam_stops_where_an_organ_ends_against_a_touching_one(lite_predictor_model):
     """The touching-organs phantom with the real model, the defaults: at most one slice past the
     ending organ, none on the organ it touches."""
-    from napari_medsam.core.phantoms import touching_objects_volume
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.base.phantoms import touching_objects_volume
+    from napari_medsam.engine.predictor import MedSamPredictor
 
     volume, ending, continuing = touching_objects_volume(depth=16)
     key = int(np.argmax(ending.sum(axis=(1, 2))))
@@ -488,7 +488,7 @@ def test_a_correction_replaces_the_object_only_where_it_was_wrong():
     """An object that leaked onto a neighbour on slices 8-19 (past its end at 16): a box on
     slice 12 re-propagates both ways, replaces the leaked slices, clears the run past the end,
     and stops where the new masks agree with the old ones: the slices below are not even read."""
-    from napari_medsam.core.propagation import correct
+    from napari_medsam.engine.propagation import correct
 
     volume, truth = ellipsoid_volume()
     blob = np.zeros_like(truth)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_medsam.core.jobs import run_to_end
-from napari_medsam.core.metrics import dice
-from napari_medsam.core.predictor import MedSamPredictor
-from napari_medsam.core.propagation import correct, propagate
-from napari_medsam.core.windows import training_window
+from napari_medsam.base.jobs import run_to_end
+from napari_medsam.base.metrics import dice
+from napari_medsam.base.windows import training_window
+from napari_medsam.engine.predictor import MedSamPredictor
+from napari_medsam.engine.propagation import correct, propagate
 from realdata import brain_mr, ct_spleen, oracle_box
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_medsam.core.jobs import run_to_end
-from napari_medsam.core.metrics import dice, iou
-from napari_medsam.core.predictor import MedSamPredictor
-from napari_medsam.core.propagation import propagate
-from napari_medsam.core.windows import SOFT_TISSUE, training_window
+from napari_medsam.base.jobs import run_to_end
+from napari_medsam.base.metrics import dice, iou
+from napari_medsam.base.windows import SOFT_TISSUE, training_window
+from napari_medsam.engine.predictor import MedSamPredictor
+from napari_medsam.engine.propagation import propagate
 from realdata import (
     ORGANS,
     ct_dicom,
@@ -157,7 +157,7 @@ def test_propagation_from_an_organs_tip_stops_at_its_end(predictor):
     """The left kidney's last slice (6 px of kidney) as key: the tip scores low itself, so the
     walk up went 3 slices past the kidney before the score reference spanned the whole object;
     now none. The CLI's path (``volume_labels``: key mask plus its score) gives the same."""
-    from napari_medsam.core.key_slice import volume_labels
+    from napari_medsam.engine.key_slice import volume_labels
 
     ct, seg = ct_sm()
     truth = seg == ORGANS["kidney_left"]
@@ -182,8 +182,8 @@ def test_a_correction_on_one_slice_fixes_a_bad_propagation(predictor):
     (Dice 0); one kidney box on its largest slice puts it right. Then, with the liver added to
     slices 3-7 by hand, a box on slice 5 re-propagates only until the masks agree again: every
     slice it did not visit is left exactly as it was."""
-    from napari_medsam.core.boxes import box_union
-    from napari_medsam.core.propagation import correct
+    from napari_medsam.base.boxes import box_union
+    from napari_medsam.engine.propagation import correct
 
     ct, seg = ct_sm()
     truth, liver = seg == ORGANS["kidney_right"], seg == ORGANS["liver"]

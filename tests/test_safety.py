@@ -19,16 +19,16 @@ import pytest
 import torch
 
 import napari_medsam
+from napari_medsam.base.windows import SOFT_TISSUE, training_window
 from napari_medsam.cli import main
 from napari_medsam.cli.batch import RowResult, _resumable, _write_outputs
 from napari_medsam.cli.manifest import ImageRows, ObjectRow
-from napari_medsam.core.preprocessing import model_input
-from napari_medsam.core.store import EmbeddingStore
-from napari_medsam.core.windows import SOFT_TISSUE, training_window
+from napari_medsam.engine.store import EmbeddingStore
 from napari_medsam.io.files import read_image, write_mask
 from napari_medsam.io.label_files import load_labels, save_labels
 from napari_medsam.io.samples import ABDOMINAL_CT
 from napari_medsam.io.volumes import VolumeGeometry, read_volume, write_labels
+from napari_medsam.models.preprocessing import model_input
 from test_store import GEOMETRY, MODEL, embedding, key
 from test_volume_io import ct_volume, write_dicom_series
 
@@ -167,7 +167,7 @@ def test_5_a_store_entry_with_a_missing_or_foreign_chunk_is_not_used_and_is_rewr
 
 
 def test_5_segment_through_a_damaged_store_gives_the_masks_of_a_clean_run(tmp_path, tiny_sam_dir):
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.predictor import MedSamPredictor
 
     image = np.random.default_rng(2).normal(size=(50, 60))
     clean = MedSamPredictor.from_pretrained(str(tiny_sam_dir), device="cpu", dtype="float32")
@@ -317,7 +317,7 @@ def test_12_a_2_x_5000_strip_is_resized_for_every_family(family):
 
 
 def test_12_set_image_and_predict_on_a_2_x_5000_strip(tiny_sam_dir):
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.predictor import MedSamPredictor
 
     predictor = MedSamPredictor.from_pretrained(str(tiny_sam_dir), device="cpu", dtype="float32")
     predictor.set_image(np.random.default_rng(1).normal(size=(2, 5000)))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.base.errors import ModelLoadError
 from napari_medsam.models.sam_checkpoint import (
     default_num_heads,
     infer_family_from_checkpoint,

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+from napari_medsam.base.windows import SOFT_TISSUE
 from napari_medsam.cli import main
 from napari_medsam.cli.store import byte_size
-from napari_medsam.core.cache import EmbeddingKey
-from napari_medsam.core.key_slice import volume_labels
-from napari_medsam.core.predictor import MedSamPredictor
-from napari_medsam.core.preprocessing import InputGeometry
-from napari_medsam.core.store import EmbeddingStore, store_volume
-from napari_medsam.core.windows import SOFT_TISSUE
+from napari_medsam.engine.cache import EmbeddingKey
+from napari_medsam.engine.key_slice import volume_labels
+from napari_medsam.engine.predictor import MedSamPredictor
+from napari_medsam.engine.store import EmbeddingStore, store_volume
+from napari_medsam.models.preprocessing import InputGeometry
 from realdata import CT_SM as CT
 
 LIVER_BOX = (43, 25, 106, 87)  # around the liver on slice 14 of example_ct_sm (x = column)
@@ -111,7 +111,7 @@ def write_entries(path: str, worker: int, barrier) -> list[bool]:
 def test_several_processes_write_one_store(tmp_path):
     path = tmp_path / "s.zarr"
     context = multiprocessing.get_context("forkserver")  # fresh processes, torch imported once
-    context.set_forkserver_preload(["torch", "zarr", "napari_medsam.core.store"])
+    context.set_forkserver_preload(["torch", "zarr", "napari_medsam.engine.store"])
     with context.Manager() as manager, ProcessPoolExecutor(2, mp_context=context) as pool:
         barrier = manager.Barrier(2)
         written = list(pool.map(write_entries, [str(path)] * 2, [1, 2], [barrier] * 2))
@@ -241,7 +241,7 @@ def test_a_second_run_reads_the_store_and_gives_the_same_masks(tmp_path, lite_pr
 
 
 def test_the_cli_starts_without_the_cluster_extra_and_names_it_when_needed():
-    from napari_medsam.core.errors import MissingExtraError, import_extra
+    from napari_medsam.base.errors import MissingExtraError, import_extra
 
     code = (
         "import sys\nfrom napari_medsam.cli import build_parser\nbuild_parser()\n"

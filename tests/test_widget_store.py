@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_medsam._qt.widget import MedSamWidget
-from napari_medsam.core.store import EmbeddingStore
+from napari_medsam.engine.store import EmbeddingStore
 
 pytestmark = pytest.mark.gui
 

@@ -409,7 +409,7 @@ def test_propagate_needs_labels_on_this_slice_and_cancel_writes_nothing(make_set
 
 def test_real_litemedsam_propagates_the_phantom(make_napari_viewer, qtbot):
     """The bundled LiteMedSAM through the widget: one box, Propagate, 3D Dice >= 0.9."""
-    from napari_medsam.core.phantoms import ct_phantom_volume
+    from napari_medsam.base.phantoms import ct_phantom_volume
 
     volume, organ = ct_phantom_volume(depth=12, height=96, width=96)
     viewer = make_napari_viewer()

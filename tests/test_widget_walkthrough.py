@@ -121,7 +121,7 @@ def test_walk_through_segment_propagate_name_save_close_reopen(
 
 
 @pytest.mark.xfail(
-    reason="today's core/propagation.correct() re-propagates the whole liver from the tip (3D Dice 0.92 -> "
+    reason="today's engine/propagation.correct() re-propagates the whole liver from the tip (3D Dice 0.92 -> "
     "0.70); the rebuilt correction of issue 24 is to make this pass",
     strict=False,
 )

@@ -12,15 +12,15 @@ __version__ = "0.1.0"
 __all__ = ["EmbeddingCache", "MedSamPredictor", "ModelLoadError", "Prediction", "__version__"]
 
 if TYPE_CHECKING:
-    from napari_medsam.core.cache import EmbeddingCache
-    from napari_medsam.core.errors import ModelLoadError
-    from napari_medsam.core.predictor import MedSamPredictor, Prediction
+    from napari_medsam.base.errors import ModelLoadError
+    from napari_medsam.engine.cache import EmbeddingCache
+    from napari_medsam.engine.predictor import MedSamPredictor, Prediction
 
 _LAZY = {
-    "MedSamPredictor": "napari_medsam.core.predictor",
-    "Prediction": "napari_medsam.core.predictor",
-    "EmbeddingCache": "napari_medsam.core.cache",
-    "ModelLoadError": "napari_medsam.core.errors",
+    "MedSamPredictor": "napari_medsam.engine.predictor",
+    "Prediction": "napari_medsam.engine.predictor",
+    "EmbeddingCache": "napari_medsam.engine.cache",
+    "ModelLoadError": "napari_medsam.base.errors",
 }
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.objects import INDEX, NAME, LabelObject, palette_cycle
-from napari_medsam.core.windows import SOFT_TISSUE, looks_like_ct
+from napari_medsam.base.objects import INDEX, NAME, LabelObject, palette_cycle
+from napari_medsam.base.windows import SOFT_TISSUE, looks_like_ct
 from napari_medsam.io.dicom_seg import is_dicom_seg
 from napari_medsam.io.label_files import load_labels, place_labels
 from napari_medsam.io.label_names import read_sidecar

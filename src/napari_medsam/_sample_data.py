@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.windows import SOFT_TISSUE
+from napari_medsam.base.windows import SOFT_TISSUE
 
 #: Size and seed of the phantom sample (scripts rebuild its true outline with the same values).
 PHANTOM = {"depth": 32, "height": 160, "width": 200, "seed": 0}
@@ -25,7 +25,7 @@ def abdominal_ct() -> list[LayerData]:
 
 def ct_phantom() -> list[LayerData]:
     """A synthetic CT volume in HU (32 x 160 x 200, 2.5 x 0.8 x 0.8 mm) with a bright organ."""
-    from napari_medsam.core.phantoms import ct_phantom_volume
+    from napari_medsam.base.phantoms import ct_phantom_volume
 
     volume, _ = ct_phantom_volume(**PHANTOM)
     meta = {
@@ -34,7 +34,7 @@ def ct_phantom() -> list[LayerData]:
         "units": "mm",
         "colormap": "gray",
         "contrast_limits": SOFT_TISSUE,
-        "metadata": {"modality": "CT", "source": "napari_medsam.core.phantoms.ct_phantom_volume"},
+        "metadata": {"modality": "CT", "source": "napari_medsam.base.phantoms.ct_phantom_volume"},
     }
     return [(volume, meta, "image")]
 

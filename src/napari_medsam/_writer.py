@@ -2,7 +2,7 @@
 
 Object names come from the layer's ``features`` table (``index`` = label id, ``name``), colours
 from its colormap (what the viewer shows), the model from ``metadata["model"]``. Every file is
-written beside its target and renamed into place (:mod:`napari_medsam.core.atomic`), and never
+written beside its target and renamed into place (:mod:`napari_medsam.base.atomic`), and never
 over the file (or a DICOM series file) of an image open in the viewer.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from napari_medsam.core.objects import names_from_table, present_ids
+from napari_medsam.base.objects import names_from_table, present_ids
 from napari_medsam.io.files import overwritten_inputs
 from napari_medsam.io.formats import ITK_WRITE_SUFFIXES, suffix_of
 from napari_medsam.io.label_files import save_labels

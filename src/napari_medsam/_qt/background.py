@@ -6,7 +6,7 @@ change) as one ``CHANGED`` when the drag ends. Only ``ADDED`` and ``CHANGED`` co
 still being dragged out never runs the model, and a short quiet time merges a burst of events
 into one run.
 
-Background encoding. While the user looks at an image, a :class:`~napari_medsam.core.prefetch.
+Background encoding. While the user looks at an image, a :class:`~napari_medsam.engine.prefetch.
 Prefetcher` encodes every slice of the plane on screen with the widget's predictor (loading the
 model first when it is on this machine), nearest to the slice on screen first, so that a box on
 any slice, a propagation or an interpolation needs only the decoder. A new slice, window or image
@@ -24,7 +24,7 @@ from napari.layers.base import ActionType
 from qtpy.QtCore import QTimer
 
 from napari_medsam._qt.watchers import Debouncer
-from napari_medsam.core.prefetch import PredictorLoader, Prefetcher
+from napari_medsam.engine.prefetch import PredictorLoader, Prefetcher
 
 KINDS = ("boxes", "clicks")
 #: Quiet time (ms) after the last drawing event before the run starts.

@@ -1,6 +1,6 @@
-"""Run jobs (``core.jobs``) off the viewer's thread: progress bar, Cancel, notifications.
+"""Run jobs (``base.jobs``) off the viewer's thread: progress bar, Cancel, notifications.
 
-Errors a user can fix (``core.jobs.user_message``) are shown with their message; any other
+Errors a user can fix (``base.jobs.user_message``) are shown with their message; any other
 error is a bug: it is logged with its traceback and shown as "internal error, see the log",
 and the viewer keeps running.
 """
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from magicgui.widgets import Label, ProgressBar, PushButton
 from psygnal import Signal
 
-from napari_medsam.core.jobs import Job, Progress, user_message
+from napari_medsam.base.jobs import Job, Progress, user_message
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medsam._qt.watchers import Debouncer
-from napari_medsam.core.stats import ObjectStats
+from napari_medsam.base.stats import ObjectStats
 from napari_medsam.io.stats_files import write_stats
 from napari_medsam.layers.objects import labels_stats, name_objects
 

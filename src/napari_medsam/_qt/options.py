@@ -6,8 +6,8 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
-from napari_medsam.core.cache import DEFAULT_MAX_BYTES, embeddings_held
-from napari_medsam.core.windows import PRESET_TITLES, WINDOW_PRESETS
+from napari_medsam.base.windows import PRESET_TITLES, WINDOW_PRESETS
+from napari_medsam.engine.cache import DEFAULT_MAX_BYTES, embeddings_held
 from napari_medsam.layers.prompt_layers import image_training_window
 
 CUSTOM = "custom"
@@ -25,7 +25,7 @@ LAYER_WINDOW = "layer contrast limits"
 #: The window menu: MedSAM's training window for the image (the default), the layer's contrast
 #: limits, each slice's min..max, then the CT presets.
 WINDOWS: dict[str, tuple[float, float] | None] = {
-    AUTO_WINDOW: None,  # replaced by core.windows.training_window of the image
+    AUTO_WINDOW: None,  # replaced by base.windows.training_window of the image
     LAYER_WINDOW: None,  # replaced by the image layer's contrast limits
     "slice min..max": None,
     **{PRESET_TITLES[name]: window for name, window in WINDOW_PRESETS.items()},

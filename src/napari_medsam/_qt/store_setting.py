@@ -13,8 +13,8 @@ from pathlib import Path
 from magicgui.widgets import FileEdit
 from qtpy.QtCore import QSettings
 
-from napari_medsam.core.model_slot import PredictorFactory
-from napari_medsam.core.predictor import MedSamPredictor, SlicePredictor
+from napari_medsam.engine.model_slot import PredictorFactory
+from napari_medsam.engine.predictor import MedSamPredictor, SlicePredictor
 
 #: Where the settings live instead of the user's configuration folder (tests set it).
 CONFIG_DIR_ENV = "NAPARI_MEDSAM_CONFIG_DIR"
@@ -67,7 +67,7 @@ class StoreSetting:
         return predictor
 
     def _on_changed(self, *_: object) -> None:
-        from napari_medsam.core.store import EmbeddingStore
+        from napari_medsam.engine.store import EmbeddingStore
 
         path, problem = self.path, None
         settings().setValue(STORE_KEY, path or "")

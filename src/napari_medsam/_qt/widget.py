@@ -46,16 +46,16 @@ from napari_medsam._qt.options import (
 from napari_medsam._qt.pickers import LayerPickers
 from napari_medsam._qt.preload import ModelPreload
 from napari_medsam._qt.watchers import CloseWatcher
-from napari_medsam.core.jobs import Job, run_to_end
-from napari_medsam.core.label_policy import AFTER, BEFORE
-from napari_medsam.core.model_slot import (
+from napari_medsam.base.jobs import Job, run_to_end
+from napari_medsam.base.label_policy import AFTER, BEFORE
+from napari_medsam.engine.model_slot import (
     ModelSlot,
     PredictorFactory,
     fetch_weights,
     load_predictor,
     unload_predictor,
 )
-from napari_medsam.core.predictor import SlicePredictor
+from napari_medsam.engine.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
 from napari_medsam.layers.objects import object_names
@@ -226,7 +226,7 @@ class MedSamWidget(Container):
         """Propagate objects of the current slice through the volume, as Propagate does.
 
         Which objects: ``propagate_scope`` (the selected one, the new ones, or all). ``options`` go
-        to :func:`napari_medsam.core.propagation.propagate` (``expand``, ``min_area_fraction``,
+        to :func:`napari_medsam.engine.propagation.propagate` (``expand``, ``min_area_fraction``,
         ``max_slices``, ...). Returns the label ids written.
         """
         request = self._idle_then(lambda: self.prepare_volume(vol.PROPAGATE, **options))

@@ -7,8 +7,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from napari_medsam.base.jobs import Progress, run_to_end, user_message
 from napari_medsam.cli import batch, demo, embed, segment, store
-from napari_medsam.core.jobs import Progress, run_to_end, user_message
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

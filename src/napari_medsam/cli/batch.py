@@ -1,7 +1,7 @@
 """``napari-medsam batch``: segment the objects of a manifest over a cohort, on dask.distributed.
 
 One task per image, on the workers: read it, choose its window, segment each row's object with
-:func:`~napari_medsam.core.objects.volume_labels` (what ``segment --slice S --box ... --propagate``
+:func:`~napari_medsam.base.objects.volume_labels` (what ``segment --slice S --box ... --propagate``
 runs), combine them in row order (an earlier row keeps a voxel two objects claim), and write
 ``OUTDIR/<image>.nii.gz`` with the image's geometry, its ``.labels.json`` names and a
 ``.batch.json`` record (each written beside and renamed into place). A rerun skips an image whose
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_medsam.base.atomic import write_text
 from napari_medsam.cli.common import add_cohort_options, window_for, window_options
 from napari_medsam.cli.manifest import ImageRows, ObjectRow, read_manifest
-from napari_medsam.core.atomic import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class BatchOptions:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Run the manifest; see the module docstring for outputs and exit status."""
-    from napari_medsam.core.errors import ModelLoadError
-    from napari_medsam.core.store import EmbeddingStore
+    from napari_medsam.base.errors import ModelLoadError
+    from napari_medsam.engine.store import EmbeddingStore
     from napari_medsam.models.loading import source_digest
 
     try:
@@ -170,11 +170,11 @@ def _run(
 
 def segment_image(image: ImageRows, image_hash: str, options: BatchOptions) -> list[RowResult]:
     """The task of one image (on a worker): segment its rows, write its outputs, report each row."""
+    from napari_medsam.base.jobs import user_message
+    from napari_medsam.base.pixels import check_finite_slices
     from napari_medsam.cli.cluster import one_line, worker_predictor
-    from napari_medsam.core.jobs import user_message
-    from napari_medsam.core.key_slice import volume_labels
-    from napari_medsam.core.preprocessing import check_finite_slices
-    from napari_medsam.core.store import store_volume
+    from napari_medsam.engine.key_slice import volume_labels
+    from napari_medsam.engine.store import store_volume
     from napari_medsam.io.files import read_image
 
     predictor = worker_predictor(options.plugin)
@@ -214,7 +214,7 @@ def segment_image(image: ImageRows, image_hash: str, options: BatchOptions) -> l
 def _row_results(
     outcomes: list[tuple[ObjectRow, str, float]], labels: np.ndarray, geometry: object
 ) -> list[RowResult]:
-    from napari_medsam.core.stats import object_stats
+    from napari_medsam.base.stats import object_stats
 
     stats = {s.label: s for s in object_stats(labels, spacing_mm=getattr(geometry, "spacing", None))}
     results = []

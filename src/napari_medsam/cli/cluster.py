@@ -21,15 +21,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from napari_medsam.core.cache import DEFAULT_MAX_BYTES
-from napari_medsam.core.errors import import_extra
+from napari_medsam.base.errors import import_extra
+from napari_medsam.engine.cache import DEFAULT_MAX_BYTES
 
 distributed = import_extra("distributed", "running on a dask cluster")
 
 if TYPE_CHECKING:
     from distributed import Client, Worker
 
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.predictor import MedSamPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ class PredictorPlugin(distributed.WorkerPlugin):
             if self._predictor is None:
                 import torch
 
-                from napari_medsam.core.cache import EmbeddingCache
-                from napari_medsam.core.predictor import MedSamPredictor
+                from napari_medsam.engine.cache import EmbeddingCache
+                from napari_medsam.engine.predictor import MedSamPredictor
 
                 torch.set_num_threads(self._threads)
                 spec = self.spec
@@ -132,7 +132,7 @@ def task_key(kind: str) -> str:
 
 def one_line(error: BaseException) -> str:
     """An error as one line: the message a user can act on, else its type and message."""
-    from napari_medsam.core.jobs import user_message
+    from napari_medsam.base.jobs import user_message
 
     text = user_message(error) or f"{type(error).__name__}: {error}"
     return " ".join(text.split()) or type(error).__name__

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.windows import WINDOW_PRESETS, WindowChoice, training_window
+from napari_medsam.base.windows import WINDOW_PRESETS, WindowChoice, training_window
 from napari_medsam.models import BACKENDS
 
 #: ``--preset`` value that asks for each slice's own min..max.
@@ -58,7 +58,7 @@ def add_window_options(sub: argparse.ArgumentParser) -> None:
 def window_for(
     args: argparse.Namespace, volume: np.ndarray, geometry: Any | None, rgb: bool = False
 ) -> WindowChoice:
-    """The window the options ask for, else :func:`~napari_medsam.core.windows.training_window`."""
+    """The window the options ask for, else :func:`~napari_medsam.base.windows.training_window`."""
     if args.window is not None and args.preset is not None:
         raise ValueError("give either --window or --preset, not both")
     if args.preset == MIN_MAX:

@@ -33,11 +33,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Segment the reference liver's box on one slice, propagate it, print Dice and timings."""
-    from napari_medsam.core.boxes import expand_box, mask_box
-    from napari_medsam.core.metrics import dice
-    from napari_medsam.core.predictor import MedSamPredictor
-    from napari_medsam.core.propagation import label_volume
-    from napari_medsam.core.windows import training_window
+    from napari_medsam.base.boxes import expand_box, mask_box
+    from napari_medsam.base.metrics import dice
+    from napari_medsam.base.windows import training_window
+    from napari_medsam.engine.predictor import MedSamPredictor
+    from napari_medsam.engine.propagation import label_volume
     from napari_medsam.io.files import write_mask
     from napari_medsam.io.samples import ABDOMINAL_CT, ABDOMINAL_CT_LIVER
     from napari_medsam.io.volumes import read_volume

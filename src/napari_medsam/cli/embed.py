@@ -76,9 +76,9 @@ def slice_indices(volume: VolumeInput, slices: slice) -> list[int]:
 
 def embed_slice(plugin: str, volume: VolumeInput, index: int) -> str:
     """Task: encode one slice into the store, unless it is there (whole) already."""
+    from napari_medsam.base.pixels import check_finite_slices
     from napari_medsam.cli.cluster import worker_predictor
-    from napari_medsam.core.preprocessing import check_finite_slices
-    from napari_medsam.core.store import store_volume
+    from napari_medsam.engine.store import store_volume
 
     check_finite_slices(volume.array, 0, [index])
     predictor = worker_predictor(plugin)
@@ -102,7 +102,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_medsam.cli import cluster
-    from napari_medsam.core.store import EmbeddingStore
+    from napari_medsam.engine.store import EmbeddingStore
 
     store = EmbeddingStore(args.store)  # refused before any worker starts if it is not a store
     # No memory cache on the workers: every embedding goes to the store and is not used again there.

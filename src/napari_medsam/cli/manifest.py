@@ -16,8 +16,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from napari_medsam.core.label_policy import MAX_LABEL_ID
-from napari_medsam.core.objects import default_name
+from napari_medsam.base.label_policy import MAX_LABEL_ID
+from napari_medsam.base.objects import default_name
 from napari_medsam.io.formats import stem_of
 
 REQUIRED_COLUMNS = ("image", "slice", "box")

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_medsam.base.label_policy import AFTER, BEFORE, add_objects, check_label_image, end_object
+from napari_medsam.base.objects import LabelObject, present_ids
+from napari_medsam.base.pixels import check_finite_slices
+from napari_medsam.base.stats import object_stats
 from napari_medsam.cli.common import add_model_options, add_window_options, window_for
-from napari_medsam.core.label_policy import AFTER, BEFORE, add_objects, check_label_image, end_object
-from napari_medsam.core.objects import LabelObject, present_ids
-from napari_medsam.core.preprocessing import check_finite_slices
-from napari_medsam.core.stats import object_stats
 from napari_medsam.io.files import check_folder, check_output, overwritten_inputs, read_image, write_mask
 from napari_medsam.io.formats import WRITE_SUFFIXES, suffix_of
 from napari_medsam.io.stats_files import STATS_SUFFIXES, write_stats
@@ -167,8 +167,8 @@ def corrected(
     args: argparse.Namespace, predictor: Any, image: np.ndarray, existing: np.ndarray, window: Any
 ) -> np.ndarray:
     """The labels with object ``--correct`` re-segmented from the ``--box`` on ``--slice``."""
-    from napari_medsam.core.jobs import run_to_end
-    from napari_medsam.core.propagation import correct
+    from napari_medsam.base.jobs import run_to_end
+    from napari_medsam.engine.propagation import correct
 
     steps = correct(
         predictor, image, existing, args.correct, args.slice, args.box[0], axis=args.axis, window=window
@@ -215,9 +215,9 @@ def ended(args: argparse.Namespace, existing: np.ndarray | None) -> np.ndarray:
 
 def run_segment(args: argparse.Namespace) -> int:
     """Segment the boxes (and clicks) on one slice; with ``--propagate`` through the volume."""
-    from napari_medsam.core.key_slice import key_predictions, volume_labels
-    from napari_medsam.core.predictor import MedSamPredictor
-    from napari_medsam.core.propagation import stack_labels
+    from napari_medsam.engine.key_slice import key_predictions, volume_labels
+    from napari_medsam.engine.predictor import MedSamPredictor
+    from napari_medsam.engine.propagation import stack_labels
 
     names = object_names(args)
     if args.stats and suffix_of(args.stats) not in STATS_SUFFIXES:

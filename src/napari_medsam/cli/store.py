@@ -51,7 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_store(args: argparse.Namespace) -> int:
     """Prune if asked, then print the store's contents."""
-    from napari_medsam.core.store import EmbeddingStore
+    from napari_medsam.engine.store import EmbeddingStore
 
     if not args.store.is_dir():
         raise FileNotFoundError(f"no embedding store at {args.store}")

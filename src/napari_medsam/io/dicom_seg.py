@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.atomic import atomic_path
-from napari_medsam.core.objects import LabelObject, label_objects
+from napari_medsam.base.atomic import atomic_path
+from napari_medsam.base.objects import LabelObject, label_objects
 from napari_medsam.io.terminology import property_codes
 from napari_medsam.io.volumes import VolumeGeometry, is_dicom_file
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medsam.core.atomic import atomic_path
-from napari_medsam.core.preprocessing import real_pixels
+from napari_medsam.base.atomic import atomic_path
+from napari_medsam.base.pixels import real_pixels
 from napari_medsam.io.formats import (
     PLAIN_READ_SUFFIXES,
     PLAIN_WRITE_SUFFIXES,
@@ -27,7 +27,7 @@ def read_image(path: Path) -> tuple[np.ndarray, VolumeGeometry | None]:
 
     Volumes come as axial slices (:func:`~napari_medsam.io.orientation.read_axial`), as the viewer
     shows them, so slice numbers match its slider; labels written with the geometry go back on the
-    file's own grid. Pixels are real numbers (:func:`~napari_medsam.core.preprocessing.real_pixels`:
+    file's own grid. Pixels are real numbers (:func:`~napari_medsam.base.pixels.real_pixels`:
     a bool image becomes uint8, a complex one is refused). An empty, damaged or misnamed file (a
     PNG named ``.nii.gz``) raises ValueError saying so.
     """
@@ -136,7 +136,7 @@ def write_mask(
 ) -> None:
     """Write labels in the format the extension names (PNG: 0/255 for one object, else label ids).
 
-    Every format is written beside ``path`` and renamed over it (:mod:`~napari_medsam.core.atomic`).
+    Every format is written beside ``path`` and renamed over it (:mod:`~napari_medsam.base.atomic`).
 
     Label volume formats keep ``names`` and ``colors`` (:func:`~napari_medsam.io.label_files.save_labels`).
     """

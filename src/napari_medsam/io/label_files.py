@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.objects import LabelObject, label_objects, present_ids
+from napari_medsam.base.objects import LabelObject, label_objects, present_ids
 from napari_medsam.io.formats import WRITE_SUFFIXES, suffix_of
 from napari_medsam.io.orientation import to_axial
 from napari_medsam.io.volumes import VolumeGeometry, holds_centre, read_volume, resample_labels

@@ -17,8 +17,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from napari_medsam.core.atomic import write_text
-from napari_medsam.core.objects import LabelObject, label_objects
+from napari_medsam.base.atomic import write_text
+from napari_medsam.base.objects import LabelObject, label_objects
 from napari_medsam.io.formats import stem_of
 
 SIDECAR_SUFFIX = ".labels.json"

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from napari_medsam.core.label_policy import next_label_id
-from napari_medsam.core.objects import LabelObject, label_objects
+from napari_medsam.base.label_policy import next_label_id
+from napari_medsam.base.objects import LabelObject, label_objects
 from napari_medsam.io.terminology import terminology_tag
 from napari_medsam.io.volumes import VolumeGeometry, read_volume, write_labels
 

@@ -1,6 +1,6 @@
 """Per-object statistics as files: ``.csv`` (one row per object) or ``.json`` (a list of objects).
 
-Both carry :data:`~napari_medsam.core.stats.STATS_COLUMNS`; an unknown value (no volume for 2D
+Both carry :data:`~napari_medsam.base.stats.STATS_COLUMNS`; an unknown value (no volume for 2D
 labels, no mean without an image) is an empty CSV cell and a JSON ``null``.
 """
 
@@ -13,8 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from napari_medsam.core.atomic import write_text
-from napari_medsam.core.stats import STATS_COLUMNS, ObjectStats
+from napari_medsam.base.atomic import write_text
+from napari_medsam.base.stats import STATS_COLUMNS, ObjectStats
 from napari_medsam.io.formats import suffix_of
 
 STATS_SUFFIXES = (".csv", ".json")

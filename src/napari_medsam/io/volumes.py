@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medsam.core.atomic import atomic_path
+from napari_medsam.base.atomic import atomic_path
 from napari_medsam.io.formats import (
     ITK_WRITE_SUFFIXES,
     READ_SUFFIXES,

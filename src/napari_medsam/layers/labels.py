@@ -1,7 +1,7 @@
-"""The one write path into a Labels layer, by the labels policy of :mod:`napari_medsam.core.label_policy`.
+"""The one write path into a Labels layer, by the labels policy of :mod:`napari_medsam.base.label_policy`.
 
 Segment, Propagate and Interpolate all write through :func:`write_planes` (one undo step per
-action) and take new ids from :func:`~napari_medsam.core.label_policy.assign_label_ids`.
+action) and take new ids from :func:`~napari_medsam.base.label_policy.assign_label_ids`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.label_policy import label_changes
+from napari_medsam.base.label_policy import label_changes
 from napari_medsam.layers.prompts import Plane
 
 

@@ -3,7 +3,7 @@
 Names live in the Labels layer's ``features`` table: one row per label id, its id in the
 ``index`` column (napari's own convention, so hovering over an object shows its name in the
 status bar) and its ``name``. An id without a row is "object N". Colours are the layer's
-colormap: layers the widget makes show the palette (:func:`napari_medsam.core.objects.palette_cycle`).
+colormap: layers the widget makes show the palette (:func:`napari_medsam.base.objects.palette_cycle`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.objects import INDEX, NAME, default_name, names_from_table
-from napari_medsam.core.stats import ObjectStats, object_stats
+from napari_medsam.base.objects import INDEX, NAME, default_name, names_from_table
+from napari_medsam.base.stats import ObjectStats, object_stats
 from napari_medsam.layers.prompts import slider_axis, spatial_shape
 
 #: ``metadata`` key of a Labels layer: the model that last wrote into it (DICOM-SEG records it).

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.objects import NAME, palette_cycle
-from napari_medsam.core.windows import WindowChoice, training_window
+from napari_medsam.base.objects import NAME, palette_cycle
+from napari_medsam.base.windows import WindowChoice, training_window
 from napari_medsam.io.volumes import GEOMETRY_KEY
 from napari_medsam.layers.prompts import spatial_shape
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.boxes import BoxXYXY
+from napari_medsam.base.boxes import BoxXYXY
 
 #: Half a pixel: prompt vertices further than this off a slice lie outside it.
 _SLICE_TOLERANCE = 0.5

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.jobs import Job
-from napari_medsam.core.label_policy import assign_label_ids
+from napari_medsam.base.jobs import Job
+from napari_medsam.base.label_policy import assign_label_ids
 from napari_medsam.layers.labels import write_planes
 from napari_medsam.layers.objects import note_written
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids

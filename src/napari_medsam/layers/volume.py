@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.boxes import BoxXYXY
-from napari_medsam.core.jobs import Job, relay
-from napari_medsam.core.label_policy import AFTER, BEFORE, assign_label_ids, label_changes, slices_past
-from napari_medsam.core.propagation import SliceStep, correct, interpolate_boxes, propagate, segment_boxes
+from napari_medsam.base.boxes import BoxXYXY
+from napari_medsam.base.jobs import Job, relay
+from napari_medsam.base.label_policy import AFTER, BEFORE, assign_label_ids, label_changes, slices_past
+from napari_medsam.engine.propagation import SliceStep, correct, interpolate_boxes, propagate, segment_boxes
 from napari_medsam.io.volumes import GEOMETRY_KEY
 from napari_medsam.layers.labels import write_planes
 from napari_medsam.layers.objects import note_written, object_names
@@ -112,7 +112,7 @@ class SliceNumbers:
         return f"{where} ({self.world[z]:.1f} {self.unit})" if self.unit else where
 
     def side(self, side: str) -> str:
-        """The array side (``BEFORE``/``AFTER`` of :mod:`~napari_medsam.core.label_policy`) of a
+        """The array side (``BEFORE``/``AFTER`` of :mod:`~napari_medsam.base.label_policy`) of a
         slider side: slider positions below the current one are array indices below it unless the
         slider runs reversed."""
         reversed_ = len(self.steps) > 1 and self.steps[-1] < self.steps[0]
@@ -151,7 +151,7 @@ class VolumeObject:
     """One object of a volume run: its label id and its key mask (Propagate) or key boxes.
 
     A correction has ``correct_box`` (on the stack's current slice) and ``labels``, the labels
-    of the whole stack as they were (what :func:`~napari_medsam.core.propagation.correct` keeps).
+    of the whole stack as they were (what :func:`~napari_medsam.engine.propagation.correct` keeps).
     """
 
     label_id: int
@@ -242,7 +242,7 @@ def correction_objects(
     The box is the one new box (no label id yet) on this slice, else the last box of the selected
     object here (a correction undone and tried again). ValueError, with what to do, when there is
     no such object or box. The object is re-segmented here and re-propagated only as far as its
-    masks change (:func:`~napari_medsam.core.propagation.correct`); a box past the object's end
+    masks change (:func:`~napari_medsam.engine.propagation.correct`); a box past the object's end
     extends it.
     """
     labels, boxes = inputs.labels, inputs.boxes
@@ -320,7 +320,7 @@ def read_volume_request(
 ) -> VolumeRequest:
     """Read a Propagate or Interpolate request from the layers (viewer's thread).
 
-    ``options`` go to :func:`~napari_medsam.core.propagation.propagate`. Interpolated objects
+    ``options`` go to :func:`~napari_medsam.engine.propagation.propagate`. Interpolated objects
     without a label id get new ones.
     """
     image, labels, boxes = inputs.image, inputs.labels, inputs.boxes
@@ -391,7 +391,7 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
 def _corrected_mask(
     steps: Generator[SliceStep, None, np.ndarray], label_id: int
 ) -> Generator[SliceStep, None, np.ndarray]:
-    """:func:`~napari_medsam.core.propagation.correct`'s steps, returning the object's mask."""
+    """:func:`~napari_medsam.engine.propagation.correct`'s steps, returning the object's mask."""
     labels = yield from steps
     return labels == label_id
 
@@ -481,7 +481,7 @@ def end_object(labels: Any, stack: PlaneStack, label_id: int, side: str) -> list
     """End object ``label_id`` at the current slice: clear it from every slice of ``stack`` past it.
 
     ``side`` is ``BEFORE`` or ``AFTER`` in the stack's index (as
-    :func:`~napari_medsam.core.label_policy.slices_past`); one undo step. Returns the slices
+    :func:`~napari_medsam.base.label_policy.slices_past`); one undo step. Returns the slices
     cleared (empty: nothing of the object lies that way, nothing written).
     """
     past = slices_past(stack.shape[0], stack.index, side)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.base.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from transformers import SamMaskDecoderConfig, SamPromptEncoderConfig

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from napari_medsam.core.preemption import preemption_point
+from napari_medsam.base.preemption import preemption_point
 from napari_medsam.models.onednn import linear
 
 if TYPE_CHECKING:

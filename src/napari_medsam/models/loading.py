@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.base.errors import ModelLoadError
 from napari_medsam.models import FAMILIES, Family, LoadedModel
 from napari_medsam.models.weights import LITE_MEDSAM_SHA256, download_steps, local_checkpoint
 
 if TYPE_CHECKING:
     import torch
 
-    from napari_medsam.core.jobs import Progress
+    from napari_medsam.base.jobs import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def load_model(
     from the registry (its memory is freed once no predictor holds it). :func:`unload_model`
     drops one or all explicitly.
     """
-    from napari_medsam.core.devices import resolve_device, resolve_dtype
+    from napari_medsam.models.devices import resolve_device, resolve_dtype
 
     if family is not None and family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}: use one of {', '.join(FAMILIES)}")

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from napari_medsam.core.atomic import write_bytes
-from napari_medsam.core.errors import ModelLoadError, import_extra
-from napari_medsam.core.preprocessing import INPUT_SIZE
+from napari_medsam.base.atomic import write_bytes
+from napari_medsam.base.errors import ModelLoadError, import_extra
 from napari_medsam.models import BACKENDS
+from napari_medsam.models.preprocessing import INPUT_SIZE
 from napari_medsam.models.weights import user_cache_dir
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.base.errors import ModelLoadError
 from napari_medsam.models import Family, LoadedModel
 from napari_medsam.models.checkpoints import (
     GAUSSIAN_KEY,

@@ -32,7 +32,7 @@ Inference-only choices that make it fast on CPU:
   The matrix products stay in the module's dtype, so bfloat16 is only fast on CPUs with
   native bfloat16 (AVX-512 BF16 / AMX) or on GPUs.
 
-A background run (``core/preemption``) may stop between blocks and between stripes.
+A background run (``base/preemption``) may stop between blocks and between stripes.
 
 Window attention follows the original exactly: the map is zero padded at the bottom/right to a
 multiple of the window, the padded positions take part in attention unmasked (they pass through
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from napari_medsam.core.preemption import preemption_point
+from napari_medsam.base.preemption import preemption_point
 from napari_medsam.models.onednn import fused_ok, linear
 
 __all__ = ["TinyViT", "merge_stride", "relative_position_index"]

@@ -36,11 +36,11 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from napari_medsam.core.errors import ModelLoadError
+from napari_medsam.base.errors import ModelLoadError
 from napari_medsam.models.identity import file_digest, record_digest
 
 if TYPE_CHECKING:
-    from napari_medsam.core.jobs import Progress
+    from napari_medsam.base.jobs import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def lite_checkpoint() -> Path:
     ``ModelLoadError`` with the fix when a route's file fails the check, or when no route has the
     file and the download fails (offline, say): the message names every way out.
     """
-    from napari_medsam.core.jobs import run_to_end
+    from napari_medsam.base.jobs import run_to_end
 
     found = local_checkpoint()
     if found is None:

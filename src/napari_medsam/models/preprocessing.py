@@ -1,4 +1,4 @@
-"""Image checks, intensity windowing and each model family's resize, prompt scaling and mask output.
+"""Intensity windowing and each model family's resize, prompt scaling and mask output.
 
 The three families differ on purpose (see MEDSAM_FACTS): MedSAM stretches the slice to 1024 x 1024,
 SAM and LiteMedSAM keep the aspect and pad; MedSAM thresholds after upsampling the sigmoid, LiteMedSAM
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     import torch
 
@@ -35,63 +35,6 @@ class InputGeometry:
     original: tuple[int, int]
     resized: tuple[int, int]
     input_size: int
-
-
-def real_pixels(image: object) -> np.ndarray:
-    """``image`` as an array of real numbers (a bool mask as uint8 0/1); ValueError for complex
-    or non-numeric data, with what to do."""
-    array = np.asarray(image)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    if np.iscomplexobj(array):
-        raise ValueError("image is complex-valued; pass a real image, e.g. np.abs(image)")
-    if array.dtype.kind not in "uif":
-        raise ValueError(f"image has dtype {array.dtype}; pass a numeric (integer or float) array")
-    return array
-
-
-def check_finite_slices(volume: np.ndarray, axis: int = 0, slices: Sequence[int] | None = None) -> None:
-    """ValueError naming the first of ``slices`` (default: all) along ``axis`` that holds NaN or
-    infinite values: a run refuses, before it starts, the slices it would reach."""
-    if volume.dtype.kind not in "fc":
-        return
-    for index in range(volume.shape[axis]) if slices is None else slices:
-        plane = np.take(volume, index, axis=axis)
-        bad = int(plane.size - np.count_nonzero(np.isfinite(plane)))
-        if bad:
-            raise ValueError(
-                f"slice {index} (axis {axis}) holds {bad} NaN or infinite value(s); replace them first, "
-                "e.g. np.nan_to_num(volume, nan=volume_min), or work on other slices"
-            )
-
-
-def check_image(image: object) -> np.ndarray:
-    """Return ``image`` as a 2D (H, W) or RGB (H, W, 3) array, or raise a clear error."""
-    if image is None or isinstance(image, (str, bytes, list, tuple, dict)) or not hasattr(image, "shape"):
-        raise TypeError(f"image must be a numpy array (H, W) or (H, W, 3), not {type(image).__name__}")
-    array = real_pixels(image)
-    if array.size == 0:
-        raise ValueError(f"image is empty (shape {array.shape})")
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3]
-    elif array.ndim == 4 and array.shape[-1] in (3, 4):
-        raise ValueError(f"image of shape {array.shape} is an RGB volume; pass one slice, e.g. image[z]")
-    elif array.ndim >= 3:
-        raise ValueError(
-            f"image of shape {array.shape} has {array.ndim} dimensions; pass one 2D slice "
-            "(e.g. volume[z]) or an RGB image (H, W, 3)"
-        )
-    elif array.ndim != 2:
-        raise ValueError(f"image of shape {array.shape} is not 2D; pass (H, W) or (H, W, 3)")
-    if min(array.shape[:2]) < 2:
-        raise ValueError(f"image of shape {array.shape} is too small; both sides must be >= 2 pixels")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise ValueError(
-            f"image contains {bad} NaN or infinite value(s); replace them first, "
-            "e.g. np.nan_to_num(image, nan=image_min)"
-        )
-    return array
 
 
 def to_rgb_uint8(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.predictor import MedSamPredictor, SlicePredictor
-from napari_medsam.core.preemption import Preempted, preemptible
-from napari_medsam.core.slicing import check_axis, take_slice
+from napari_medsam.base.preemption import Preempted, preemptible
+from napari_medsam.base.slicing import check_axis, take_slice
+from napari_medsam.engine.predictor import MedSamPredictor, SlicePredictor
 
 logger = logging.getLogger(__name__)
 #: Prefetchers not closed yet: closed (and joined) at interpreter exit, so that no thread is left
@@ -53,7 +53,7 @@ class Prefetcher:
     A new request or :meth:`cancel` drops queued slices and lets the slice in the encoder finish
     (its embedding stays in the cache). :meth:`interrupt` (a user's run starts), :meth:`set_loader`
     (a model change) and :meth:`close` also stop the slice in the encoder at the encoder's next
-    preemption point (``core/preemption``). The encoder runs inside ``preemptible``, so a
+    preemption point (``base/preemption``). The encoder runs inside ``preemptible``, so a
     ``MedSamPredictor`` gives way at once to any other caller that needs its encoder; the slice
     given up is encoded again afterwards. The predictor's cache should hold ``limit`` embeddings.
     """

@@ -6,8 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from napari_medsam.core.jobs import Job
-from napari_medsam.core.predictor import SlicePredictor
+from napari_medsam.base.jobs import Job
+from napari_medsam.engine.predictor import SlicePredictor
 
 T = TypeVar("T")
 #: Loads a predictor for (model source, device).
@@ -70,7 +70,7 @@ class ModelSlot:
 
 def load_predictor(source: str, device: str, backend: str = "auto") -> SlicePredictor:
     """The default factory: ``MedSamPredictor.from_pretrained`` (imports torch)."""
-    from napari_medsam.core.predictor import MedSamPredictor
+    from napari_medsam.engine.predictor import MedSamPredictor
 
     return MedSamPredictor.from_pretrained(source=source, device=device, backend=backend)
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from napari_medsam.core.objects import default_name
+from napari_medsam.base.objects import default_name
 
 #: Column names of the statistics table (widget, ``--stats FILE.csv``, cohort summaries).
 STATS_COLUMNS = ("label", "name", "voxels", "volume_ml", "slices", "mean_intensity")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-from napari_medsam.core.errors import MissingExtraError, ModelLoadError
+from napari_medsam.base.errors import MissingExtraError, ModelLoadError
 
 T = TypeVar("T")
 Y = TypeVar("Y")

@@ -11,7 +11,7 @@ Layout (the index is the directory structure; nothing is shared between entries)
                                       the SHA-256 of the array
 
 Each entry is written into a hidden folder beside its place (``.<name>.tmp-<random>``, the names
-of :mod:`napari_medsam.core.atomic`) and renamed into place, so a reader sees a whole entry or
+of :mod:`napari_medsam.base.atomic`) and renamed into place, so a reader sees a whole entry or
 none, and processes writing different slices never touch the same file; two writing the same
 slice race harmlessly (the first rename wins). Groups are created the same way, once.
 An entry is used only when its attributes equal the key asked for and its array has the SHA-256
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_medsam.core.atomic import TMP_MARK, temp_path
-from napari_medsam.core.cache import EmbeddingKey
-from napari_medsam.core.errors import import_extra
-from napari_medsam.core.preprocessing import InputGeometry
+from napari_medsam.base.atomic import TMP_MARK, temp_path
+from napari_medsam.base.errors import import_extra
+from napari_medsam.engine.cache import EmbeddingKey
+from napari_medsam.models.preprocessing import InputGeometry
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +126,7 @@ class StoreUsage:
 
 
 class EmbeddingStore:
-    """Slice embeddings on disk, keyed as :class:`~napari_medsam.core.cache.EmbeddingCache` is.
+    """Slice embeddings on disk, keyed as :class:`~napari_medsam.engine.cache.EmbeddingCache` is.
 
     Safe to share between processes and machines (a shared file system). The folder is created
     with the first embedding written; an existing folder that is not empty and not a store raises

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.predictor import SlicePredictor
-from napari_medsam.core.propagation import label_volume
-from napari_medsam.core.slicing import check_axis, take_slice
+from napari_medsam.base.slicing import check_axis, take_slice
+from napari_medsam.engine.predictor import SlicePredictor
+from napari_medsam.engine.propagation import label_volume
 
 
 def key_predictions(
@@ -46,7 +46,7 @@ def volume_labels(
     point_labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Objects 1..N of a volume from their boxes on ``key_slice``, each propagated on its own
-    (:func:`~napari_medsam.core.propagation.label_volume`, with the key masks' predicted IoU, so
+    (:func:`~napari_medsam.engine.propagation.label_volume`, with the key masks' predicted IoU, so
     the result equals ``propagate`` from the same box) or kept on the key slice alone."""
     shape = tuple(np.shape(volume))
     if len(shape) != 3:

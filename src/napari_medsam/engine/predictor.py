@@ -15,27 +15,27 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from napari_medsam.core.boxes import check_box
-from napari_medsam.core.cache import EmbeddingCache, EmbeddingKey, data_signature
-from napari_medsam.core.preemption import in_background, preemptible, preemption_point
-from napari_medsam.core.preprocessing import (
+from napari_medsam.base.boxes import check_box
+from napari_medsam.base.pixels import check_image
+from napari_medsam.base.preemption import in_background, preemptible, preemption_point
+from napari_medsam.base.windows import check_window
+from napari_medsam.engine.cache import EmbeddingCache, EmbeddingKey, data_signature
+from napari_medsam.models.preprocessing import (
     PREPROCESSING_VERSION,
     InputGeometry,
-    check_image,
     masks_from_logits,
     model_input,
     scale_box,
     scale_points,
     to_rgb_uint8,
 )
-from napari_medsam.core.windows import check_window
 
 if TYPE_CHECKING:
     import os
 
     import torch
 
-    from napari_medsam.core.store import EmbeddingStore
+    from napari_medsam.engine.store import EmbeddingStore
     from napari_medsam.models import Family, LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,11 @@ class MedSamPredictor:
 
     Embeddings are cached (as float16, on the CPU) under a signature of the slice's data, the
     intensity window, the model's weights, family and dtype, and the preprocessing, so revisiting
-    a slice costs no encoder work. With a ``store`` (an :class:`~napari_medsam.core.store.
+    a slice costs no encoder work. With a ``store`` (an :class:`~napari_medsam.engine.store.
     EmbeddingStore` or its path) lookups go to memory, then the store, then the encoder, and new
     embeddings are written to the store. All methods are thread-safe.
 
-    The encoder runs one slice at a time. A run inside ``core.preemption.preemptible`` (a
+    The encoder runs one slice at a time. A run inside ``base.preemption.preemptible`` (a
     background thread's :meth:`precompute`) gives way: when another caller needs the encoder, it
     stops at the encoder's next preemption point (raising ``Preempted``), so the other caller's
     encoding starts at once.
@@ -133,7 +133,7 @@ class MedSamPredictor:
 
     @store.setter
     def store(self, store: EmbeddingStore | str | os.PathLike[str] | None) -> None:
-        from napari_medsam.core.store import EmbeddingStore
+        from napari_medsam.engine.store import EmbeddingStore
 
         self._store = store if store is None or isinstance(store, EmbeddingStore) else EmbeddingStore(store)
 
@@ -220,7 +220,7 @@ class MedSamPredictor:
     def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool:
         """Fill the cache for a slice without making it current; True if the encoder ran.
 
-        Inside ``core.preemption.preemptible`` the run may stop with ``Preempted`` (see the class).
+        Inside ``base.preemption.preemptible`` the run may stop with ``Preempted`` (see the class).
         """
         return self._embedding_for(image, window)[2]
 

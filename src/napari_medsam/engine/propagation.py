@@ -2,7 +2,7 @@
 
 Qt-free. :func:`propagate` and :func:`segment_boxes` are generators in the stardist-napari style:
 they yield a :class:`SliceStep` per slice (progress, cancellable by not iterating further) and
-*return* the 3D boolean mask; :func:`~napari_medsam.core.jobs.run_to_end` drives one synchronously.
+*return* the 3D boolean mask; :func:`~napari_medsam.base.jobs.run_to_end` drives one synchronously.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.core.boxes import BoxXYXY, box_union, expand_box, mask_box, normalise_box
-from napari_medsam.core.jobs import relay, run_to_end
-from napari_medsam.core.metrics import iou
-from napari_medsam.core.predictor import SlicePredictor
-from napari_medsam.core.prefetch import Lookahead
-from napari_medsam.core.slicing import check_axis, take_slice
-from napari_medsam.core.windows import AUTO, WindowArg, resolve_window
+from napari_medsam.base.boxes import BoxXYXY, box_union, expand_box, mask_box, normalise_box
+from napari_medsam.base.jobs import relay, run_to_end
+from napari_medsam.base.metrics import iou
+from napari_medsam.base.slicing import check_axis, take_slice
+from napari_medsam.base.windows import AUTO, WindowArg, resolve_window
+from napari_medsam.engine.predictor import SlicePredictor
+from napari_medsam.engine.prefetch import Lookahead
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def propagate(
     With ``use_previous_logits`` the previous low-resolution logits go in as ``mask_input``
     (default per family, :data:`PREVIOUS_LOGITS_DEFAULT`). ``window`` is passed to ``set_image``
     for every slice: ``"auto"`` is MedSAM's training window for the volume
-    (:func:`~napari_medsam.core.windows.training_window`), None each slice's own min..max.
+    (:func:`~napari_medsam.base.windows.training_window`), None each slice's own min..max.
     Yields a :class:`SliceStep` per slice; returns a boolean mask of the volume's shape.
     Why these rules and not others: ``docs/propagation.md``.
     """

@@ -1,1 +1,0 @@
-"""Qt-free and napari-free core: predictor, embedding cache, preprocessing, windows, jobs, propagation."""
