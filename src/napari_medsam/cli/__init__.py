@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from napari_medsam.base.jobs import Progress, run_to_end, user_message
+from napari_medsam.base.jobs import user_message
 from napari_medsam.cli import batch, demo, embed, segment, store
 
 if TYPE_CHECKING:
@@ -30,10 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        if getattr(args, "fetch_model", False):
-            from napari_medsam.models.loading import fetch_steps
-
-            run_to_end(fetch_steps(args.model), _show_progress)
         return args.func(args)
     except Exception as err:
         message = user_message(err) or (str(err) if isinstance(err, OSError) else None)
@@ -44,12 +40,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-medsam: interrupted", file=sys.stderr)
         return 130
-
-
-def _show_progress(progress: Progress) -> None:
-    """A download's progress on stderr: one line, rewritten in place on a terminal."""
-    done, total, message = progress
-    if sys.stderr.isatty():
-        print(f"\r\033[K{message}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
-    else:
-        print(message, file=sys.stderr, flush=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import numpy as np
 
+from napari_medsam.base.jobs import Progress, run_to_end
 from napari_medsam.base.windows import WINDOW_PRESETS, WindowChoice, training_window
 from napari_medsam.models import BACKENDS
 
@@ -15,8 +17,8 @@ MIN_MAX = "min-max"
 
 
 def add_model_options(sub: argparse.ArgumentParser) -> None:
-    """``--model``, ``--device``, ``--dtype`` and ``--backend``; the command's model is fetched
-    (downloaded on first use, with progress) before it runs."""
+    """``--model``, ``--device``, ``--dtype`` and ``--backend``; the command calls :func:`fetch_model`
+    after its own checks, before the model loads."""
     sub.add_argument(
         "--model",
         default="lite-medsam",
@@ -34,7 +36,6 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
         "it was measured faithful and faster, today none, so PyTorch), torch, onnxruntime (float32, CPU; "
         "exported once and cached; pip install 'napari-medsam[onnx]')",
     )
-    sub.set_defaults(fetch_model=True)
 
 
 def add_window_options(sub: argparse.ArgumentParser) -> None:
@@ -104,3 +105,21 @@ def add_cohort_options(sub: argparse.ArgumentParser) -> None:
 def window_options(args: argparse.Namespace) -> argparse.Namespace:
     """The window options alone, for :func:`window_for` on a worker."""
     return argparse.Namespace(window=args.window, preset=args.preset)
+
+
+def fetch_model(args: argparse.Namespace) -> None:
+    """Download what ``--model`` needs (LiteMedSAM's checkpoint on first use), with progress on
+    stderr. Commands call it once their arguments, inputs and outputs are checked: a bad argument
+    never waits for a download."""
+    from napari_medsam.models.loading import fetch_steps
+
+    run_to_end(fetch_steps(args.model), _show_progress)
+
+
+def _show_progress(progress: Progress) -> None:
+    """A download's progress on stderr: one line, rewritten in place on a terminal."""
+    done, total, message = progress
+    if sys.stderr.isatty():
+        print(f"\r\033[K{message}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+    else:
+        print(message, file=sys.stderr, flush=True)

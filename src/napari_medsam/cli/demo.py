@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medsam.cli.common import add_model_options
+from napari_medsam.cli.common import add_model_options, fetch_model
 
 #: Pixels the demo's box leaves around the reference organ on each side.
 BOX_MARGIN = 3.0
@@ -47,6 +47,7 @@ def run_demo(args: argparse.Namespace) -> int:
     z = int(np.argmax(liver.sum(axis=(1, 2))))
     box = expand_box(mask_box(liver[z]), ct.shape[1:], fraction=0.0, pixels=BOX_MARGIN)
     choice = training_window(ct, geometry.modality)
+    fetch_model(args)
     start = time.perf_counter()
     predictor = MedSamPredictor.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, backend=args.backend

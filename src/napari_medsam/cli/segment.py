@@ -13,7 +13,7 @@ from napari_medsam.base.label_policy import AFTER, BEFORE, add_objects, check_la
 from napari_medsam.base.objects import LabelObject, present_ids
 from napari_medsam.base.pixels import check_finite_slices
 from napari_medsam.base.stats import object_stats
-from napari_medsam.cli.common import add_model_options, add_window_options, window_for
+from napari_medsam.cli.common import add_model_options, add_window_options, fetch_model, window_for
 from napari_medsam.io.files import check_folder, check_output, overwritten_inputs, read_image, write_mask
 from napari_medsam.io.formats import WRITE_SUFFIXES, suffix_of
 from napari_medsam.io.stats_files import STATS_SUFFIXES, write_stats
@@ -243,6 +243,7 @@ def run_segment(args: argparse.Namespace) -> int:
     check_outputs(args, image, geometry, is_volume)
     choice = window_for(args, image if is_volume else plane, geometry, rgb=plane.ndim == 3)
     print(f"window: {choice.describe()}")
+    fetch_model(args)
     predictor = MedSamPredictor.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, family=args.family, store=args.store,
         backend=args.backend,
