@@ -274,7 +274,8 @@ def test_the_widget_shows_the_download_then_segments(
         assert blocker.args == ["done"]
         assert shown[0].startswith(f"Downloading LiteMedSAM's weights ({PIN}")
         assert any(m.startswith("Downloading LiteMedSAM's weights: ") for m in shown)  # pip's bytes
-        assert shown.index("Checking LiteMedSAM's weights (SHA-256)…") < shown.index("Loading lite-medsam…")
+        loading = next(i for i, m in enumerate(shown) if m.startswith("Loading the model lite-medsam"))
+        assert shown.index("Checking LiteMedSAM's weights (SHA-256)…") < loading
         assert w.cached_checkpoint_path().is_file()
         assert widget.predictor.model.weights == w.LITE_MEDSAM_SHA256
         mask = widget.labels_layer.data == 1

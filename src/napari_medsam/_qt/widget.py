@@ -508,8 +508,13 @@ class MedSamWidget(Container):
         self._on_prefetch_input_changed()
 
     def _preload_target(self) -> tuple[str, str] | None:
-        """The model to load ahead: the one chosen, unless a run has started or weights are missing."""
+        """The model to load ahead: the one chosen, unless a run has started or its weights are not
+        on this machine (a download runs in a job, with its progress shown, never silently)."""
         if self._released or self.jobs.busy or self.model == CUSTOM:
+            return None
+        from napari_medsam.models.loading import is_available_offline
+
+        if not is_available_offline(self.model_source):
             return None
         return self.model_source, str(self.device)
 
