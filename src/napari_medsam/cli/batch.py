@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_medsam.base.atomic import write_text
-from napari_medsam.cli.common import add_cohort_options, window_for, window_options
+from napari_medsam.cli.common import add_cohort_options, fetch_model, window_for, window_options
 from napari_medsam.cli.manifest import ImageRows, ObjectRow, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ def _run(
     window = window_options(args)
     results: dict[str, list[RowResult]] = {}
     total = sum(len(image.rows) for image in images)
+    fetch_model(args)  # the workers on this machine then find the weights
     with (
         cluster.open_client(args) as client,
         cluster.predictors(client, spec) as plugin,

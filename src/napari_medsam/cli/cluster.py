@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from napari_medsam.base.errors import import_extra
-from napari_medsam.cli.common import fetch_model
 from napari_medsam.engine.cache import DEFAULT_MAX_BYTES
 
 distributed = import_extra("distributed", "running on a dask cluster")
@@ -37,9 +36,7 @@ logger = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def open_client(args: argparse.Namespace) -> Iterator[Client]:
-    """A client of ``args.scheduler``, or of a local cluster of ``args.workers`` processes; the
-    model's weights are fetched first (workers on this machine then find them)."""
-    fetch_model(args)
+    """A client of ``args.scheduler``, or of a local cluster of ``args.workers`` processes."""
     if not logging.getLogger().isEnabledFor(logging.INFO):  # dask's start-up chatter only with -v
         logging.getLogger("distributed").setLevel(logging.WARNING)
     if args.scheduler:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medsam.cli.common import add_cohort_options, window_for, window_options
+from napari_medsam.cli.common import add_cohort_options, fetch_model, window_for, window_options
 
 ENCODED, STORED = "encoded", "stored"
 
@@ -112,6 +112,7 @@ def run_embed(args: argparse.Namespace) -> int:
     options = window_options(args)
     paths = list(dict.fromkeys(args.volumes))
     report = {path: VolumeProgress() for path in paths}
+    fetch_model(args)  # the workers on this machine then find the weights
     start = time.perf_counter()
     with (
         cluster.open_client(args) as client,
