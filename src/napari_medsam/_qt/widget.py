@@ -512,11 +512,8 @@ class MedSamWidget(Container):
         on this machine (a download runs in a job, with its progress shown, never silently)."""
         if self._released or self.jobs.busy or self.model == CUSTOM:
             return None
-        from napari_medsam.models.loading import is_available_offline
-
-        if not is_available_offline(self.model_source):
-            return None
-        return self.model_source, str(self.device)
+        source, device = self.model_source, str(self.device)
+        return (source, device) if self._loads_without_download(source, device) else None
 
     def _on_clicks_layer_changed(self, layer: Any) -> None:
         self.auto.watch("clicks", layer)
@@ -568,9 +565,11 @@ class MedSamWidget(Container):
     def _background_predictor(self, source: str, device: str) -> SlicePredictor | None:
         """The predictor to encode with (background thread): the one held, else loaded when its
         weights are on this machine (None: never a download in the background)."""
-        if not self.models.holds(source, device):
-            from napari_medsam.models.loading import is_available_offline
+        return self.models.get(source, device) if self._loads_without_download(source, device) else None
 
-            if not is_available_offline(source):
-                return None
-        return self.models.get(source, device)
+    def _loads_without_download(self, source: str, device: str) -> bool:
+        """Whether the model is held already or its weights are on this machine: only then is it
+        loaded in the background (a download runs in a job, with its progress shown)."""
+        from napari_medsam.models.loading import is_available_offline
+
+        return self.models.holds(source, device) or is_available_offline(source)
