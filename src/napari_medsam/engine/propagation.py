@@ -130,9 +130,13 @@ class SliceStep:
     @property
     def message(self) -> str:
         """One line for a status bar (slice numbers as array indices)."""
+        return self.describe(f"slice {self.slice_index}")
+
+    def describe(self, where: str) -> str:
+        """One line for a status bar, the slice named ``where`` (a view's own numbering)."""
         if self.stop is None:
-            return f"slice {self.slice_index}: {self.area} px"
-        return f"slice {self.slice_index}: " + _STOP_MESSAGES[StopReason(self.stop)].format(area=self.area)
+            return f"{where}: {self.area} px"
+        return f"{where}: " + _STOP_MESSAGES[StopReason(self.stop)].format(area=self.area)
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,6 @@ from napari_medsam.layers.segment import PredictorFor, loading_message
 
 PROPAGATE, INTERPOLATE, CORRECT = "Propagate", "Interpolate", "Correct"
 NEEDS_3D = "Propagate, Correct and Interpolate need a 3D image (this one is 2D)."
-#: Why a direction of a walk ended, as the status line says it (keys: ``SliceStep.stop``).
-STOP_TEXT = {
-    "empty": "nothing found, stopping this direction",
-    "small": "mask too small, stopping",
-    "low score": "low predicted IoU, stopping",
-    "moved": "the mask left the object, stopping",
-    "agrees": "agrees with the object as it was, stopping",
-}
 
 
 class PlaneStack:
@@ -140,10 +132,7 @@ def slice_numbers(inputs: LayerInputs, stack: PlaneStack) -> SliceNumbers:
 
 def step_text(step: SliceStep, numbers: SliceNumbers) -> str:
     """A walk's slice step for the status line, naming the slice by its slider position."""
-    where = numbers.name(step.slice_index)
-    if step.stop is not None:
-        return f"{where}: {STOP_TEXT.get(step.stop, str(getattr(step.stop, 'value', step.stop)))}"
-    return f"{where}: {step.area} px"
+    return step.describe(numbers.name(step.slice_index))
 
 
 @dataclass
