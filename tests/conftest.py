@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from fakes import CellGrid
 from napari_medsam.base.metrics import dice, iou
 
 __all__ = ["dice", "iou"]  # shared by the tests
@@ -132,7 +133,7 @@ def spy():
     return SpyPredictor()
 
 
-class SpyPredictor:
+class SpyPredictor(CellGrid):
     """Stands in for MedSamPredictor: a box gives the filled box; clicks a 7 x 7 square each."""
 
     def __init__(self, family: str = "lite-medsam") -> None:
@@ -147,9 +148,10 @@ class SpyPredictor:
         if self.gate is not None:
             assert self.gate.wait(30)
         self.shape = image.shape[:2]
+        self.image = np.asarray(image)
         self.images.append((image.shape, window))
 
-    def predict(self, box=None, points=None, point_labels=None, multimask=False, mask_input=None):
+    def predict(self, box=None, points=None, point_labels=None, multimask=False, mask_input=None, zoom=None):
         self.prompts.append({"box": box, "points": points, "labels": point_labels, "multimask": multimask})
         mask = np.zeros(self.shape, bool)
         if box is not None:
@@ -161,5 +163,3 @@ class SpyPredictor:
             mask[round(y) - 3 : round(y) + 4, round(x) - 3 : round(x) + 4] = bool(label)
         return SimpleNamespace(mask=mask, score=0.9, logits=np.zeros((256, 256), np.float32))
 
-    def features(self, mask):
-        return np.ones(2) if mask.any() else None  # the same look everywhere: no "unlike" stop

@@ -25,6 +25,8 @@ DICOM_SERIES = DATA / "example_ct_dicom"
 SEG_DICOM = DATA / "example_seg_dicom.nii.gz"
 BRAIN_MR = DATA / "brain-mr-tumour"
 CT_SPLEEN = DATA / "ct-spleen"
+LUNG_NODULE = DATA / "ct-lung-nodule"
+PROSTATE_LESION = DATA / "mr-prostate-lesion"
 #: Organs judged on real anatomy (label ids of the TotalSegmentator v2 "total" map).
 ORGANS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "stomach": 6, "aorta": 52}
 
@@ -62,6 +64,20 @@ def brain_mr() -> tuple[np.ndarray, np.ndarray]:
 def ct_spleen() -> tuple[np.ndarray, np.ndarray]:
     """Abdominal CT in HU ((26, 166, 164), 5 mm slices) and its manual spleen label (1, slices 3-22)."""
     return _pair(CT_SPLEEN / "sub-spleen2_ct.nii.gz", CT_SPLEEN / "sub-spleen2_ct_seg-manual.nii.gz")
+
+
+@functools.cache
+def lung_nodule() -> tuple[np.ndarray, np.ndarray]:
+    """Chest CT slab in HU ((16, 512, 512), 0.70 mm, 2.5 mm slices) and its nodule (1, slices 3-10)."""
+    return _pair(LUNG_NODULE / "lidc-idri-0001_ct.nii.gz", LUNG_NODULE / "lidc-idri-0001_nodule.nii.gz")
+
+
+@functools.cache
+def prostate_lesion() -> tuple[np.ndarray, np.ndarray]:
+    """Prostate MR, T2-weighted ((19, 384, 384), 0.5 mm, 3 mm slices) and its lesion (1, slices 8-11)."""
+    return _pair(
+        PROSTATE_LESION / "prostatex-0000_t2w.nii.gz", PROSTATE_LESION / "prostatex-0000_lesion.nii.gz"
+    )
 
 
 def _pair(image: Path, label: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import dice
+from fakes import CellGrid, threshold_look
 from napari_medsam.base.boxes import box_union, expand_box, mask_box
 from napari_medsam.base.jobs import relay, run_to_end
 from napari_medsam.engine.propagation import (
@@ -20,8 +21,12 @@ from napari_medsam.engine.propagation import (
 )
 
 
-class ThresholdPredictor:
-    """Stands in for MedSamPredictor: the 'mask' is the pixels above a threshold inside the box."""
+class ThresholdPredictor(CellGrid):
+    """Stands in for MedSamPredictor: the 'mask' is the pixels above a threshold inside the box; a
+    cell looks like the object where its mean is above 120 (between the object's 140 and the
+    background's 40), so noise specks or a dimmer neighbour (about 100) look like the background."""
+
+    look = staticmethod(threshold_look(120.0))
 
     def __init__(self, threshold: float = 90.0, family: str = "lite-medsam") -> None:
         self.threshold = threshold
@@ -44,15 +49,6 @@ class ThresholdPredictor:
         mask = (self.image > self.threshold) & inside
         logits = np.full((256, 256), float(len(self.calls)), np.float32)
         return type("Prediction", (), {"mask": mask, "score": 1.0, "logits": logits})()
-
-    def features(self, mask):
-        """The stand-in's look of a mask: its mean above or below 120 (between the object's 140 and
-        the background's 40): (20, 0) on the object, (0, 80) on the background, and noise specks
-        or a dimmer neighbour (about 100) look like the background."""
-        if not mask.any():
-            return None
-        mean = float(self.image[mask].mean())
-        return np.array([max(mean - 120.0, 0.0), max(120.0 - mean, 0.0)])
 
 
 def ellipsoid_volume(shape=(20, 64, 72), centre=(10.0, 30.0, 36.0), radii=(6.5, 16.0, 20.0), seed=0):
@@ -109,9 +105,15 @@ def test_boxes_follow_a_growing_and_moving_object():
     result = run_to_end(propagate(predictor, volume, 0, key_box=truth_box(truth[0], 1), max_refine=0))
     assert dice(result, truth) == 1.0  # the grown box always caught up with the object
     assert truth[-1].sum() > 10 * truth[0].sum()  # (and the key slice's box alone would not)
-    # each box was the previous mask's box grown by max(5 % of its side, 2.5 % of 80 px = 2 px)
-    for (box, _), previous in zip(predictor.calls[1:], result[:-1], strict=False):
-        assert box == expand_box(mask_box(previous), truth.shape[1:], 0.05, 2.0)
+    # on each slice the first box was the previous mask's box grown by max(5 % of its side, 2.5 % of
+    # 80 px = 2 px), the last the previous mask's own box (so a mask can shrink with its object)
+    by_slice = {}
+    for (box, _), visit in zip(predictor.calls, predictor.call_slices, strict=True):
+        by_slice.setdefault(visit, []).append(box)
+    for z, previous in enumerate(result[:-1]):
+        boxes = by_slice[z + 2]  # slice z + 1 was the (z + 2)-th set
+        assert boxes[0] == expand_box(mask_box(previous), truth.shape[1:], 0.05, 2.0)
+        assert boxes[-1] == mask_box(previous)
 
 
 def test_refinement_grows_the_box_where_the_object_continues_past_it():
@@ -124,9 +126,11 @@ def test_refinement_grows_the_box_where_the_object_continues_past_it():
     assert dice(cut, truth) < 0.9
     assert dice(grown, truth) > 0.99
     assert len(predictor.calls) > len(predictor.slices_set)  # some slices were refined
-    # within a slice a refined box only ever holds the one before it
+    # within a slice a refined box only ever holds the one before it (the last box of a slice is
+    # the previous mask's own, tried beside them)
     calls = list(zip(predictor.call_slices, (box for box, _ in predictor.calls), strict=True))
-    for (slice_a, before), (slice_b, after) in itertools.pairwise(calls):
+    refined = [c for c, after in itertools.pairwise([*calls, (None, None)]) if after[0] == c[0]]
+    for (slice_a, before), (slice_b, after) in itertools.pairwise(refined):
         if slice_a == slice_b:
             assert box_union(before, after) == tuple(after)
 
@@ -188,8 +192,9 @@ def test_propagation_stops_where_an_organ_ends_against_a_touching_one():
     assert masked[0] == 0
     assert masked[-1] <= last
     assert dice(result, ending) > 0.98
-    assert [(s.slice_index, s.stop) for s in steps if s.stop] == [(masked[-1] + 1, "moved")]
-    assert any("left the object" in s.message for s in steps)
+    # past its end only the neighbour's edge is in the box: it touches nothing of the previous mask
+    # (the grown box) or is a sliver of it (the previous mask's own box)
+    assert [(s.slice_index, s.stop in ("moved", "small")) for s in steps if s.stop] == [(masked[-1] + 1, True)]
 
 
 def test_pieces_the_previous_slice_did_not_touch_are_dropped():
@@ -330,8 +335,13 @@ def test_previous_logits_are_fed_back_only_when_asked():
     run_to_end(propagate(feeding, volume, 10, key_box=box, use_previous_logits=True))
     inputs = [mask_input for _, mask_input in feeding.calls]
     assert inputs[0] is None  # the key slice has no previous slice
-    # going up, slice z gets the logits of slice z - 1 (the call just before it)
-    assert (inputs[1][0, 0], inputs[2][0, 0]) == (1.0, 2.0)
+    # going up, every prompt of slice 11 gets the logits of the key slice's mask (call 1), and every
+    # prompt of slice 12 those of one of slice 11's prompts (the stand-in's logits count its calls)
+    on = {}
+    for (_, mask_input), visit, number in zip(feeding.calls, feeding.call_slices, itertools.count(1), strict=False):
+        on.setdefault(visit, []).append((number, mask_input))
+    assert {float(m[0, 0]) for _, m in on[2]} == {1.0}
+    assert {float(m[0, 0]) for _, m in on[3]} <= {float(n) for n, _ in on[2]}
 
 
 def test_stopping_iteration_cancels_the_remaining_slices():
@@ -485,10 +495,11 @@ def test_litemedsam_stops_where_an_organ_ends_against_a_touching_one(lite_predic
 
 
 def test_a_correction_replaces_the_object_only_where_it_was_wrong():
-    """An object that leaked onto a neighbour on slices 8-19 (past its end at 16): a box on
-    slice 12 re-propagates both ways, replaces the leaked slices, clears the run past the end,
-    and stops where the new masks agree with the old ones: the slices below are not even read."""
-    from napari_medsam.engine.propagation import correct
+    """An object that leaked onto a neighbour on slices 8-19 (past its end at 16): a box on slice 12
+    removes the leak where the object is (it looks unlike the object), keeps the run past the end
+    (End here cuts that), and stops where the new masks agree with the old ones: the slices below
+    are not even read."""
+    from napari_medsam.engine.corrections import correct
 
     volume, truth = ellipsoid_volume()
     blob = np.zeros_like(truth)
@@ -501,14 +512,18 @@ def test_a_correction_replaces_the_object_only_where_it_was_wrong():
     before = labels.copy()
     predictor = ThresholdPredictor()
     steps = []
-    fixed = run_to_end(correct(predictor, volume, labels, 2, 12, truth_box(truth[12])), steps.append)
+    done = run_to_end(correct(predictor, volume, labels, 2, 12, truth_box(truth[12])), steps.append)
+    fixed = done.labels
     assert dice(before == 2, truth) < 0.85
-    np.testing.assert_array_equal(fixed == 2, truth)
+    np.testing.assert_array_equal(fixed[:17] == 2, truth[:17])  # the leak is gone where the object is
+    np.testing.assert_array_equal(fixed[17:], before[17:])  # past its end: kept (End here cuts it)
     np.testing.assert_array_equal(fixed == 1, before == 1)
     np.testing.assert_array_equal(fixed[:8], before[:8])  # agreed from slice 7 down: kept as it was
     np.testing.assert_array_equal(labels, before)  # the input is not modified
+    assert done.changed == tuple(range(8, 17))
+    assert done.edits.anchors == {12}
     assert min(s.slice_index for s in steps) == 7
     assert [s.stop for s in steps if s.slice_index == 7] == ["agrees"]
-    assert "agrees" in steps[-1].message
+    assert "agrees" in next(s.message for s in steps if s.slice_index == 7)
     with pytest.raises(ValueError, match="found nothing to correct object 2 with"):  # a box on background
         run_to_end(correct(predictor, volume, labels, 2, 12, (2.0, 40.0, 8.0, 46.0)))

@@ -14,13 +14,14 @@ from napari.utils.interactions import mouse_move_callbacks, mouse_press_callback
 from napari.utils.notifications import notification_manager
 
 from conftest import dice, rectangle
+from fakes import CellGrid
 from napari_medsam._qt.widget import ALL_OBJECTS, ALL_SLICES, MedSamWidget
 
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 20_000
 
 
-class VolumeSpy:
+class VolumeSpy(CellGrid):
     """Stands in for MedSamPredictor: the mask is the pixels above ``threshold`` inside the box.
 
     Keeps an embedding cache like the real one (keyed by the slice's data and the window),
@@ -66,7 +67,7 @@ class VolumeSpy:
     def is_cached(self, image, window=None):
         return self.key(image, window) in self.cache
 
-    def predict(self, box=None, points=None, point_labels=None, mask_input=None, multimask=False):
+    def predict(self, box=None, points=None, point_labels=None, mask_input=None, multimask=False, zoom=None):
         self.prompts.append({"box": box, "points": points, "mask_input": mask_input})
         x0, y0, x1, y1 = box
         inside = np.zeros(self.image.shape, bool)
@@ -74,8 +75,6 @@ class VolumeSpy:
         mask = (self.image > self.threshold) & inside
         return SimpleNamespace(mask=mask, score=0.9, logits=np.zeros((256, 256), np.float32))
 
-    def features(self, mask):
-        return np.ones(2) if mask.any() else None  # the same look everywhere: no "unlike" stop
 
 
 def ellipsoids(shape=(12, 48, 56), objects=(((6.0, 24.0, 20.0), (4.6, 12.0, 10.0)),)):

@@ -19,6 +19,7 @@ from napari_medsam.base.boxes import check_box
 from napari_medsam.base.pixels import check_image
 from napari_medsam.base.preemption import in_background, preemptible, preemption_point
 from napari_medsam.base.windows import check_window
+from napari_medsam.base.zoom import Window, crop_window, reusable, zoom_applies
 from napari_medsam.engine.cache import EmbeddingCache, EmbeddingKey, data_signature
 from napari_medsam.models.preprocessing import (
     PREPROCESSING_VERSION,
@@ -57,20 +58,29 @@ class SlicePredictor(Protocol):
         point_labels: Any = None,
         mask_input: Any = None,
         multimask: bool = False,
+        zoom: bool | None = None,
     ) -> Any: ...
 
     def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool: ...
 
     def features(self, mask: np.ndarray) -> np.ndarray | None: ...
 
+    def coverage(self, mask: np.ndarray) -> np.ndarray: ...
+
+    def cells(self) -> np.ndarray: ...
+
 
 @dataclass(frozen=True)
 class Prediction:
-    """One object's mask at the image's resolution, its predicted IoU and its low-resolution logits."""
+    """One object's mask at the image's resolution, its predicted IoU and its low-resolution logits.
+
+    ``crop`` is the slice window (row0, col0, row1, col1) a zoomed prediction ran on (its logits are
+    that crop's); None for the whole slice."""
 
     mask: np.ndarray
     score: float
     logits: np.ndarray
+    crop: Window | None = None
 
 
 class MedSamPredictor:
@@ -103,6 +113,9 @@ class MedSamPredictor:
         self._waiting = 0  # callers (not in the background) waiting for the encoder
         self._embedding: torch.Tensor | None = None
         self._geometry: InputGeometry | None = None
+        self._image: np.ndarray = np.zeros((0, 0))
+        self._window: tuple[float, float] | None = None
+        self._crops: list[Window] = []  # crop windows encoded for the current slice
 
     @classmethod
     def from_pretrained(
@@ -216,6 +229,8 @@ class MedSamPredictor:
         with self._lock:
             self._embedding = embedding.to(self.model.device, self.model.dtype)
             self._geometry = geometry
+            self._image, self._window = check_image(image), check_window(window)
+            self._crops: list[Window] = []
 
     def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool:
         """Fill the cache for a slice without making it current; True if the encoder ran.
@@ -229,40 +244,56 @@ class MedSamPredictor:
         key = self._key(check_image(image), check_window(window))
         return key in self.cache or (self.store is not None and key in self.store)
 
-    def features(self, mask: np.ndarray) -> np.ndarray | None:
-        """The current image's embedding averaged over ``mask`` (H, W): one vector per mask (None if empty).
+    def coverage(self, mask: np.ndarray) -> np.ndarray:
+        """The fraction of each embedding cell (64 x 64) that ``mask`` (H, W) covers, in 0..1.
 
-        Each embedding cell counts by the fraction of it the mask covers, in the model input's
-        placement of the slice, so a mask smaller than a cell still has features. The model's own
-        view of what the mask holds, comparable between slices of one volume on any modality.
+        In the model input's placement of the current slice (resized, padded), so cells of the
+        padding are 0 and a mask smaller than a cell still covers a fraction of one.
         """
         import torch
         import torch.nn.functional as F
 
-        with self._lock:
-            if self._embedding is None or self._geometry is None:
-                raise RuntimeError("no image set: call set_image(image) before features()")
-            embedding, geometry = self._embedding, self._geometry
+        embedding, geometry = self._current("coverage")
         area = np.asarray(mask, dtype=np.float32)
         if area.shape != geometry.original:
             raise ValueError(f"mask has shape {area.shape}, the image {geometry.original}")
-        if not area.any():
-            return None
         (new_h, new_w), size = geometry.resized, geometry.input_size
         resized = F.interpolate(torch.from_numpy(area)[None, None], size=(new_h, new_w), mode="area")
         padded = F.pad(resized, (0, size - new_w, 0, size - new_h))
-        cells = embedding.shape[-1]
-        weights = F.avg_pool2d(padded, size // cells)[0, 0]
-        if float(weights.sum()) <= 0:
+        return F.avg_pool2d(padded, size // embedding.shape[-1])[0, 0].numpy()
+
+    def cells(self) -> np.ndarray:
+        """The current slice's embedding as one float32 vector per cell: (64, 64, 256)."""
+        embedding, _ = self._current("cells")
+        return np.ascontiguousarray(embedding[0].float().cpu().numpy().transpose(1, 2, 0))
+
+    def features(self, mask: np.ndarray) -> np.ndarray | None:
+        """The current image's embedding averaged over ``mask`` (H, W): one vector per mask (None if empty).
+
+        Each embedding cell counts by the fraction of it the mask covers (:meth:`coverage`), so a
+        mask smaller than a cell still has features. The model's own view of what the mask holds,
+        comparable between slices of one volume on any modality.
+        """
+        weights = self.coverage(mask)
+        total = float(weights.sum())
+        if total <= 0:
             return None
-        vectors = embedding[0].float().cpu()
-        return (vectors * weights).sum(dim=(1, 2)).div(weights.sum()).numpy()
+        embedding, _ = self._current("features")
+        vectors = embedding[0].float().cpu().numpy()
+        return np.tensordot(vectors, weights, axes=([1, 2], [0, 1])) / total
+
+    def _current(self, verb: str) -> tuple[torch.Tensor, InputGeometry]:
+        with self._lock:
+            if self._embedding is None or self._geometry is None:
+                raise RuntimeError(f"no image set: call set_image(image) before {verb}()")
+            return self._embedding, self._geometry
 
     def reset_image(self) -> None:
         """Forget the current image (cached embeddings stay in the cache)."""
         with self._lock:
             self._embedding = None
             self._geometry = None
+            self._image, self._window = np.zeros((0, 0)), None
 
     def predict(
         self,
@@ -271,6 +302,7 @@ class MedSamPredictor:
         point_labels: Sequence[int] | np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         multimask: bool = False,
+        zoom: bool | None = None,
     ) -> Prediction:
         """Segment one object on the current image.
 
@@ -278,46 +310,118 @@ class MedSamPredictor:
         the column); ``point_labels`` (N,) are 1 for foreground and 0 for background (default all 1).
         ``mask_input`` is a previous ``Prediction.logits``. With ``multimask`` the decoder proposes
         three masks and the one with the highest predicted IoU is returned.
+
+        ``zoom`` (:mod:`~napari_medsam.base.zoom`): None (the default) also segments a square crop
+        around a box that is small for a slice the model sees downscaled, encoded and cached like
+        any slice, and keeps the crop's mask where the model's predicted IoU ranks it at least as
+        high as the whole slice's; True always uses the crop (where one fits inside the slice);
+        False never (the official whole-slice procedure). No crop with ``mask_input`` (its logits
+        are the whole slice's) or with a click outside the crop. ``Prediction.crop`` says which won.
         """
+        with self._lock:
+            embedding, geometry = self._current("predict")
+            image, window = self._image, self._window
+        height, width = geometry.original
+        box_xyxy = None if box is None else check_box(box, width, height)
+        points_xy, labels = check_points(points, point_labels, width, height)
+        if box_xyxy is None and points_xy is None:
+            raise ValueError("no prompt given: pass a box (x0, y0, x1, y1) and/or points")
+        whole = None
+        crop = self._crop_for(box_xyxy, points_xy, mask_input, geometry, zoom)
+        if crop is None or zoom is None:
+            low_res, score = self._decode(
+                embedding, geometry, box_xyxy, points_xy, labels, mask_input, multimask
+            )
+            mask = masks_from_logits(low_res[None], geometry)[0].cpu().numpy()
+            whole = Prediction(mask=mask, score=score, logits=low_res.cpu().numpy().astype(np.float32))
+            if crop is None:
+                return whole
+        row0, col0, row1, col1 = crop
+        limits = window if window is not None or image.dtype == np.uint8 else _own_limits(image)
+        zoomed, zoomed_geometry, _ = self._embedding_for(image[row0:row1, col0:col1], limits)
+        zoomed = zoomed.to(self.model.device, self.model.dtype)
+        shift = np.array([col0, row0], dtype=np.float64)
+        low_res, score = self._decode(
+            zoomed, zoomed_geometry, None if box_xyxy is None else box_xyxy - np.tile(shift, 2),
+            None if points_xy is None else points_xy - shift, labels, None, multimask,
+        )  # fmt: skip
+        if whole is not None and score < whole.score:
+            return whole
+        mask = np.zeros(geometry.original, dtype=bool)
+        mask[row0:row1, col0:col1] = masks_from_logits(low_res[None], zoomed_geometry)[0].cpu().numpy()
+        return Prediction(mask=mask, score=score, logits=low_res.cpu().numpy().astype(np.float32), crop=crop)
+
+    def _crop_for(
+        self,
+        box_xyxy: np.ndarray | None,
+        points_xy: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        geometry: InputGeometry,
+        zoom: bool | None,
+    ) -> Window | None:
+        """The crop a prediction also runs on (None: the whole slice only); one already encoded for
+        this slice is reused where it serves the box (:func:`~napari_medsam.base.zoom.reusable`)."""
+        if box_xyxy is None or mask_input is not None or zoom is False:
+            return None
+        if zoom is None and not zoom_applies(box_xyxy, geometry.original, geometry.input_size):
+            return None
+        with self._lock:
+            crop = next((c for c in self._crops if reusable(c, box_xyxy)), None)
+            if crop is None:
+                crop = crop_window(box_xyxy, geometry.original)
+                if crop is not None:
+                    self._crops.append(crop)
+        if crop is not None and points_xy is not None and not _inside(points_xy, crop):
+            return None
+        return crop
+
+    def _decode(
+        self,
+        embedding: torch.Tensor,
+        geometry: InputGeometry,
+        box_xyxy: np.ndarray | None,
+        points_xy: np.ndarray | None,
+        labels: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, float]:
+        """The low-resolution logits (256, 256) of the best mask and its predicted IoU."""
         import torch
 
-        with self._lock:
-            if self._embedding is None or self._geometry is None:
-                raise RuntimeError("no image set: call set_image(image) before predict()")
-            embedding, geometry = self._embedding, self._geometry
-            height, width = geometry.original
-            box_xyxy = None if box is None else check_box(box, width, height)
-            points_xy, labels = check_points(points, point_labels, width, height)
-            if box_xyxy is None and points_xy is None:
-                raise ValueError("no prompt given: pass a box (x0, y0, x1, y1) and/or points")
-            device, dtype = self.model.device, self.model.dtype
-            inputs: dict[str, torch.Tensor] = {}
-            if box_xyxy is not None:
-                inputs["input_boxes"] = torch.tensor(
-                    scale_box(box_xyxy, geometry)[None, None], dtype=dtype, device=device
-                )
-            if points_xy is not None:
-                inputs["input_points"] = torch.tensor(
-                    scale_points(points_xy, geometry)[None, None], dtype=dtype, device=device
-                )
-                inputs["input_labels"] = torch.tensor(labels[None, None], dtype=torch.long, device=device)
-            if mask_input is not None:
-                inputs["input_masks"] = torch.tensor(
-                    check_mask_input(mask_input)[None, None], dtype=dtype, device=device
-                )
-            from napari_medsam.models.fast_decoder import decode
+        from napari_medsam.models.fast_decoder import decode
 
-            # SamModel's prompt encoder + mask decoder, without per-prompt repeats (fast_decoder)
-            pred_masks, iou_scores = decode(self.model.sam, embedding, multimask_output=multimask, **inputs)
-            low_res = pred_masks[0, 0].float()
-            scores = iou_scores[0, 0].float()
-            best = int(torch.argmax(scores)) if multimask else 0
-            mask = masks_from_logits(low_res[best : best + 1], geometry)[0]
-            return Prediction(
-                mask=mask.cpu().numpy(),
-                score=float(scores[best]),
-                logits=low_res[best].cpu().numpy().astype(np.float32),
+        device, dtype = self.model.device, self.model.dtype
+        inputs: dict[str, torch.Tensor] = {}
+        if box_xyxy is not None:
+            inputs["input_boxes"] = torch.tensor(
+                scale_box(box_xyxy, geometry)[None, None], dtype=dtype, device=device
             )
+        if points_xy is not None:
+            inputs["input_points"] = torch.tensor(
+                scale_points(points_xy, geometry)[None, None], dtype=dtype, device=device
+            )
+            inputs["input_labels"] = torch.tensor(labels[None, None], dtype=torch.long, device=device)
+        if mask_input is not None:
+            inputs["input_masks"] = torch.tensor(
+                check_mask_input(mask_input)[None, None], dtype=dtype, device=device
+            )
+        # SamModel's prompt encoder + mask decoder, without per-prompt repeats (fast_decoder)
+        pred_masks, iou_scores = decode(self.model.sam, embedding, multimask_output=multimask, **inputs)
+        low_res, scores = pred_masks[0, 0].float(), iou_scores[0, 0].float()
+        best = int(torch.argmax(scores)) if multimask else 0
+        return low_res[best], float(scores[best])
+
+
+def _inside(points_xy: np.ndarray, crop: Window) -> bool:
+    row0, col0, row1, col1 = crop
+    x, y = points_xy[:, 0], points_xy[:, 1]
+    return bool(np.all((x >= col0) & (x <= col1 - 1) & (y >= row0) & (y <= row1 - 1)))
+
+
+def _own_limits(image: np.ndarray) -> tuple[float, float] | None:
+    """The whole slice's min..max, so a crop is scaled as the slice is (None: a constant slice)."""
+    low, high = float(np.min(image)), float(np.max(image))
+    return (low, high) if high > low else None
 
 
 def _write_through(

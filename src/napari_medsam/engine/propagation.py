@@ -3,12 +3,16 @@
 Qt-free. :func:`propagate` and :func:`segment_boxes` are generators in the stardist-napari style:
 they yield a :class:`SliceStep` per slice (progress, cancellable by not iterating further) and
 *return* the 3D boolean mask; :func:`~napari_medsam.base.jobs.run_to_end` drives one synchronously.
+A walk learns the object's look in this scan as it goes (:mod:`~napari_medsam.engine.object_model`)
+and rates every slice it gives a mask (``SliceStep.confidence``), from which
+:mod:`~napari_medsam.engine.review` lists the slices to check.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -17,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from napari_medsam.base.boxes import BoxXYXY, box_union, expand_box, mask_box, normalise_box
-from napari_medsam.base.jobs import relay, run_to_end
-from napari_medsam.base.metrics import iou
+from napari_medsam.base.jobs import run_to_end
+from napari_medsam.base.object_edits import ObjectEdits
 from napari_medsam.base.slicing import check_axis, take_slice
 from napari_medsam.base.windows import AUTO, WindowArg, resolve_window
+from napari_medsam.engine.object_model import Evidence, ObjectModel, agreement, objectness
 from napari_medsam.engine.predictor import SlicePredictor
 from napari_medsam.engine.prefetch import Lookahead
 
@@ -32,9 +37,8 @@ logger = logging.getLogger(__name__)
 PREVIOUS_LOGITS_DEFAULT: dict[str, bool] = {"medsam": False, "lite-medsam": False, "sam": False}
 #: The default pixel margin of a propagated box, as a fraction of the slice's longer side.
 MARGIN_OF_LONGER_SIDE = 0.025
-#: A correction removes the part only the old mask has (attached to the new one) when that part's
-#: likeness is below this fraction of the new mask's: it looks clearly less like the object.
-LEAK_FRACTION = 0.5
+#: A cell of a slice the user vouched for (key, anchor) counts this many times a walk's own cell.
+USER_WEIGHT = 4.0
 
 
 class StopReason(str, Enum):
@@ -45,6 +49,7 @@ class StopReason(str, Enum):
     LOW_SCORE = "low score"
     MOVED = "moved"
     UNLIKE = "unlike"
+    END = "end"
     AGREES = "agrees"
 
     def __str__(self) -> str:
@@ -56,7 +61,8 @@ _STOP_MESSAGES = {
     StopReason.SMALL: "mask too small ({area} px), stopping",
     StopReason.LOW_SCORE: "low predicted IoU, stopping",
     StopReason.MOVED: "the mask left the object of the slice before, stopping",
-    StopReason.UNLIKE: "the mask looks like the key slice's surroundings, not the object: stopping",
+    StopReason.UNLIKE: "the mask looks like the object's surroundings in this scan, not the object: stopping",
+    StopReason.END: "the object's end you set, stopping",
     StopReason.AGREES: "agrees with the object as it was, stopping",
 }
 
@@ -67,21 +73,22 @@ class PropagationRules:
 
     Prompt: the previous mask's box grown by ``max(margin * side, margin_pixels)`` per side
     (``margin_pixels`` None: :data:`MARGIN_OF_LONGER_SIDE` of the slice's longer side), grown again
-    (never shrunk) at most ``max_refine`` times while the mask reaches past it; when the mask's
-    likeness (:meth:`Appearance.likeness`) falls below ``retry`` times the key mask's own, the
-    previous mask's box without margin is tried too and the more object-like mask kept. Stops
-    (None turns one off): ``unlike`` -- likeness below it (0: the mask looks more like the key
-    slice's box background than the key object); ``min_overlap`` -- ``overlap`` with the previous
-    mask below it; ``score_drop`` -- predicted IoU below that fraction of the object's best;
-    ``min_score`` -- below that value; ``min_area_fraction`` -- area below that fraction of the key
-    mask's.
+    (never shrunk) at most ``max_refine`` times while the mask reaches past it; the previous mask's
+    own box (no margin) is tried too, so a mask can shrink with its object. Of these the mask that
+    agrees best with the object-like cells of the slice is kept (the object model:
+    :class:`~napari_medsam.engine.object_model.ObjectModel`, fitted on the key slice, the anchors
+    reached and the last ``memory`` slices of the walk). Stops (None turns one off): ``unlike`` --
+    less than that share of the mask's cells look like the object; ``min_overlap`` -- ``overlap``
+    with the previous mask below it; ``score_drop`` -- predicted IoU below that fraction of the
+    object's best; ``min_score`` -- below that value; ``min_area_fraction`` -- area below that
+    fraction of the key mask's.
     """
 
     margin: float = 0.05
     margin_pixels: float | None = None
     max_refine: int = 4
-    unlike: float | None = 0.0
-    retry: float = 0.0
+    unlike: float | None = 0.5
+    memory: int = 2
     min_overlap: float | None = 0.5
     score_drop: float | None = None
     min_score: float | None = None
@@ -89,12 +96,14 @@ class PropagationRules:
 
     def __post_init__(self) -> None:
         negative = self.margin_pixels is not None and self.margin_pixels < 0
-        if self.margin < 0 or negative or self.max_refine < 0:
-            raise ValueError("margin, margin_pixels and max_refine must be >= 0")
+        if self.margin < 0 or negative or self.max_refine < 0 or self.memory < 0:
+            raise ValueError("margin, margin_pixels, max_refine and memory must be >= 0")
         if not 0.0 <= self.min_area_fraction <= 1.0:
             raise ValueError(f"min_area_fraction must be in [0, 1], got {self.min_area_fraction}")
-        if self.min_overlap is not None and not 0.0 <= self.min_overlap <= 1.0:
-            raise ValueError(f"min_overlap must be in [0, 1] or None, got {self.min_overlap}")
+        for name in ("min_overlap", "unlike"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] or None, got {value}")
 
     def grower(self, plane: tuple[int, ...]) -> Callable[[np.ndarray], BoxXYXY]:
         """The prompt of the slice after a mask on slices of shape ``plane``: its box plus the margin."""
@@ -112,9 +121,10 @@ class SliceStep:
 
     ``slice_index`` is the array index along the walk's axis. ``mask`` is the slice's mask (None
     when the slice ended a direction), ``box`` the prompt used, ``stop`` why a direction ended there
-    (a :class:`StopReason`), else None, ``score`` the model's predicted IoU (None for a key mask
-    given as such) and ``likeness`` how much more the mask's features resemble the key object than
-    the key slice's box background (cosine similarities; None where not measured).
+    (a :class:`StopReason`), else None, ``score`` the model's predicted IoU (None for a mask given
+    as such: the key mask, an anchor), ``objectness`` the share of the mask's cells that look like
+    the object (the walk's object model; None where not measured) and ``confidence`` how well the
+    mask agrees with what looks like the object on its slice (0..1; 1 for a mask the user gave).
     """
 
     slice_index: int
@@ -125,7 +135,8 @@ class SliceStep:
     box: BoxXYXY | None
     stop: StopReason | None = None
     score: float | None = None
-    likeness: float | None = None
+    objectness: float | None = None
+    confidence: float | None = None
 
     @property
     def message(self) -> str:
@@ -139,35 +150,142 @@ class SliceStep:
         return f"{where}: " + _STOP_MESSAGES[StopReason(self.stop)].format(area=self.area)
 
 
-@dataclass(frozen=True)
-class Appearance:
-    """The key object's look in the model's features, and its key box background's."""
-
-    inside: np.ndarray | None
-    around: np.ndarray | None
-
-    @classmethod
-    def of(cls, predictor: SlicePredictor, mask: np.ndarray, box: BoxXYXY) -> Appearance:
-        """From the key mask and its grown box on the predictor's current slice."""
-        return cls(predictor.features(mask), predictor.features(box_mask(box, mask.shape) & ~mask))
-
-    def likeness(self, features: np.ndarray | None) -> float | None:
-        """cos(features, object) - cos(features, background); None when any is missing."""
-        if features is None or self.inside is None or self.around is None:
-            return None
-        return _cosine(features, self.inside) - _cosine(features, self.around)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-
-
 def box_mask(box: BoxXYXY, shape: tuple[int, ...]) -> np.ndarray:
     """The pixels of ``shape`` (H, W) inside ``box`` (x0, y0, x1, y1), ends included."""
     x0, y0, x1, y1 = (round(v) for v in box)
     out = np.zeros(shape, dtype=bool)
     out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
     return out
+
+
+#: The surroundings an object is told from: its box grown by this fraction of its side on each side.
+SURROUNDINGS = 1.0
+
+
+def evidence(
+    predictor: SlicePredictor,
+    mask: np.ndarray,
+    weight: float = 1.0,
+    not_object: np.ndarray | None = None,
+    object_like: np.ndarray | None = None,
+) -> Evidence:
+    """The current slice's cells sorted by ``mask`` (:class:`~napari_medsam.engine.object_model.Evidence`):
+    the object's cells, and as its surroundings the other cells within its box grown by
+    :data:`SURROUNDINGS` of its side (what a walk must tell it from, not the far side of the slice)."""
+    shape = np.shape(mask)
+    valid = predictor.coverage(np.ones(shape, dtype=bool)) > 0.5
+    box = mask_box(mask)
+    if box is not None:
+        valid &= predictor.coverage(box_mask(expand_box(box, shape, SURROUNDINGS, 1.0), shape)) > 0
+    return Evidence.of(predictor.cells(), predictor.coverage(mask), valid, not_object, weight, object_like)
+
+
+@dataclass(frozen=True)
+class Visit:
+    """What a walk found on one slice: the chosen mask and why, before the stop rules."""
+
+    mask: np.ndarray
+    box: BoxXYXY
+    score: float
+    logits: np.ndarray
+    raw_any: bool
+    objectness: float | None
+    confidence: float | None
+
+
+class Tracker:
+    """One object followed from slice to slice: the prompt rules and the object model it learns.
+
+    ``trusted`` is the evidence of the slices the user vouched for (key, anchors); the last
+    ``rules.memory`` slices the walk accepted (:meth:`accept`) join them when the model is fitted.
+    """
+
+    def __init__(
+        self,
+        predictor: SlicePredictor,
+        rules: PropagationRules,
+        plane: tuple[int, int],
+        trusted: Sequence[Evidence],
+        use_previous_logits: bool = False,
+    ) -> None:
+        self.predictor, self.rules, self.plane = predictor, rules, plane
+        self.grown = rules.grower(plane)
+        self.trusted = list(trusted)
+        self.recent: deque[Evidence] = deque(maxlen=rules.memory)
+        self.use_previous_logits = use_previous_logits
+
+    def model(self) -> ObjectModel | None:
+        """The object model from the trusted slices and the walk's last ones (None: not enough)."""
+        return ObjectModel.fit([*self.trusted, *self.recent]) if self.rules.unlike is not None else None
+
+    def visit(self, previous: np.ndarray, previous_logits: np.ndarray | None = None) -> Visit:
+        """The mask of the current slice (``predictor.set_image`` done) that follows ``previous``."""
+        predictor, rules = self.predictor, self.rules
+        feed = previous_logits if self.use_previous_logits else None
+        candidates = prompt_candidates(predictor, previous, self.grown, rules, feed)
+        candidates.append(
+            prompt_candidates(predictor, previous, mask_box, replace(rules, max_refine=0), feed)[0]
+        )
+        model = self.model()
+        if model is None:
+            new, box, score, logits, raw_any = candidates[0]
+            return Visit(new, box, score, logits, raw_any, None, None)
+        scores = model.score(predictor.cells())
+        reach = candidates[0][1]
+        for candidate in candidates[1:]:
+            reach = box_union(reach, candidate[1])
+        around = predictor.coverage(box_mask(reach, self.plane))
+        rated = []
+        for new, box, score, logits, raw_any in candidates:
+            cover = predictor.coverage(new) if new.any() else np.zeros_like(around)
+            rated.append(
+                (
+                    bool(new.any()),
+                    agreement(scores, cover, around),
+                    objectness(scores, cover),
+                    (new, box, score, logits, raw_any),
+                )
+            )
+        _, fit, share, (new, box, score, logits, raw_any) = max(rated, key=lambda r: (r[0], r[1]))
+        return Visit(new, box, score, logits, raw_any, share, fit)
+
+    def accept(self, mask: np.ndarray) -> None:
+        """Learn from the current slice's accepted ``mask``: the part of it the model already calls
+        object-like, against its surroundings (the object's look drifts along a walk; a mask that
+        slid onto a neighbour teaches nothing of the neighbour)."""
+        if self.rules.unlike is None or not self.rules.memory:
+            return
+        model = self.model()
+        like = None if model is None else model.score(self.predictor.cells()) > 0
+        self.recent.append(evidence(self.predictor, mask, object_like=like))
+
+    def anchor(self, mask: np.ndarray) -> None:
+        """Learn from the current slice's ``mask`` that the user gave (an anchor)."""
+        if self.rules.unlike is not None:
+            self.trusted.append(evidence(self.predictor, mask, USER_WEIGHT))
+            self.recent.clear()
+
+    def stop(
+        self, visit: Visit, previous: np.ndarray, key_area: int, best: float | None
+    ) -> StopReason | None:
+        """Why the walk ends at a slice with ``visit`` (None: it goes on)."""
+        rules, new = self.rules, visit.mask
+        area = int(new.sum())
+        if area == 0:
+            return StopReason.MOVED if visit.raw_any else StopReason.EMPTY
+        if rules.min_overlap is not None and overlap(new, previous) < rules.min_overlap:
+            return StopReason.MOVED
+        if rules.unlike is not None and visit.objectness is not None and visit.objectness < rules.unlike:
+            return StopReason.UNLIKE
+        floor = max(
+            rules.min_score if rules.min_score is not None else 0.0,
+            rules.score_drop * best if rules.score_drop is not None and best is not None else 0.0,
+        )
+        if visit.score < floor:
+            return StopReason.LOW_SCORE
+        if area < rules.min_area_fraction * key_area:
+            return StopReason.SMALL
+        return None
 
 
 def interpolate_boxes(key_boxes: Mapping[int, Sequence[float]]) -> dict[int, BoxXYXY]:
@@ -200,31 +318,30 @@ def propagate(
     window: WindowArg = AUTO,
     max_slices: int | None = None,
     use_previous_logits: bool | None = None,
-    agree_with: np.ndarray | None = None,
-    agree: float = 0.9,
     rules: PropagationRules | None = None,
+    edits: ObjectEdits | None = None,
+    anchors: Mapping[int, np.ndarray] | None = None,
     **overrides: Any,
 ) -> Generator[SliceStep, None, np.ndarray]:
     """Segment one object through a volume, starting from a key slice.
 
     The key slice is segmented with ``key_box`` (or taken from ``key_mask``, whose predicted IoU
-    may come as ``key_score``). The key mask's features (the model's embedding averaged over it)
-    and those of the rest of its grown box are the object's and its surroundings' look. Then each
-    direction walks slice by slice (``rules``, :class:`PropagationRules`; ``overrides`` replace
-    single fields, e.g. ``min_overlap=None``):
+    may come as ``key_score``). Then each direction walks slice by slice (``rules``,
+    :class:`PropagationRules`; ``overrides`` replace single fields, e.g. ``min_overlap=None``):
 
-    1. **Prompt**: the previous mask's box plus the margin; of the new mask only the connected
-       pieces that overlap the previous mask are kept; the box grows (never shrinks) while the
-       mask reaches past it, at most ``max_refine`` times. When the grown box's mask looks less
-       like the object than the mask of the first box (below), the first one is kept.
+    1. **Prompt**: the previous mask's box plus the margin, grown (never shrunk) while the mask
+       reaches past it, and the previous mask's own box; of each mask only the connected pieces
+       that overlap the previous mask are kept. The mask that agrees best with the cells that
+       look like the object (the object model, learnt from the key slice, the anchors and the
+       last slices of the walk) is chosen.
     2. **Stops**: a direction ends at the first slice whose mask is empty (``EMPTY``), touches
        nothing of the previous mask or overlaps it less than ``min_overlap`` (``MOVED``), looks
-       more like the key slice's surroundings than the key object (``UNLIKE``: likeness < 0), or
-       fails an optional score or area rule; at the volume's end or after ``max_slices`` slices;
-       with ``agree_with`` (the object as it was, a boolean mask of the volume's shape) at the
-       first slice whose new mask has IoU >= ``agree`` with it (``AGREES``; :func:`correct`).
-       The slice that stopped a direction is left out.
+       more like the object's surroundings than the object (``UNLIKE``), or fails an optional
+       score or area rule; at the volume's end, after ``max_slices`` slices, or at an end the
+       user set (``edits``, ``END``). The slice that stopped a direction is left out.
 
+    ``anchors`` (slice -> mask; the slices of ``edits.anchors`` the user made or corrected) are
+    fixed points: the walk takes them as they are, learns from them and goes on from them.
     With ``use_previous_logits`` the previous low-resolution logits go in as ``mask_input``
     (default per family, :data:`PREVIOUS_LOGITS_DEFAULT`). ``window`` is passed to ``set_image``
     for every slice: ``"auto"`` is MedSAM's training window for the volume
@@ -243,16 +360,16 @@ def propagate(
         raise ValueError(f"key_slice {key_slice} is outside 0..{depth - 1} along axis {axis}")
     if (key_box is None) == (key_mask is None):
         raise ValueError("give exactly one of key_box and key_mask")
-    if agree_with is not None and np.shape(agree_with) != shape:
-        raise ValueError(f"agree_with has shape {np.shape(agree_with)}, the volume {shape}")
-    old = None if agree_with is None else np.moveaxis(np.asarray(agree_with, dtype=bool), axis, 0)
     if max_slices is not None and max_slices < 0:
         raise ValueError(f"max_slices must be >= 0 or None, got {max_slices}")
+    edits = edits or ObjectEdits()
+    anchors = {int(z): np.asarray(m, dtype=bool) for z, m in (anchors or {}).items() if int(z) != key_slice}
     if use_previous_logits is None:
         use_previous_logits = PREVIOUS_LOGITS_DEFAULT.get(str(predictor.family), False)
     window = resolve_window(window, volume)
     plane = tuple(s for i, s in enumerate(shape) if i != axis)
-    grown = rules.grower(plane)
+    if any(m.shape != plane for m in anchors.values()):
+        raise ValueError(f"anchor masks must have the slices' shape {plane}")
     limit = depth if max_slices is None else max_slices
     total = 1 + min(depth - 1 - key_slice, limit) + min(key_slice, limit)
 
@@ -275,50 +392,56 @@ def propagate(
     if key_area == 0:
         yield SliceStep(key_slice, done, done, 0, None, box, StopReason.EMPTY, score)
         return result
-    look = (
-        Appearance.of(predictor, first, grown(first)) if rules.unlike is not None else Appearance(None, None)
-    )
-    key_likeness = look.likeness(look.inside) or 0.0
+    trusted = [evidence(predictor, first, USER_WEIGHT)] if rules.unlike is not None else []
     view[key_slice] = first
-    yield SliceStep(key_slice, done, total, key_area, first, box, None, score, key_likeness)
+    yield SliceStep(key_slice, done, total, key_area, first, box, None, score, 1.0, 1.0)
     best = score  # the object's best predicted IoU so far, both directions
     with Lookahead(predictor, volume, axis, window) as ahead:  # the next slice encodes while this one decodes
         for direction in (1, -1):
+            tracker = Tracker(predictor, rules, plane, trusted, use_previous_logits)  # type: ignore[arg-type]
             mask, previous_logits = first, logits
             z = key_slice + direction
             while 0 <= z < depth and abs(z - key_slice) <= limit:
-                predictor.set_image(take_slice(volume, z, axis), window)
-                if abs(z + direction - key_slice) <= limit:
-                    ahead.submit(z + direction)
-                feed = previous_logits if use_previous_logits else None
-                ranked = [
-                    (_likeness(look, predictor, c[0]), c)
-                    for c in prompt_candidates(predictor, mask, grown, rules, feed)
-                ]
-                likeness, (new, box, score, new_logits, raw_any) = max(ranked, key=_rank)
-                if (
-                    rules.unlike is not None
-                    and likeness is not None
-                    and likeness < rules.retry * key_likeness
-                ):
-                    tight = prompt_candidates(
-                        predictor, mask, mask_box, PropagationRules(max_refine=0), feed
-                    )[0]
-                    again = _likeness(look, predictor, tight[0])
-                    if again is not None and again > likeness:
-                        likeness, (new, box, score, new_logits, raw_any) = again, tight
-                area = int(new.sum())
                 done += 1
-                stop = _stop(rules, new, mask, area, key_area, score, best, likeness, raw_any)
-                if stop is None and old is not None and iou(new, old[z]) >= agree:
-                    stop = StopReason.AGREES
+                if not edits.allows(z):
+                    yield SliceStep(z, done, total, 0, None, None, StopReason.END)
+                    break
+                predictor.set_image(take_slice(volume, z, axis), window)
+                if abs(z + direction - key_slice) <= limit and 0 <= z + direction < depth:
+                    ahead.submit(z + direction)
+                if z in anchors:
+                    mask, previous_logits = anchors[z], None
+                    tracker.anchor(mask)
+                    view[z] = mask
+                    yield SliceStep(
+                        z, done, total, int(mask.sum()), mask, mask_box(mask), None, None, 1.0, 1.0
+                    )
+                    z += direction
+                    continue
+                visit = tracker.visit(mask, previous_logits)
+                area = int(visit.mask.sum())
+                stop = tracker.stop(visit, mask, key_area, best)
                 if stop is not None:
                     logger.info("propagation stops at slice %d (%s)", z, stop)
-                    yield SliceStep(z, done, total, area, None, box, stop, score, likeness)
+                    yield SliceStep(
+                        z, done, total, area, None, visit.box, stop, visit.score, visit.objectness
+                    )
                     break
-                view[z] = new
-                yield SliceStep(z, done, total, area, new, box, None, score, likeness)
-                mask, previous_logits, best = new, new_logits, max(score, best or 0.0)
+                tracker.accept(visit.mask)
+                view[z] = visit.mask
+                yield SliceStep(
+                    z,
+                    done,
+                    total,
+                    area,
+                    visit.mask,
+                    visit.box,
+                    None,
+                    visit.score,
+                    visit.objectness,
+                    visit.confidence,
+                )
+                mask, previous_logits, best = visit.mask, visit.logits, max(visit.score, best or 0.0)
                 z += direction
     return result
 
@@ -348,192 +471,6 @@ def prompt_candidates(
             break
         box = joined
     return [out[-1], out[0]] if len(out) > 1 else out
-
-
-def _likeness(look: Appearance, predictor: SlicePredictor, mask: np.ndarray) -> float | None:
-    """The mask's likeness to the object on the current slice (None: empty, or not measured)."""
-    return look.likeness(predictor.features(mask)) if mask.any() else None
-
-
-def _rank(candidate: tuple[float | None, tuple]) -> tuple[bool, float]:
-    """Sort key of a (likeness, candidate): non-empty first, then more like the object (ties: the first)."""
-    likeness, (mask, *_) = candidate
-    return (bool(mask.any()), 0.0 if likeness is None else likeness)
-
-
-def _stop(
-    rules: PropagationRules,
-    new: np.ndarray,
-    previous: np.ndarray,
-    area: int,
-    key_area: int,
-    score: float,
-    best: float | None,
-    likeness: float | None,
-    raw_any: bool,
-) -> StopReason | None:
-    """Why the walk ends at a slice with mask ``new`` (None: it goes on)."""
-    if area == 0:
-        return StopReason.MOVED if raw_any else StopReason.EMPTY
-    if rules.min_overlap is not None and overlap(new, previous) < rules.min_overlap:
-        return StopReason.MOVED
-    if rules.unlike is not None and likeness is not None and likeness < rules.unlike:
-        return StopReason.UNLIKE
-    floor = max(
-        rules.min_score if rules.min_score is not None else 0.0,
-        rules.score_drop * best if rules.score_drop is not None and best is not None else 0.0,
-    )
-    if score < floor:
-        return StopReason.LOW_SCORE
-    if area < rules.min_area_fraction * key_area:
-        return StopReason.SMALL
-    return None
-
-
-def correct(
-    predictor: SlicePredictor,
-    volume: Any,
-    labels: np.ndarray,
-    label_id: int,
-    slice_index: int,
-    box: Sequence[float],
-    *,
-    axis: int = 0,
-    window: WindowArg = AUTO,
-    agree: float = 0.9,
-    **options: Any,
-) -> Generator[SliceStep, None, np.ndarray]:
-    """Correct object ``label_id`` of a label volume from a box on one slice; return new labels.
-
-    The slice takes the box's mask, and the object is propagated from it both ways
-    (:func:`propagate`, ``options`` passed on). Each direction changes the old object only while
-    the new masks are better supported than the old ones: a slice where the object was missing
-    takes the new mask (the correction extends an object that stopped short); on a slice that had
-    the object, the part only the old mask has is removed if it lies apart from the new mask or
-    looks clearly less like the object than the new mask (:data:`LEAK_FRACTION` of its likeness,
-    :class:`Appearance`, the measure propagation stops on), and the
-    part only the new one has is added if it looks like it; at the first slice where nothing is
-    supported, or the masks agree (IoU >= ``agree``: the walk stops there,
-    ``AGREES``), the old object is kept from there on. Where the new walk ends, the old object's
-    slices beyond are removed only while they fail the same rule (likeness < 0: they lay past the
-    object). Other objects' voxels are never taken. Yields a :class:`SliceStep` per slice visited;
-    returns a copy of ``labels`` (the caller writes the slices that changed, as one undo step). A
-    box that finds nothing raises ValueError with what to do.
-    """
-    labels = np.asarray(labels)
-    if labels.shape != tuple(np.shape(volume)):
-        raise ValueError(f"labels have shape {labels.shape}, the volume {np.shape(volume)}")
-    axis = check_axis(axis, 3)
-    window = resolve_window(window, volume)
-    old_z = np.moveaxis(labels == label_id, axis, 0)
-    steps: list[SliceStep] = []
-
-    def kept(step: SliceStep) -> SliceStep:
-        steps.append(step)
-        return step
-
-    walk = propagate(
-        predictor, volume, slice_index, key_box=box, axis=axis, window=window, agree_with=labels == label_id,
-        agree=agree, **options,
-    )  # fmt: skip
-    new = yield from relay(walk, kept)
-    new_z = np.moveaxis(new, axis, 0)
-    if not new_z[slice_index].any():
-        raise ValueError(
-            f"the box on slice {slice_index} found nothing to correct object {label_id} with: draw it "
-            "around the object as it should be on that slice"
-        )
-    rules = replace(PropagationRules(), **{k: v for k, v in options.items() if k in _RULE_FIELDS})
-    look = _look(predictor, volume, axis, window, slice_index, new_z[slice_index], rules)
-    merged = old_z.copy()
-    merged[slice_index] = new_z[slice_index]
-    for direction in (1, -1):
-        for step in (s for s in steps if (s.slice_index - slice_index) * direction > 0):
-            z, was = step.slice_index, old_z[step.slice_index]
-            if step.stop == StopReason.AGREES:
-                break
-            if step.stop is not None:
-                _clear_unlike(predictor, volume, axis, window, look, old_z, merged, z, direction)
-                break
-            if not was.any():
-                merged[z] = new_z[z]
-                continue
-            if iou(new_z[z], was) >= agree:
-                break
-            predictor.set_image(take_slice(volume, z, axis), window)
-            merged[z] = _supported(predictor, look, was, new_z[z])
-            if np.array_equal(merged[z], was):
-                break
-    out = labels.copy()
-    out_z = np.moveaxis(out, axis, 0)
-    out_z[old_z & ~merged] = 0
-    out_z[merged & (out_z == 0)] = label_id
-    return out
-
-
-_RULE_FIELDS = frozenset(PropagationRules.__dataclass_fields__)
-
-
-def _look(
-    predictor: SlicePredictor,
-    volume: Any,
-    axis: int,
-    window: tuple[float, float] | None,
-    z: int,
-    mask: np.ndarray,
-    rules: PropagationRules,
-) -> Appearance:
-    """The :class:`Appearance` of ``mask`` on slice ``z``, with its box grown as propagation grows it."""
-    predictor.set_image(take_slice(volume, z, axis), window)
-    return Appearance.of(predictor, mask, rules.grower(mask.shape)(mask))
-
-
-def _supported(predictor: SlicePredictor, look: Appearance, was: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """The old mask ``was`` with the new mask's changes that the object's look supports: the part
-    only the old one has goes if it lies apart from the new mask (another structure, as in
-    propagation) or looks clearly less like the object than the new mask (:data:`LEAK_FRACTION`);
-    the part only the new one has comes if it looks like it."""
-    out = was.copy()
-    gone, added = was & ~new, new & ~was
-    near = new.copy()  # the new mask grown by one pixel (8-connected)
-    near[1:] |= new[:-1]
-    near[:-1] |= new[1:]
-    near[:, 1:] |= near[:, :-1].copy()
-    near[:, :-1] |= near[:, 1:].copy()
-    attached = touching(gone, near)
-    out &= ~(gone & ~attached)  # pieces apart from the new mask: another structure (propagation's rule)
-    kept = look.likeness(predictor.features(new)) if new.any() else None
-    bar = 0.0 if kept is None else min(0.0, kept) + LEAK_FRACTION * max(kept, 0.0)
-    if (
-        attached.any()
-        and (likeness := look.likeness(predictor.features(attached))) is not None
-        and likeness < bar
-    ):
-        out &= ~attached
-    if added.any() and (likeness := look.likeness(predictor.features(added))) is not None and likeness >= 0:
-        out |= added
-    return out
-
-
-def _clear_unlike(
-    predictor: SlicePredictor,
-    volume: Any,
-    axis: int,
-    window: tuple[float, float] | None,
-    look: Appearance,
-    old_z: np.ndarray,
-    merged: np.ndarray,
-    z: int,
-    direction: int,
-) -> None:
-    """From slice ``z`` on in ``direction``, remove the old object while it looks unlike it."""
-    while 0 <= z < len(old_z) and old_z[z].any():
-        predictor.set_image(take_slice(volume, z, axis), window)
-        likeness = look.likeness(predictor.features(old_z[z]))
-        if likeness is None or likeness >= 0:
-            return
-        merged[z] = False
-        z += direction
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:

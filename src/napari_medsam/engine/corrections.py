@@ -1,0 +1,214 @@
+"""Correct one object of a label volume from a box on one slice, changing only what the box supports.
+
+A correction is new evidence on one slice: the user's box says what the object is there (the
+mask it gives) and, where the old mask differs, what it is not. The boxed slice takes the new
+mask and becomes an anchor (:class:`~napari_medsam.base.object_edits.ObjectEdits`). From it the
+object is walked both ways (:class:`~napari_medsam.engine.propagation.Tracker`, learning the
+object's look from the anchors), and on each slice the old mask changes only where the object
+model says the change is right: a piece only the old mask has goes if it looks unlike the
+object, a piece only the new one has comes if it looks like it, and a piece too thin for the
+model's cells to judge stays as it was. A direction ends at the first slice where nothing
+changes, where the masks agree, where the walk stops, at another anchor, at an end the user set,
+or past the object's old end (unless the box itself lay where the object was missing: then the
+correction extends it while the walk goes on): a box on a tip, on a first or last slice or on a
+slice that was right leaves the rest as it was. Why: ``docs/propagation.md``, "Corrections".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from napari_medsam.base.boxes import mask_box, normalise_box
+from napari_medsam.base.metrics import iou
+from napari_medsam.base.object_edits import ObjectEdits
+from napari_medsam.base.slicing import check_axis, take_slice
+from napari_medsam.base.windows import AUTO, WindowArg, resolve_window
+from napari_medsam.engine.object_model import INSIDE, ObjectModel, objectness
+from napari_medsam.engine.predictor import SlicePredictor
+from napari_medsam.engine.propagation import (
+    USER_WEIGHT,
+    PropagationRules,
+    SliceStep,
+    StopReason,
+    Tracker,
+    evidence,
+)
+
+#: The masks of a slice agree (the walk stops there, nothing changes) at this IoU or above.
+AGREE = 0.9
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A correction's outcome: the new labels, the object's edits (the boxed slice an anchor), the
+    slices whose object changed (array indices along the axis) and the boxed slice."""
+
+    labels: np.ndarray
+    edits: ObjectEdits
+    changed: tuple[int, ...]
+    slice_index: int
+
+    @property
+    def far(self) -> tuple[int, ...]:
+        """Changed slices more than one slice away from the boxed one."""
+        return tuple(z for z in self.changed if abs(z - self.slice_index) > 1)
+
+
+def correct(
+    predictor: SlicePredictor,
+    volume: Any,
+    labels: np.ndarray,
+    label_id: int,
+    slice_index: int,
+    box: Sequence[float],
+    *,
+    axis: int = 0,
+    window: WindowArg = AUTO,
+    edits: ObjectEdits | None = None,
+    rules: PropagationRules | None = None,
+    **overrides: Any,
+) -> Generator[SliceStep, None, Correction]:
+    """Correct object ``label_id`` of ``labels`` from a box on slice ``slice_index`` (the module's rules).
+
+    ``edits`` are the object's anchors and ends so far (the slices of its anchors keep their masks
+    and teach the object model). Yields a :class:`SliceStep` per slice visited; returns a
+    :class:`Correction` with a copy of the labels (other objects' voxels are never taken). A box
+    that finds nothing raises ValueError with what to do.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != tuple(np.shape(volume)):
+        raise ValueError(f"labels have shape {labels.shape}, the volume {np.shape(volume)}")
+    axis = check_axis(axis, 3)
+    depth = labels.shape[axis]
+    if not 0 <= int(slice_index) < depth:
+        raise ValueError(f"slice {slice_index} is outside 0..{depth - 1} along axis {axis}")
+    slice_index = int(slice_index)
+    rules = replace(rules or PropagationRules(), **overrides)
+    if rules.unlike is None:
+        raise ValueError("corrections judge changes by the object model: rules.unlike must not be None")
+    window = resolve_window(window, volume)
+    old_z = np.moveaxis(labels == label_id, axis, 0)
+    plane = old_z.shape[1:]
+    edits = (edits or ObjectEdits()).anchored(slice_index)
+
+    predictor.set_image(take_slice(volume, slice_index, axis), window)
+    prediction = predictor.predict(box=normalise_box(box))
+    boxed = np.asarray(prediction.mask, dtype=bool)
+    if not boxed.any():
+        raise ValueError(
+            f"the box on slice {slice_index} found nothing to correct object {label_id} with: draw it "
+            "around the object as it should be on that slice"
+        )
+    removed = predictor.coverage(old_z[slice_index] & ~boxed) >= INSIDE
+    trusted = [evidence(predictor, boxed, USER_WEIGHT, not_object=removed)]
+    total = depth
+    done = 1
+    yield SliceStep(
+        slice_index, done, total, int(boxed.sum()), boxed, mask_box(boxed), None, prediction.score, 1.0, 1.0
+    )
+    for z in sorted(edits.anchors - {slice_index}):
+        if old_z[z].any():
+            predictor.set_image(take_slice(volume, z, axis), window)
+            trusted.append(evidence(predictor, old_z[z], USER_WEIGHT))
+    merged = old_z.copy()
+    merged[slice_index] = boxed
+    extending = not old_z[slice_index].any()  # a box where the object was missing: it goes on there
+    for direction in (1, -1):
+        tracker = Tracker(predictor, rules, plane, trusted)  # type: ignore[arg-type]
+        previous, z = boxed, slice_index + direction
+        while 0 <= z < depth and z not in edits.anchors and edits.allows(z):
+            done += 1
+            predictor.set_image(take_slice(volume, z, axis), window)
+            visit = tracker.visit(previous)
+            was = old_z[z]
+            stop = tracker.stop(visit, previous, int(boxed.sum()), None)
+            if stop is None and was.any() and iou(visit.mask, was) >= AGREE:
+                stop = StopReason.AGREES
+            if stop is not None:
+                yield SliceStep(
+                    z,
+                    done,
+                    total,
+                    int(visit.mask.sum()),
+                    None,
+                    visit.box,
+                    stop,
+                    visit.score,
+                    visit.objectness,
+                )
+                break
+            if not was.any() and not extending:  # past the object's end: a box on it did not ask for more
+                break
+            model = tracker.model()
+            kept = was | visit.mask if model is None else supported(predictor, model, was, visit.mask)
+            if np.array_equal(kept, was):
+                yield SliceStep(
+                    z,
+                    done,
+                    total,
+                    int(was.sum()),
+                    None,
+                    visit.box,
+                    StopReason.AGREES,
+                    visit.score,
+                    visit.objectness,
+                )
+                break
+            merged[z] = kept
+            yield SliceStep(
+                z,
+                done,
+                total,
+                int(kept.sum()),
+                kept,
+                visit.box,
+                None,
+                visit.score,
+                visit.objectness,
+                visit.confidence,
+            )
+            tracker.accept(kept)
+            previous = kept
+            z += direction
+    out = labels.copy()
+    out_z = np.moveaxis(out, axis, 0)
+    out_z[old_z & ~merged] = 0
+    out_z[merged & (out_z == 0)] = label_id
+    changed = tuple(int(z) for z in np.flatnonzero((merged != old_z).any(axis=(1, 2))))
+    return Correction(out, edits, changed, slice_index)
+
+
+def supported(predictor: SlicePredictor, model: ObjectModel, was: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The old mask ``was`` of the current slice with the changes to ``new`` that ``model`` supports.
+
+    Each connected piece of the difference is judged on its own: a piece only ``was`` has goes if
+    less than half of its cells look like the object, a piece only ``new`` has comes if at least
+    half do; a piece that covers no cell by half or more (a rim thinner than the model's cells)
+    is not judged and stays as it was.
+    """
+    from skimage.measure import label
+
+    scores = model.score(predictor.cells())
+    out = was.copy()
+    for region, keep in ((was & ~new, False), (new & ~was, True)):
+        if not region.any():
+            continue
+        pieces = label(region, connectivity=2)
+        for piece in range(1, int(pieces.max()) + 1):
+            part = pieces == piece
+            cover = predictor.coverage(part)
+            judged = cover >= INSIDE
+            if not judged.any():
+                continue
+            share = objectness(scores, cover * judged)
+            if share is None:
+                continue
+            if keep and share >= 0.5:
+                out |= part
+            elif not keep and share < 0.5:
+                out &= ~part
+    return out
