@@ -1,17 +1,20 @@
-"""What each object of a label volume has besides its voxels: a name and a colour.
+"""What each object of a label volume has besides its voxels: a name, a colour and its edits.
 
 An object is a label id. Until someone names it, it is called "object N"; its colour is the
-palette's, cycled by id (:func:`label_color`). Every file format and the viewer take names and
-colours from here.
+palette's, cycled by id (:func:`label_color`); its edits are the slices a user vouched for
+(:class:`~napari_medsam.base.object_edits.ObjectEdits`). Every file format and the viewer take
+names, colours and edits from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from napari_medsam.base.object_edits import ObjectEdits
 
 RGB = tuple[float, float, float]
 #: Colours given to objects in id order (Okabe-Ito, a colour-blind safe palette), cycled.
@@ -51,11 +54,12 @@ def palette_cycle() -> list[tuple[float, float, float, float]]:
 
 @dataclass(frozen=True)
 class LabelObject:
-    """One object: its label id, name and RGB colour (0..1)."""
+    """One object: its label id, name, RGB colour (0..1) and edits (anchors and ends)."""
 
     label: int
     name: str
     color: RGB
+    edits: ObjectEdits = field(default_factory=ObjectEdits)
 
     @property
     def named(self) -> bool:
@@ -69,16 +73,21 @@ class LabelObject:
 
 
 def label_objects(
-    ids: Iterable[int], names: Mapping[int, str] | None = None, colors: Mapping[int, Any] | None = None
+    ids: Iterable[int],
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, Any] | None = None,
+    edits: Mapping[int, ObjectEdits] | None = None,
 ) -> list[LabelObject]:
-    """A :class:`LabelObject` for each id: the name and colour given, else the defaults."""
-    names, colors = names or {}, colors or {}
+    """A :class:`LabelObject` for each id: the name, colour and edits given, else the defaults."""
+    names, colors, edits = names or {}, colors or {}, edits or {}
     objects = []
     for i in ids:
         i = int(i)
         color = colors.get(i)
         rgb = label_color(i) if color is None else tuple(float(c) for c in list(color)[:3])
-        objects.append(LabelObject(i, str(names.get(i) or default_name(i)), rgb))  # type: ignore[arg-type]
+        objects.append(
+            LabelObject(i, str(names.get(i) or default_name(i)), rgb, edits.get(i, ObjectEdits()))  # type: ignore[arg-type]
+        )
     return objects
 
 

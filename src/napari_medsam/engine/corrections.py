@@ -116,18 +116,28 @@ def correct(
             trusted.append(evidence(predictor, old_z[z], USER_WEIGHT))
     merged = old_z.copy()
     merged[slice_index] = boxed
-    extending = not old_z[slice_index].any()  # a box where the object was missing: it goes on there
+    # A box where the object was missing extends it (through the slices where it is missing); a box
+    # on the object corrects the neighbours that disagree with the new walk at least as much as the
+    # boxed slice disagreed with the old mask (the error the user showed), no further.
+    extending = not old_z[slice_index].any()
+    shown = iou(boxed, old_z[slice_index])
     for direction in (1, -1):
         tracker = Tracker(predictor, rules, plane, trusted)  # type: ignore[arg-type]
         previous, z = boxed, slice_index + direction
         while 0 <= z < depth and z not in edits.anchors and edits.allows(z):
+            was = old_z[z]
+            if was.any() == extending:  # an extension reached the object, or a correction its end
+                break
             done += 1
             predictor.set_image(take_slice(volume, z, axis), window)
             visit = tracker.visit(previous)
-            was = old_z[z]
             stop = tracker.stop(visit, previous, int(boxed.sum()), None)
-            if stop is None and was.any() and iou(visit.mask, was) >= AGREE:
-                stop = StopReason.AGREES
+            if stop is None and was.any():
+                kept = supported(predictor, tracker.model(), was, visit.mask)
+                if iou(visit.mask, was) >= max(AGREE, shown) or np.array_equal(kept, was):
+                    stop = StopReason.AGREES
+            elif stop is None:
+                kept = visit.mask
             if stop is not None:
                 yield SliceStep(
                     z,
@@ -137,23 +147,6 @@ def correct(
                     None,
                     visit.box,
                     stop,
-                    visit.score,
-                    visit.objectness,
-                )
-                break
-            if not was.any() and not extending:  # past the object's end: a box on it did not ask for more
-                break
-            model = tracker.model()
-            kept = was | visit.mask if model is None else supported(predictor, model, was, visit.mask)
-            if np.array_equal(kept, was):
-                yield SliceStep(
-                    z,
-                    done,
-                    total,
-                    int(was.sum()),
-                    None,
-                    visit.box,
-                    StopReason.AGREES,
                     visit.score,
                     visit.objectness,
                 )
@@ -182,29 +175,44 @@ def correct(
     return Correction(out, edits, changed, slice_index)
 
 
-def supported(predictor: SlicePredictor, model: ObjectModel, was: np.ndarray, new: np.ndarray) -> np.ndarray:
+#: A piece of change is judged only if it is at least this fraction as thick as the object (the
+#: radius of the largest disk it holds against the object's): a thinner piece is the boundary's
+#: wobble between two masks of the same object, which the model places no better one way than the other.
+THIN = 0.25
+
+
+def supported(
+    predictor: SlicePredictor, model: ObjectModel | None, was: np.ndarray, new: np.ndarray
+) -> np.ndarray:
     """The old mask ``was`` of the current slice with the changes to ``new`` that ``model`` supports.
 
     Each connected piece of the difference is judged on its own: a piece only ``was`` has goes if
     less than half of its cells look like the object, a piece only ``new`` has comes if at least
-    half do; a piece that covers no cell by half or more (a rim thinner than the model's cells)
-    is not judged and stays as it was.
+    half do. A piece is not judged, and stays as it was, when it is thinner than :data:`THIN` of
+    the object's thickness or than half an embedding cell, or covers no cell by half or more:
+    below what the object model can see.
     """
+    from scipy.ndimage import distance_transform_edt
     from skimage.measure import label
 
+    if model is None:  # nothing tells the object from its surroundings: nothing is supported
+        return was.copy()
     scores = model.score(predictor.cells())
     out = was.copy()
+    cell = max(was.shape) / scores.shape[0]  # an embedding cell's side in pixels (whole slice)
+    thickness = float(distance_transform_edt(np.pad(was | new, 1))[1:-1, 1:-1].max())
+    least = max(cell / 2, THIN * thickness)
     for region, keep in ((was & ~new, False), (new & ~was, True)):
         if not region.any():
             continue
         pieces = label(region, connectivity=2)
         for piece in range(1, int(pieces.max()) + 1):
             part = pieces == piece
+            if distance_transform_edt(np.pad(part, 1)).max() < least:
+                continue
             cover = predictor.coverage(part)
             judged = cover >= INSIDE
-            if not judged.any():
-                continue
-            share = objectness(scores, cover * judged)
+            share = objectness(scores, cover * judged) if judged.any() else None
             if share is None:
                 continue
             if keep and share >= 0.5:

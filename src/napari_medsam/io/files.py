@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_medsam.base.atomic import atomic_path
+from napari_medsam.base.object_edits import ObjectEdits
 from napari_medsam.base.pixels import real_pixels
 from napari_medsam.io.formats import (
     PLAIN_READ_SUFFIXES,
@@ -133,19 +134,21 @@ def write_mask(
     names: Mapping[int, str] | None = None,
     model: str | None = None,
     colors: Mapping[int, tuple[float, float, float]] | None = None,
+    edits: Mapping[int, ObjectEdits] | None = None,
 ) -> None:
     """Write labels in the format the extension names (PNG: 0/255 for one object, else label ids).
 
     Every format is written beside ``path`` and renamed over it (:mod:`~napari_medsam.base.atomic`).
 
-    Label volume formats keep ``names`` and ``colors`` (:func:`~napari_medsam.io.label_files.save_labels`).
+    Label volume formats keep ``names``, ``colors`` and ``edits``
+    (:func:`~napari_medsam.io.label_files.save_labels`).
     """
     suffix = suffix_of(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in WRITE_SUFFIXES:
         from napari_medsam.io.label_files import save_labels
 
-        save_labels(path, labels, geometry, names=names, colors=colors, model=model)
+        save_labels(path, labels, geometry, names=names, colors=colors, model=model, edits=edits)
     elif suffix == ".npy":
         with atomic_path(path, suffix) as tmp:
             np.save(tmp, labels)

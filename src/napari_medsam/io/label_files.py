@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medsam.base.object_edits import ObjectEdits
 from napari_medsam.base.objects import LabelObject, label_objects, present_ids
 from napari_medsam.io.formats import WRITE_SUFFIXES, suffix_of
 from napari_medsam.io.orientation import to_axial
@@ -27,11 +28,14 @@ def save_labels(
     names: Mapping[int, str] | None = None,
     colors: Mapping[int, Any] | None = None,
     model: str | None = None,
+    edits: Mapping[int, ObjectEdits] | None = None,
 ) -> list[str]:
-    """Write ``labels`` with the names and colours of the objects present; returns the paths written.
+    """Write ``labels`` with the names, colours and edits of the objects present; returns the paths
+    written.
 
     Objects without a name are "object N", without a colour the palette's. ``model`` (the model
-    id) is recorded in DICOM Segmentations.
+    id) is recorded in DICOM Segmentations; ``edits`` in the sidecar and ``.seg.nrrd`` (a DICOM
+    Segmentation has no place for them).
     """
     path, suffix = os.fspath(path), suffix_of(path)
     if suffix not in WRITE_SUFFIXES:
@@ -39,7 +43,7 @@ def save_labels(
     labels = np.asarray(labels)
     if geometry is not None:
         labels, geometry = geometry.to_file(labels)
-    objects = label_objects(present_ids(labels), names, colors)
+    objects = label_objects(present_ids(labels), names, colors, edits)
     if suffix == ".dcm":
         from napari_medsam.io.dicom_seg import write_dicom_seg
 

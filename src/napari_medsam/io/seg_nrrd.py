@@ -5,11 +5,13 @@ documented at slicer.readthedocs.io (developer guide, Segmentations). The file i
 label image is written as one slice. ``SegmentN_Extent`` is the segment's bounding box as
 ``minI maxI minJ maxJ minK maxK`` in the file's (i, j, k) order, the array's order reversed.
 Reading takes the segments' fields from slicerio (Slicer's own reader of them) and the voxels and
-geometry from SimpleITK, like every other volume.
+geometry from SimpleITK, like every other volume. An object's edits (its anchor slices and ends)
+travel as the segment tag :data:`EDITS_TAG`, which Slicer keeps as it is.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from napari_medsam.base.label_policy import next_label_id
+from napari_medsam.base.object_edits import ObjectEdits
 from napari_medsam.base.objects import LabelObject, label_objects
 from napari_medsam.io.terminology import terminology_tag
 from napari_medsam.io.volumes import VolumeGeometry, read_volume, write_labels
@@ -49,7 +52,7 @@ def seg_header(labels: np.ndarray, objects: Sequence[LabelObject]) -> dict[str, 
             "LabelValue": str(obj.label),
             "Layer": "0",
             "Extent": extent,
-            "Tags": f"TerminologyEntry:{terminology_tag(obj.name)}|",
+            "Tags": f"TerminologyEntry:{terminology_tag(obj.name)}|" + _edits_tag(obj.edits),
         }
         header.update({f"Segment{n}_{key}": value for key, value in segment.items()})
     return header
@@ -99,7 +102,26 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, VolumeGeometry, 
             logger.info("%s: %d voxels in more than one segment; the later segment kept them", path, overlap)
     names = {label: str(segment.get("name") or "") for label, segment in found}
     colors = {label: segment["color"] for label, segment in found if len(segment.get("color") or ()) == 3}
-    return labels, geometry, label_objects([label for label, _ in found], names, colors)
+    edits = {label: _edits_of(segment, path) for label, segment in found}
+    return labels, geometry, label_objects([label for label, _ in found], names, colors, edits)
+
+
+#: The segment tag that keeps an object's edits (Slicer keeps tags it does not know as they are).
+EDITS_TAG = "NapariMedsam.Edits"
+
+
+def _edits_tag(edits: ObjectEdits) -> str:
+    data = edits.as_json()
+    return f"{EDITS_TAG}:{json.dumps(data, separators=(',', ':'))}|" if data else ""
+
+
+def _edits_of(segment: dict, path: str | os.PathLike) -> ObjectEdits:
+    text = (segment.get("tags") or {}).get(EDITS_TAG)
+    try:
+        return ObjectEdits.from_json(json.loads(text)) if text else ObjectEdits()
+    except ValueError:  # a damaged tag loses the edits, never the segment
+        logger.warning("%s: segment %s has unreadable edits %r; ignored", path, segment.get("name"), text)
+        return ObjectEdits()
 
 
 def _one_slice(geometry: VolumeGeometry) -> VolumeGeometry:
