@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import tifffile
 from skimage.io import imread
 
 from conftest import dice, make_phantom
+from napari_medsam.base.object_edits import ObjectEdits
 from napari_medsam.base.objects import label_objects
 from napari_medsam.cli import main
 from napari_medsam.io.label_files import load_labels
@@ -222,7 +224,8 @@ def test_segment_continues_from_existing_labels_without_touching_them(sample_ct,
     assert new[15].sum() > 100
     assert not new[existing > 0].any()
     assert dice(new[15] | (existing[15] == 1), reference[15] == 1) > 0.85
-    assert objects == [*kept, label_objects([6], {6: "spleen"})[0]]
+    # the new object's key slice is the user's (an anchor of later corrections), kept in the file
+    assert objects == [*kept, label_objects([6], {6: "spleen"}, edits={6: ObjectEdits(frozenset({15}))})[0]]
 
     elsewhere = VolumeGeometry.identity(existing.shape, (3.0, 3.0, 3.0), (900.0, 0.0, 0.0))
     write_seg_nrrd(tmp_path / "other.seg.nrrd", existing, elsewhere, kept)
@@ -252,7 +255,8 @@ def test_segment_corrects_one_object_from_a_box_on_one_slice(sample_ct, tmp_path
     assert dice(fixed == 2, kidney) > dice(leaked == 2, kidney) + 0.1
     assert not (fixed == 2)[reference == 5].any()  # the liver is out of the kidney
     np.testing.assert_array_equal(fixed == 1, leaked == 1)
-    assert objects == kept
+    # the boxed slice is kept with the labels as an anchor of the kidney (a fixed point hereafter)
+    assert objects == [kept[0], replace(kept[1], edits=ObjectEdits(frozenset({5})))]
 
     assert main([*base, "--correct", "7", "-o", str(tmp_path / "x.seg.nrrd")]) == 1
     assert "has no object 7" in capsys.readouterr().err
@@ -282,7 +286,7 @@ def test_segment_ends_an_object_at_a_slice_on_one_side(sample_ct, tmp_path, caps
     assert not (ended[21:] == 1).any()
     np.testing.assert_array_equal(ended[:21], existing[:21])
     np.testing.assert_array_equal(ended == 5, existing == 5)
-    assert objects == kept
+    assert objects == [replace(kept[0], edits=ObjectEdits(last=20)), kept[1]]  # the end is kept with it
     assert main([*base, "-o", str(tmp_path / "x.seg.nrrd")]) == 1
     assert "--side before|after" in capsys.readouterr().err
     assert not (tmp_path / "x.seg.nrrd").exists()

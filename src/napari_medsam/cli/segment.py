@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_medsam.base.atomic import write_text
 from napari_medsam.base.label_policy import AFTER, BEFORE, add_objects, check_label_image, end_object
-from napari_medsam.base.objects import LabelObject, present_ids
+from napari_medsam.base.object_edits import ObjectEdits
+from napari_medsam.base.objects import LabelObject, default_name, present_ids
 from napari_medsam.base.pixels import check_finite_slices
 from napari_medsam.base.stats import object_stats
 from napari_medsam.cli.common import add_model_options, add_window_options, fetch_model, window_for
@@ -66,8 +69,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--correct",
         type=int,
         metavar="ID",
-        help="with --labels and one --box on --slice: re-segment object ID on that slice and re-propagate "
-        "it both ways only as far as the new masks differ from the old ones; the rest is kept",
+        help="with --labels and one --box on --slice: re-segment object ID on that slice and change its "
+        "other slices only where the box supports it (the slices that changed are printed); the slice "
+        "becomes a fixed point of later corrections, kept with the labels",
     )
     segment.add_argument(
         "--end",
@@ -78,6 +82,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     segment.add_argument(
         "--side", choices=[BEFORE, AFTER], help="with --end: remove the object before or after --slice"
+    )
+    segment.add_argument(
+        "--review-json",
+        metavar="FILE",
+        help="with --propagate: write each object's slices to check and per-slice confidence to FILE (.json)",
     )
     segment.add_argument(
         "-o",
@@ -164,20 +173,47 @@ def check_correction(args: argparse.Namespace, existing: np.ndarray | None) -> N
 
 
 def corrected(
-    args: argparse.Namespace, predictor: Any, image: np.ndarray, existing: np.ndarray, window: Any
-) -> np.ndarray:
-    """The labels with object ``--correct`` re-segmented from the ``--box`` on ``--slice``."""
+    args: argparse.Namespace,
+    predictor: Any,
+    image: np.ndarray,
+    existing: np.ndarray,
+    window: Any,
+    edits: ObjectEdits,
+) -> tuple[np.ndarray, ObjectEdits]:
+    """The labels with object ``--correct`` re-segmented from the ``--box`` on ``--slice``, and its edits."""
     from napari_medsam.base.jobs import run_to_end
-    from napari_medsam.engine.propagation import correct
+    from napari_medsam.engine.edits import ObjectEditor
 
-    steps = correct(
-        predictor, image, existing, args.correct, args.slice, args.box[0], axis=args.axis, window=window
-    )
-    output = run_to_end(steps)
-    changed = np.moveaxis((existing == args.correct) != (output == args.correct), args.axis, 0)
-    slices = np.flatnonzero(changed.any(axis=(1, 2))).tolist()
-    print(f"corrected object {args.correct} on {len(slices)} slice(s): {slices}")
-    return output
+    editor = ObjectEditor(predictor, image, axis=args.axis, window=window)
+    done = run_to_end(editor.correct(existing, args.correct, args.slice, args.box[0], edits))
+    print(f"corrected object {args.correct} on {len(done.changed)} slice(s): {list(done.changed)}")
+    if done.far:
+        print(
+            f"note: the correction also changed slice(s) {list(done.far)}, more than one slice from "
+            f"slice {args.slice}: check them"
+        )
+    return done.labels, done.edits
+
+
+def print_reviews(args: argparse.Namespace, steps: list[Any], names: dict[int, str]) -> None:
+    """Print (and with ``--review-json`` write) each propagated object's slices to check."""
+    from napari_medsam.engine.review import review_slices
+
+    walks: list[list[Any]] = []
+    for step in steps:
+        if step.done == 1:
+            walks.append([])
+        walks[-1].append(step)
+    entries = []
+    for label, walk in enumerate(walks, start=1):
+        review = review_slices(walk)
+        confidence = {s.slice_index: round(s.confidence, 3) for s in walk if s.confidence is not None}
+        name = names.get(label, default_name(label))
+        print(f"{name}: check slice(s) {list(review)} first" if review else f"{name}: nothing to check")
+        entries.append({"label": label, "name": name, "review": list(review), "confidence": confidence})
+    if args.review_json:
+        report = {"axis": args.axis, "objects": entries}
+        write_text(Path(args.review_json), json.dumps(report, indent=2) + "\n")
 
 
 def check_outputs(
@@ -196,6 +232,12 @@ def check_outputs(
         check_folder(Path(args.stats))
         if overwritten_inputs([Path(args.stats)], inputs):
             raise ValueError(f"--stats {args.stats} would replace the input image; write it to another file")
+    if args.review_json:
+        if not args.propagate:
+            raise ValueError("--review-json lists the slices of a walk to check: it needs --propagate")
+        check_folder(Path(args.review_json))
+        if overwritten_inputs([Path(args.review_json)], inputs):
+            raise ValueError(f"--review-json {args.review_json} would replace the input; write it elsewhere")
     if is_volume:
         reached = None if args.propagate or args.correct is not None else [args.slice]
         check_finite_slices(image, args.axis, reached)
@@ -211,6 +253,16 @@ def ended(args: argparse.Namespace, existing: np.ndarray | None) -> np.ndarray:
     removed = int(np.sum(output != existing))
     print(f"ended object {args.end} at slice {args.slice}: removed {removed} voxel(s)")
     return output
+
+
+def kept_with(
+    kept: list[LabelObject], changes: dict[int, ObjectEdits] | None = None
+) -> tuple[dict[int, str], dict[int, Any], dict[int, ObjectEdits]]:
+    """Names, colours and edits of the ``--labels`` objects, with ``changes`` to their edits."""
+    names = {o.label: o.name for o in kept}
+    colors = {o.label: o.color for o in kept}
+    edits = {o.label: o.edits for o in kept} | (changes or {})
+    return names, colors, edits
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -231,8 +283,10 @@ def run_segment(args: argparse.Namespace) -> int:
         check_correction(args, existing)
     if args.end is not None:
         check_outputs(args, image, geometry, is_volume=True)
-        names, colors = {o.label: o.name for o in kept}, {o.label: o.color for o in kept}
-        write_mask(Path(args.output), ended(args, existing), geometry, names=names, colors=colors)
+        output = ended(args, existing)
+        before = next((o.edits for o in kept if o.label == args.end), ObjectEdits())
+        names, colors, edits = kept_with(kept, {args.end: before.ended(args.slice, args.side)})
+        write_mask(Path(args.output), output, geometry, names=names, colors=colors, edits=edits)
         return 0
     plane, is_volume = _slice_of(image, args)
     points, labels = _points(args)
@@ -251,27 +305,35 @@ def run_segment(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     boxes = args.box or [None]
     volume_file = suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")
+    changes: dict[int, ObjectEdits] = {}
     if args.correct is not None:
-        output = corrected(args, predictor, image, existing, choice.window)
+        before = next((o.edits for o in kept if o.label == args.correct), ObjectEdits())
+        output, changes[args.correct] = corrected(args, predictor, image, existing, choice.window, before)
     elif is_volume and (args.propagate or existing is not None or volume_file):
+        steps: list[Any] = []
         output = volume_labels(
             predictor, image, args.slice, boxes, choice.window, propagate=args.propagate, axis=args.axis,
-            points=points, point_labels=labels,
+            points=points, point_labels=labels, callback=steps.append,
         )  # fmt: skip
+        if args.propagate:
+            print_reviews(args, steps, names)
+        changes = {i: ObjectEdits().anchored(args.slice) for i in present_ids(output)}
     else:
         masks = [mask for mask, _ in key_predictions(predictor, plane, choice.window, boxes, points, labels)]
         output = stack_labels(masks, plane.shape[:2])
-    colors = {}
+    colors: dict[int, Any] = {}
+    edits = changes
     if existing is not None:
         if args.correct is None:
             output, ids = add_objects(existing, output)
             names = {ids[i]: name for i, name in names.items() if i in ids}
+            changes = {ids[i]: e for i, e in changes.items() if i in ids}
             print(f"kept {len(kept)} object(s) of {args.labels}; new object id(s) {sorted(ids.values())}")
         else:
             names = {}
-        names = {o.label: o.name for o in kept} | names
-        colors = {o.label: o.color for o in kept}
-    write_mask(Path(args.output), output, geometry, names=names, colors=colors, model=args.model)
+        kept_names, colors, edits = kept_with(kept, changes)
+        names = kept_names | names
+    write_mask(Path(args.output), output, geometry, names=names, colors=colors, model=args.model, edits=edits)
     if args.stats:
         pixels = image if output.shape == image.shape else plane if output.shape == plane.shape else None
         spacing = None if geometry is None or output.ndim != geometry.ndim else geometry.spacing

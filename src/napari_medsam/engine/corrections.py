@@ -103,25 +103,30 @@ def correct(
             f"the box on slice {slice_index} found nothing to correct object {label_id} with: draw it "
             "around the object as it should be on that slice"
         )
-    removed = predictor.coverage(old_z[slice_index] & ~boxed) >= INSIDE
-    trusted = [evidence(predictor, boxed, USER_WEIGHT, not_object=removed)]
+    trusted = [evidence(predictor, boxed, USER_WEIGHT)]
     total = depth
     done = 1
     yield SliceStep(
         slice_index, done, total, int(boxed.sum()), boxed, mask_box(boxed), None, prediction.score, 1.0, 1.0
     )
-    for z in sorted(edits.anchors - {slice_index}):
+    # What the object was believed to be before this box: its other anchors, else its old mask on
+    # the slice nearest the box. A change must look right to both the old belief and the new one.
+    believed = []
+    sources = sorted(edits.anchors - {slice_index}) or _nearest(old_z, slice_index)
+    for z in sources:
         if old_z[z].any():
             predictor.set_image(take_slice(volume, z, axis), window)
-            trusted.append(evidence(predictor, old_z[z], USER_WEIGHT))
+            believed.append(evidence(predictor, old_z[z], USER_WEIGHT))
+    trusted += [e for z, e in zip(sources, believed, strict=True) if z in edits.anchors]
+    before = ObjectModel.fit(believed)
     merged = old_z.copy()
     merged[slice_index] = boxed
-    # A box where the object was missing extends it (through the slices where it is missing); a box
-    # on the object corrects the neighbours that disagree with the new walk at least as much as the
-    # boxed slice disagreed with the old mask (the error the user showed), no further.
+    # A box where the object was missing fills that slice and the gap to the object, never beyond;
+    # a box on the object corrects the neighbours that disagree with the new walk at least as much
+    # as the boxed slice disagreed with the old mask (the error the user showed), no further.
     extending = not old_z[slice_index].any()
     shown = iou(boxed, old_z[slice_index])
-    for direction in (1, -1):
+    for direction in _directions(old_z, slice_index, extending):
         tracker = Tracker(predictor, rules, plane, trusted)  # type: ignore[arg-type]
         previous, z = boxed, slice_index + direction
         while 0 <= z < depth and z not in edits.anchors and edits.allows(z):
@@ -132,12 +137,14 @@ def correct(
             predictor.set_image(take_slice(volume, z, axis), window)
             visit = tracker.visit(previous)
             stop = tracker.stop(visit, previous, int(boxed.sum()), None)
+            kept = visit.mask
             if stop is None and was.any():
-                kept = supported(predictor, tracker.model(), was, visit.mask)
+                models = [tracker.model(), before]
+                kept = supported(
+                    predictor, models, was, visit.mask, additions=not looks_like(predictor, models, was)
+                )
                 if iou(visit.mask, was) >= max(AGREE, shown) or np.array_equal(kept, was):
                     stop = StopReason.AGREES
-            elif stop is None:
-                kept = visit.mask
             if stop is not None:
                 yield SliceStep(
                     z,
@@ -181,29 +188,44 @@ def correct(
 THIN = 0.25
 
 
+def looks_like(predictor: SlicePredictor, models: Sequence[ObjectModel | None], mask: np.ndarray) -> bool:
+    """Whether at least half of ``mask``'s cells look like the object to each of ``models``."""
+    cells, cover = predictor.cells(), predictor.coverage(mask)
+    return all(
+        model is not None and (objectness(model.score(cells), cover) or 0.0) >= 0.5 for model in models
+    )
+
+
 def supported(
-    predictor: SlicePredictor, model: ObjectModel | None, was: np.ndarray, new: np.ndarray
+    predictor: SlicePredictor,
+    models: Sequence[ObjectModel | None],
+    was: np.ndarray,
+    new: np.ndarray,
+    additions: bool = True,
 ) -> np.ndarray:
-    """The old mask ``was`` of the current slice with the changes to ``new`` that ``model`` supports.
+    """The old mask ``was`` of the current slice with the changes to ``new`` that every one of
+    ``models`` supports (a missing model supports nothing).
 
     Each connected piece of the difference is judged on its own: a piece only ``was`` has goes if
     less than half of its cells look like the object, a piece only ``new`` has comes if at least
-    half do. A piece is not judged, and stays as it was, when it is thinner than :data:`THIN` of
+    half do (only with ``additions``: a correction adds to an old mask that looked like the object
+    nothing it did not show on its own slice). A piece is not judged, and stays as it was, when it is thinner than :data:`THIN` of
     the object's thickness or than half an embedding cell, or covers no cell by half or more:
     below what the object model can see.
     """
     from scipy.ndimage import distance_transform_edt
     from skimage.measure import label
 
-    if model is None:  # nothing tells the object from its surroundings: nothing is supported
+    if any(model is None for model in models):
         return was.copy()
-    scores = model.score(predictor.cells())
+    cells = predictor.cells()
+    scores = [model.score(cells) for model in models]  # type: ignore[union-attr]
     out = was.copy()
-    cell = max(was.shape) / scores.shape[0]  # an embedding cell's side in pixels (whole slice)
+    cell = max(was.shape) / cells.shape[0]  # an embedding cell's side in pixels (whole slice)
     thickness = float(distance_transform_edt(np.pad(was | new, 1))[1:-1, 1:-1].max())
     least = max(cell / 2, THIN * thickness)
     for region, keep in ((was & ~new, False), (new & ~was, True)):
-        if not region.any():
+        if not region.any() or (keep and not additions):
             continue
         pieces = label(region, connectivity=2)
         for piece in range(1, int(pieces.max()) + 1):
@@ -212,11 +234,25 @@ def supported(
                 continue
             cover = predictor.coverage(part)
             judged = cover >= INSIDE
-            share = objectness(scores, cover * judged) if judged.any() else None
-            if share is None:
+            if not judged.any():
                 continue
-            if keep and share >= 0.5:
+            shares = [objectness(score, cover * judged) or 0.0 for score in scores]
+            if keep and min(shares) >= 0.5:
                 out |= part
-            elif not keep and share < 0.5:
+            elif not keep and max(shares) < 0.5:
                 out &= ~part
     return out
+
+
+def _nearest(old_z: np.ndarray, z: int) -> list[int]:
+    """The slice nearest ``z`` (not ``z``) where the old object is, as a one-item list (empty: none)."""
+    present = [int(i) for i in np.flatnonzero(old_z.any(axis=(1, 2))) if i != z]
+    return [min(present, key=lambda i: (abs(i - z), i))] if present else []
+
+
+def _directions(old_z: np.ndarray, z: int, extending: bool) -> list[int]:
+    """Where a correction walks from slice ``z``: both ways, or for an extension toward the object only."""
+    if not extending:
+        return [1, -1]
+    present = np.flatnonzero(old_z.any(axis=(1, 2)))
+    return [d for d in (1, -1) if np.any((present - z) * d > 0)]

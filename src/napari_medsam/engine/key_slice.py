@@ -6,7 +6,7 @@ exactly what ``napari-medsam segment IMAGE --slice S --box ... --propagate`` giv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,10 +44,12 @@ def volume_labels(
     axis: int = 0,
     points: np.ndarray | None = None,
     point_labels: np.ndarray | None = None,
+    callback: Callable[[Any], Any] | None = None,
 ) -> np.ndarray:
     """Objects 1..N of a volume from their boxes on ``key_slice``, each propagated on its own
     (:func:`~napari_medsam.engine.propagation.label_volume`, with the key masks' predicted IoU, so
-    the result equals ``propagate`` from the same box) or kept on the key slice alone."""
+    the result equals ``propagate`` from the same box) or kept on the key slice alone. ``callback``
+    gets every walk's steps (each object's walk starts with its key slice's step, ``done == 1``)."""
     shape = tuple(np.shape(volume))
     if len(shape) != 3:
         raise ValueError(f"expected a 3D volume, got shape {shape}")
@@ -58,5 +60,5 @@ def volume_labels(
     masks, scores = zip(*key_predictions(predictor, plane, window, boxes, points, point_labels), strict=True)
     return label_volume(
         predictor, volume, key_slice, masks, propagate_objects=propagate, axis=axis, window=window,
-        key_scores=scores,
+        key_scores=scores, callback=callback,
     )  # fmt: skip
