@@ -209,9 +209,9 @@ def supported(
     Each connected piece of the difference is judged on its own: a piece only ``was`` has goes if
     less than half of its cells look like the object, a piece only ``new`` has comes if at least
     half do (only with ``additions``: a correction adds to an old mask that looked like the object
-    nothing it did not show on its own slice). A piece is not judged, and stays as it was, when it is thinner than :data:`THIN` of
-    the object's thickness or than half an embedding cell, or covers no cell by half or more:
-    below what the object model can see.
+    nothing it did not show on its own slice). A piece is not judged, and stays as it was, when it
+    is thinner than :data:`THIN` of the object's thickness or than half an embedding cell, or
+    covers no cell by half or more: below what the object model can see.
     """
     from scipy.ndimage import distance_transform_edt
     from skimage.measure import label
