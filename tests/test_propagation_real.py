@@ -15,7 +15,8 @@ from napari_medsam.base.jobs import run_to_end
 from napari_medsam.base.metrics import dice
 from napari_medsam.base.windows import training_window
 from napari_medsam.engine.predictor import MedSamPredictor
-from napari_medsam.engine.propagation import correct, propagate
+from napari_medsam.engine.corrections import correct
+from napari_medsam.engine.propagation import propagate
 from realdata import brain_mr, ct_spleen, oracle_box
 
 
@@ -47,10 +48,9 @@ def test_a_brain_tumour_is_not_left_after_three_of_its_seven_slices(predictor):
     assert dice(result, truth) >= 0.75  # measured 0.786, oracle 0.893; was 0.652
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known: the spleen's walk runs 3 slices past each end (docs/propagation.md)"
-)
 def test_a_ct_spleen_walk_ends_with_the_spleen(predictor):
+    """It ran 3 slices past each end: past them lies soft tissue that looks like the spleen to the
+    key slice alone; the walk's object model, learnt slice by slice, tells them apart."""
     image, labels = ct_spleen()
     truth = labels == 1
     _, masked, present, _ = walk(predictor, image, truth)
@@ -66,7 +66,7 @@ def test_a_correction_never_makes_right_slices_worse(predictor):
     before = result.astype(np.uint8)
     worst = int(min(present, key=lambda z: dice(before[z] == 1, truth[z])))
     window = training_window(image).window
-    after = run_to_end(correct(predictor, image, before, 1, worst, oracle_box(truth[worst]), window=window))
+    after = run_to_end(correct(predictor, image, before, 1, worst, oracle_box(truth[worst]), window=window)).labels
     for z in present:
         if dice(before[z] == 1, truth[z]) >= 0.9:
             assert dice(after[z] == 1, truth[z]) >= dice(before[z] == 1, truth[z]) - 0.02, z
