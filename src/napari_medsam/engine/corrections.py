@@ -109,16 +109,15 @@ def correct(
     yield SliceStep(
         slice_index, done, total, int(boxed.sum()), boxed, mask_box(boxed), None, prediction.score, 1.0, 1.0
     )
-    # What the object was believed to be before this box: its other anchors, else its old mask on
-    # the slice nearest the box. A change must look right to both the old belief and the new one.
+    # What the object was believed to be before this box: its other anchors (the slices the user made
+    # or corrected). Where there are some, a change must look right to that belief and to the new one.
     believed = []
-    sources = sorted(edits.anchors - {slice_index}) or _nearest(old_z, slice_index)
-    for z in sources:
+    for z in sorted(edits.anchors - {slice_index}):
         if old_z[z].any():
             predictor.set_image(take_slice(volume, z, axis), window)
             believed.append(evidence(predictor, old_z[z], USER_WEIGHT))
-    trusted += [e for z, e in zip(sources, believed, strict=True) if z in edits.anchors]
-    before = ObjectModel.fit(believed)
+    trusted += believed
+    before = [ObjectModel.fit(believed)] if believed else []
     merged = old_z.copy()
     merged[slice_index] = boxed
     # A box where the object was missing fills that slice and the gap to the object, never beyond;
@@ -139,7 +138,7 @@ def correct(
             stop = tracker.stop(visit, previous, int(boxed.sum()), None)
             kept = visit.mask
             if stop is None and was.any():
-                models = [tracker.model(), before]
+                models = [tracker.model(), *before]
                 kept = supported(
                     predictor, models, was, visit.mask, additions=not looks_like(predictor, models, was)
                 )
@@ -242,12 +241,6 @@ def supported(
             elif not keep and max(shares) < 0.5:
                 out &= ~part
     return out
-
-
-def _nearest(old_z: np.ndarray, z: int) -> list[int]:
-    """The slice nearest ``z`` (not ``z``) where the old object is, as a one-item list (empty: none)."""
-    present = [int(i) for i in np.flatnonzero(old_z.any(axis=(1, 2))) if i != z]
-    return [min(present, key=lambda i: (abs(i - z), i))] if present else []
 
 
 def _directions(old_z: np.ndarray, z: int, extending: bool) -> list[int]:

@@ -33,8 +33,9 @@ class _Moments:
 
     @classmethod
     def of(cls, rows: np.ndarray, weight: float) -> _Moments:
-        rows = rows.astype(np.float64)
-        return cls(weight * len(rows), weight * rows.sum(axis=0), weight * rows.T @ rows)
+        rows = np.asarray(rows, dtype=np.float32)  # the products in float32, their sums kept in float64
+        outer = (rows.T @ rows).astype(np.float64)
+        return cls(weight * len(rows), weight * rows.sum(axis=0, dtype=np.float64), weight * outer)
 
     def __add__(self, other: _Moments) -> _Moments:
         return _Moments(self.count + other.count, self.total + other.total, self.outer + other.outer)

@@ -116,6 +116,7 @@ class MedSamPredictor:
         self._image: np.ndarray = np.zeros((0, 0))
         self._window: tuple[float, float] | None = None
         self._crops: list[Window] = []  # crop windows encoded for the current slice
+        self._cells: tuple[torch.Tensor, np.ndarray] | None = None  # the current embedding's cells()
 
     @classmethod
     def from_pretrained(
@@ -263,9 +264,14 @@ class MedSamPredictor:
         return F.avg_pool2d(padded, size // embedding.shape[-1])[0, 0].numpy()
 
     def cells(self) -> np.ndarray:
-        """The current slice's embedding as one float32 vector per cell: (64, 64, 256)."""
+        """The current slice's embedding as one float32 vector per cell: (64, 64, 256), read-only."""
         embedding, _ = self._current("cells")
-        return np.ascontiguousarray(embedding[0].float().cpu().numpy().transpose(1, 2, 0))
+        with self._lock:
+            if self._cells is None or self._cells[0] is not embedding:
+                array = np.ascontiguousarray(embedding[0].float().cpu().numpy().transpose(1, 2, 0))
+                array.flags.writeable = False
+                self._cells = (embedding, array)
+            return self._cells[1]
 
     def features(self, mask: np.ndarray) -> np.ndarray | None:
         """The current image's embedding averaged over ``mask`` (H, W): one vector per mask (None if empty).

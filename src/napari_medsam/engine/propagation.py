@@ -213,19 +213,23 @@ class Tracker:
         self.trusted = list(trusted)
         self.recent: deque[Evidence] = deque(maxlen=rules.memory)
         self.use_previous_logits = use_previous_logits
+        self._model: tuple[ObjectModel | None] | None = None  # fitted on what it has learnt so far
 
     def model(self) -> ObjectModel | None:
         """The object model from the trusted slices and the walk's last ones (None: not enough)."""
-        return ObjectModel.fit([*self.trusted, *self.recent]) if self.rules.unlike is not None else None
+        if self.rules.unlike is None:
+            return None
+        if self._model is None:
+            self._model = (ObjectModel.fit([*self.trusted, *self.recent]),)
+        return self._model[0]
 
     def visit(self, previous: np.ndarray, previous_logits: np.ndarray | None = None) -> Visit:
         """The mask of the current slice (``predictor.set_image`` done) that follows ``previous``."""
         predictor, rules = self.predictor, self.rules
         feed = previous_logits if self.use_previous_logits else None
         candidates = prompt_candidates(predictor, previous, self.grown, rules, feed)
-        candidates.append(
-            prompt_candidates(predictor, previous, mask_box, replace(rules, max_refine=0), feed)[0]
-        )
+        tight = replace(rules, max_refine=0)
+        candidates.append(prompt_candidates(predictor, previous, mask_box, tight, feed)[0])
         model = self.model()
         if model is None:
             new, box, score, logits, raw_any = candidates[0]
@@ -258,12 +262,14 @@ class Tracker:
         model = self.model()
         like = None if model is None else model.score(self.predictor.cells()) > 0
         self.recent.append(evidence(self.predictor, mask, object_like=like))
+        self._model = None
 
     def anchor(self, mask: np.ndarray) -> None:
         """Learn from the current slice's ``mask`` that the user gave (an anchor)."""
         if self.rules.unlike is not None:
             self.trusted.append(evidence(self.predictor, mask, USER_WEIGHT))
             self.recent.clear()
+            self._model = None
 
     def stop(
         self, visit: Visit, previous: np.ndarray, key_area: int, best: float | None
