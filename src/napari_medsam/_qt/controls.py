@@ -68,7 +68,8 @@ class Controls:
         self.propagate_scope = ComboBox(label="propagate", choices=PROPAGATE_SCOPES, value=SELECTED_OBJECT)
         self.overwrite = CheckBox(value=False, text="overwrite other labels")
         self.prefetch = CheckBox(value=True, text="encode every slice in the background")
-        self.encoding_status = Label(value="")
+        #: What runs in the background (the model loading, slices encoded), under the status line.
+        self.encoding_status = StatusLine()
         self.store = StoreSetting()
         self.segment_button = PushButton(text="Segment")
         self.propagate_button = PushButton(text=PROPAGATE)
@@ -94,6 +95,6 @@ class Controls:
         self.widgets = [
             self.new_layers, self.positive, self.auto, self.model, self.weights, self.device, self.backend,
             self.window, self.scope, self.propagate_scope, self.overwrite, self.prefetch,
-            self.encoding_status, self.store.edit, self.actions, self.edits, self.progress_bar,
-            self.status_label,
+            self.store.edit, self.actions, self.edits, self.progress_bar, self.status_label,
+            self.encoding_status,
         ]  # fmt: skip

@@ -23,6 +23,7 @@ import napari.viewer
 from magicgui.widgets import Container
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_medsam._qt.activity import BackgroundActivity
 from napari_medsam._qt.background import AutoSegment, EncodeTarget, VolumeEncoding
 from napari_medsam._qt.controls import Controls, keep_narrow
 from napari_medsam._qt.jobs import JobRunner
@@ -58,7 +59,7 @@ from napari_medsam.engine.model_slot import (
 from napari_medsam.engine.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
-from napari_medsam.layers.objects import object_names
+from napari_medsam.layers.objects import object_names, selected_object
 from napari_medsam.layers.prompt_layers import ClickPolarity
 from napari_medsam.layers.prompts import current_plane, spatial_shape
 from napari_medsam.layers.requests import (
@@ -137,8 +138,13 @@ class MedSamWidget(Container):
         self.job_finished = self.jobs.finished
         self.auto = AutoSegment(self.native, self._auto_segment, lambda: self.jobs.busy)
         #: Plans what to encode in the background; ``prefetcher`` encodes it in a thread.
-        self.encoding = VolumeEncoding(self.native, self._encode_target, self._show_encoding)
+        self.encoding = VolumeEncoding(self.native, self._encode_target, lambda _: self.activity.refresh())
         self.prefetcher = self.encoding.prefetcher
+        #: The line under the status line: the model loading, the slices encoded in the background.
+        self.activity = BackgroundActivity(
+            self.native, c.encoding_status, c.progress_bar, self.models, lambda: self.prefetcher.progress,
+            lambda: self.jobs.busy,
+        )  # fmt: skip
 
         self.controls.new_layers.changed.connect(self.add_prompt_layers)
         actions = ("Segment", vol.PROPAGATE, vol.INTERPOLATE, vol.CORRECT)
@@ -251,9 +257,9 @@ class MedSamWidget(Container):
         labels = inputs.labels
         if labels is None or not labels.data.any():
             raise ValueError("End here acts on a segmented object: segment one first.")
+        label_id = selected_object(labels, "End here")
         stack = self.current_stack()
         numbers = vol.slice_numbers(inputs, stack)
-        label_id = int(labels.selected_label)
         name = vol.describe_object(labels, label_id)
         if not (stack.plane.extract(labels.data) == label_id).any():
             raise ValueError(
@@ -304,6 +310,7 @@ class MedSamWidget(Container):
         self.preload.close(JOIN_TIMEOUT_S)
         self.auto.close()
         self.encoding.close(JOIN_TIMEOUT_S)
+        self.activity.close()
         self.objects.close()
         self.models.clear()
         self.polarity.release()
@@ -540,9 +547,6 @@ class MedSamWidget(Container):
         self.encoding.forget_predictor()
         self.models.clear()
         self._on_prefetch_input_changed()
-
-    def _show_encoding(self, text: str) -> None:
-        self.controls.encoding_status.value = text
 
     def _encode_target(self) -> EncodeTarget | None:
         """What to encode in the background: every slice of the plane on screen (a 2D image: itself)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.base.jobs import Job
+from napari_medsam.base.jobs import Job, Progress
 from napari_medsam.base.label_policy import assign_label_ids
 from napari_medsam.layers.labels import write_planes
 from napari_medsam.layers.objects import note_written
@@ -107,9 +107,10 @@ def object_ids(objects: list[ObjectPrompt], labels_data: Any | None, boxes: Any,
     return assign_label_ids(known, labels_data, np.concatenate([box_ids, click_ids]))
 
 
-def loading_message(source: str) -> str:
-    """What a run says while it waits for its model (seconds the first time, nothing after)."""
-    return f"Loading the model {source} (the first run only: a few seconds)…"
+def loading_step(source: str) -> Progress:
+    """A run's first step, while it waits for its model (seconds the first time, nothing after):
+    no measure (total 0: the widget's bar runs as a busy indicator), what it waits for."""
+    return 0, 0, f"Loading the model {source} (the first run only: a few seconds)…"
 
 
 def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[SegmentOutcome]:
@@ -120,7 +121,7 @@ def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[S
     """
     planes = [(p, list(objs)) for p, objs in groupby(request.objects, key=lambda o: o.plane)]
     total = 1 + len(planes) + len(request.objects)
-    yield 0, total, loading_message(request.settings.source)
+    yield loading_step(request.settings.source)
     predictor = predictor_for(request.settings.source, request.settings.device)
     family = str(predictor.family)
     masks: list[np.ndarray] = []
