@@ -520,7 +520,8 @@ def test_a_2d_image_encodes_only_itself(make_napari_viewer, spy, qtbot):
     w = MedSamWidget(viewer, predictor_factory=lambda source, device: spy)
     qtbot.waitUntil(lambda: len(spy.encoded) == 1 and w.prefetcher.wait(0), timeout=TIMEOUT_MS)
     assert spy.encoded == [VolumeSpy.key(image.data, w.intensity_window(image))]
-    qtbot.waitUntil(lambda: w.controls.encoding_status.value == "Encoded in the background: 1 / 1 slices", timeout=TIMEOUT_MS)
+    line = w.controls.encoding_status
+    qtbot.waitUntil(lambda: line.value == "Encoded in the background: 1 / 1 slices", timeout=TIMEOUT_MS)
 
 
 def test_prefetch_follows_the_image_and_stops_when_closed(make_setup, spy, qtbot):

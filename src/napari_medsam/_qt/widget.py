@@ -22,10 +22,13 @@ import napari.layers
 import napari.viewer
 from magicgui.widgets import Container
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QFontMetrics
 
 from napari_medsam._qt.activity import BackgroundActivity
 from napari_medsam._qt.background import AutoSegment, EncodeTarget, VolumeEncoding
-from napari_medsam._qt.controls import Controls, keep_narrow
+from napari_medsam._qt.captions import NAME_ROOM, SEGMENT, captions, every_text
+from napari_medsam._qt.controls import Controls, keep_narrow, keep_width
 from napari_medsam._qt.jobs import JobRunner
 from napari_medsam._qt.objects_table import ObjectTable
 from napari_medsam._qt.options import (
@@ -46,6 +49,7 @@ from napari_medsam._qt.options import (
 )
 from napari_medsam._qt.pickers import LayerPickers
 from napari_medsam._qt.preload import ModelPreload
+from napari_medsam._qt.shortcuts import SHORTCUTS, bind_shortcuts, shown
 from napari_medsam._qt.watchers import CloseWatcher
 from napari_medsam.base.jobs import Job, run_to_end
 from napari_medsam.base.label_policy import AFTER, BEFORE
@@ -59,6 +63,7 @@ from napari_medsam.engine.model_slot import (
 from napari_medsam.engine.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
+from napari_medsam.layers.directions import SliderSides, slider_sides
 from napari_medsam.layers.objects import object_names, selected_object
 from napari_medsam.layers.prompt_layers import ClickPolarity
 from napari_medsam.layers.prompts import current_plane, spatial_shape
@@ -77,8 +82,6 @@ __all__ = [
     "ALL_OBJECTS", "ALL_SLICES", "MODELS", "NEW_OBJECTS", "SELECTED_OBJECT", "THIS_SLICE", "TOGGLE_KEY",
     "WINDOWS", "MedSamWidget",
 ]  # fmt: skip
-#: The longest object name a button shows (longer names are cut, the tooltip has them whole).
-BUTTON_NAME_CHARS = 14
 
 
 class MedSamWidget(Container):
@@ -175,7 +178,16 @@ class MedSamWidget(Container):
         for emitter, callback in self._viewer_events:
             emitter.connect(callback)
         #: Polarity of the next click; key T toggles it (or flips the selected clicks).
-        self.polarity = ClickPolarity(self._viewer, self.controls.positive, TOGGLE_KEY)
+        self.polarity = ClickPolarity(self.controls.positive)
+        #: Each action's button by name (the captions' and the shortcuts' keys).
+        self.buttons = {
+            SEGMENT: self.segment_button, vol.PROPAGATE: self.propagate_button,
+            vol.INTERPOLATE: self.interpolate_button, vol.CORRECT: self.correct_button, **self.end_buttons,
+        }  # fmt: skip
+        for name, texts in every_text().items():
+            keep_width(self.buttons[name], texts)
+        #: The shortcuts, bound on the viewer through napari's key bindings until the widget closes.
+        self.keys = bind_shortcuts(self._viewer, self.buttons, self._press, self.polarity.toggle)
         self._close_watcher = CloseWatcher(self.native, self.release)
         #: Loads the chosen model in a thread soon after opening: the first Segment need not wait.
         #: Then encodes the slices around the one on screen (when prefetching is on).
@@ -269,7 +281,9 @@ class MedSamWidget(Container):
         ended = vol.end_object(labels, stack, label_id, numbers.side(side))
         cleared = sorted(numbers.steps[z] for z in ended)
         where = f"slice(s) {cleared[0]}..{cleared[-1]}" if cleared else "no slice (nothing lay that way)"
-        self.status_label.value = f"Ended {name} at {numbers.name(stack.index)}: removed from {where}"
+        toward = slider_sides(inputs, stack).toward(side)
+        here = numbers.name(stack.index)
+        self.status_label.value = f"Ended {name} at {here}: removed from {where}, {toward}"
         return cleared
 
     def interpolate(self) -> list[int]:
@@ -313,7 +327,7 @@ class MedSamWidget(Container):
         self.activity.close()
         self.objects.close()
         self.models.clear()
-        self.polarity.release()
+        self.keys.release()
         for emitter, callback in self._viewer_events:
             emitter.disconnect(callback)
 
@@ -401,28 +415,13 @@ class MedSamWidget(Container):
     def _refresh(self, *_: object) -> None:
         problem = self._input_problem()
         volume_problem = problem or (None if self._image.value is None else self._volume_problem())
-        selected = self._selected_name()
-        self.propagate_button.text, propagate_tip = self._propagate_text(selected)
-        tips = {
-            self.segment_button: (problem, "Segment the boxes and clicks (one undo step)"),
-            self.propagate_button: (volume_problem, propagate_tip),
-            self.interpolate_button: (volume_problem, "Segment the slices between an object's key boxes"),
-            self.correct_button: (
-                volume_problem,
-                f"Correct the selected object ({selected}) from the box drawn on this slice: re-segment it "
-                "here and carry the change only as far as it changes the object (one undo step)",
-            ),
-            self.end_buttons[BEFORE]: (
-                volume_problem, f"Remove the selected object ({selected}) from every slice before this one"
-                " (lower slider positions), one undo step",
-            ),
-            self.end_buttons[AFTER]: (
-                volume_problem, f"Remove the selected object ({selected}) from every slice after this one"
-                " (higher slider positions), one undo step",
-            ),
-        }  # fmt: skip
-        for button in (*self.run_buttons, *self.end_buttons.values()):
-            blocker, tip = tips.get(button, (problem, button.tooltip))
+        sides = None if volume_problem else self._slider_sides()
+        keys = {name: shown(key) for name, key in SHORTCUTS.items()}
+        said = captions(self._selected_name(), str(self.propagate_scope), sides, keys, self._cut)
+        blockers = dict.fromkeys([vol.PROPAGATE, vol.INTERPOLATE, vol.CORRECT, BEFORE, AFTER], volume_problem)
+        for name, button in self.buttons.items():
+            blocker = blockers.get(name, problem)
+            button.text, tip = said[name]
             button.enabled = blocker is None and not self.jobs.busy
             button.tooltip = blocker or tip
         if problem:
@@ -430,23 +429,32 @@ class MedSamWidget(Container):
         elif self._showing_problem:
             self.status_label.value, self._showing_problem = "Ready", False
 
-    def _selected_name(self) -> str:
-        """The selected object as buttons name it: its name (cut to fit), else its label id."""
-        labels = self._labels.value
-        if labels is None:
-            return "none yet"
-        label_id = int(labels.selected_label)
-        name = object_names(labels).get(label_id) or f"label {label_id}"
-        return name if len(name) <= BUTTON_NAME_CHARS else name[: BUTTON_NAME_CHARS - 1] + "…"
+    def _slider_sides(self) -> SliderSides | None:
+        """What each side of the slider is in the patient (None: no slider through the image here)."""
+        try:
+            inputs, _ = self._run_inputs(None)
+            return slider_sides(inputs, self.current_stack())
+        except ValueError:  # e.g. the viewer's position lies outside the image
+            return None
 
-    def _propagate_text(self, selected: str) -> tuple[str, str]:
-        """The Propagate button's text and tooltip: what it will carry, by ``propagate_scope``."""
-        scope = str(self.propagate_scope)
-        if scope == SELECTED_OBJECT:
-            return f"{vol.PROPAGATE} {selected}", f"Carry the selected object ({selected}) through the volume"
-        if scope == NEW_OBJECTS:
-            return f"{vol.PROPAGATE} new", "Carry the objects of this slice that are on no other slice yet"
-        return f"{vol.PROPAGATE} all", "Carry every object on this slice through the volume, again"
+    def _selected_name(self) -> str | None:
+        """The selected object as buttons name it: its name, else its label id (None: none selected)."""
+        labels = self._labels.value
+        label_id = 0 if labels is None else int(labels.selected_label)
+        return (object_names(labels).get(label_id) or f"label {label_id}") if label_id > 0 else None
+
+    def _cut(self, name: str) -> str:
+        """``name`` cut to the width of :data:`NAME_ROOM` on a button (a long name never widens the dock)."""
+        metrics = QFontMetrics(self.propagate_button.native.font())
+        return metrics.elidedText(name, Qt.TextElideMode.ElideRight, metrics.horizontalAdvance(NAME_ROOM))
+
+    def _press(self, button: Any) -> None:
+        """A shortcut: press ``button``, or say why it cannot be pressed now."""
+        if button.enabled:
+            button.native.click()
+        else:
+            busy = "Wait for the run to end, or press Cancel."
+            self.status_label.value = busy if self.jobs.busy else button.tooltip
 
     def _notify(self, level: str, message: str) -> None:
         {"error": show_error, "warning": show_warning}.get(level, show_info)(message)

@@ -31,6 +31,7 @@ from napari_medsam.layers.prompts import (
     boxes_from_shapes,
     current_plane,
     slider_axis,
+    slider_step,
     spatial_shape,
 )
 from napari_medsam.layers.requests import ALL_OBJECTS, NEW_OBJECTS, SELECTED_OBJECT, LayerInputs, RunSettings
@@ -120,11 +121,8 @@ def slice_numbers(inputs: LayerInputs, stack: PlaneStack) -> SliceNumbers:
     for z in range(stack.shape[0]):
         point[stack.axis] = z
         position = float(np.asarray(image.data_to_world(point))[world_axis])
-        if len(inputs.dims_range) > world_axis:
-            start, _, step = inputs.dims_range[world_axis]
-            steps.append(round((position - start) / step) if step else z)
-        else:
-            steps.append(z)
+        in_range = len(inputs.dims_range) > world_axis and inputs.dims_range[world_axis][2]
+        steps.append(slider_step(position, inputs.dims_range[world_axis]) if in_range else z)
         world.append(position)
     unit = "mm" if GEOMETRY_KEY in getattr(image, "metadata", {}) else None
     return SliceNumbers(tuple(steps), tuple(world), unit)
