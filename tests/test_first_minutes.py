@@ -8,9 +8,14 @@ import threading
 
 import numpy as np
 import pytest
+from qtpy.QtCore import QRect, Qt
+from qtpy.QtGui import QFontMetrics
+from qtpy.QtWidgets import QApplication
 
 import test_widget_volume as volume_tests
+from conftest import rectangle
 from napari_medsam._qt.widget import MedSamWidget
+from napari_medsam.io.samples import ABDOMINAL_CT
 from test_widget_volume import VolumeSpy, box_around, ellipsoids
 
 #: The fixtures of the volume tests: a viewer with a 3D image and the widget, its stand-in model.
@@ -83,3 +88,172 @@ def test_3_the_model_loading_ahead_is_announced_and_the_bar_is_busy(make_napari_
     qtbot.waitUntil(lambda: line.value == "Encoded in the background: 12 / 12 slices", timeout=TIMEOUT_MS)
     assert w.progress_bar.max == 1
     assert w.progress_bar.value == 0
+
+
+# 4 -------------------------------------------------------------------------------------------
+def wrapped_lines(label, width: int = 420) -> int:
+    """How many lines ``label`` (a status line) takes at ``width`` px, about a dock's width."""
+    metrics = QFontMetrics(label.native.font())
+    flags = int(Qt.TextFlag.TextWordWrap)
+    return metrics.boundingRect(QRect(0, 0, width, 10_000), flags, label.value).height() // metrics.lineSpacing()
+
+
+def test_4_a_box_outside_the_image_is_named_by_its_slice_in_one_short_line(make_setup, spy, notices):
+    volume, (organ,) = ellipsoids()
+    s = make_setup(volume)
+    w = s.widget
+    for z in (3, 4, 5):  # three boxes on other slices first: the walk-through's fourth box
+        s.boxes.add_rectangles(box_around(organ[z], z))
+    s.viewer.dims.set_current_step(0, 6)
+    s.boxes.add_rectangles(rectangle(200, 200, 240, 260, 6))  # the image is 48 x 56
+    w.segment_button.native.click()
+    expected = "A box on slice 6 lies outside the image: draw it on the image."
+    assert w.status_label.value == expected
+    assert notices()[-1][1] == expected
+    assert wrapped_lines(w.status_label) == 1
+    assert not spy.prompts  # nothing ran
+
+    s.boxes.add_rectangles(box_around(organ[6], 6))  # one good box beside it: that one is segmented
+    s.boxes.features = s.boxes.features.assign(name=["", "", "", "", "liver"])
+    assert w.segment() == [1]
+    assert notices()[-1] == ("warning", "A box on slice 6 lies outside the image: skipped.")
+    s.boxes.features = s.boxes.features.assign(name=["", "", "", "tumour", "liver"])
+    s.boxes.selected_data = {4}
+    s.boxes.remove_selected()
+    w.segment_button.native.click()
+    assert w.status_label.value == "The box 'tumour' on slice 6 lies outside the image: draw it on the image."
+    assert wrapped_lines(w.status_label) <= 2
+
+
+# 5 -------------------------------------------------------------------------------------------
+def end_texts(w):
+    return [button.text for button in w.end_buttons.values()]
+
+
+def test_5_end_here_names_its_side_in_the_patient_from_the_geometry(make_napari_viewer, make_setup):
+    """On the shared CT the slider runs from head to feet (slider 29 is the lowest slice): the
+    feet-side button ends the liver's lower part, whatever the array's order."""
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(ABDOMINAL_CT), plugin="napari-medsam")
+    spy = VolumeSpy(threshold=60.0)
+    w = MedSamWidget(viewer, predictor_factory=lambda source, device: spy)
+    w.prefetch = False
+    boxes, _ = w.add_prompt_layers()
+    assert end_texts(w) == ["◀ End (head side)", "End (feet side) ▶"]
+    assert "toward the feet" in w.end_buttons["after"].tooltip
+    depth = image.data.shape[0]
+    viewer.dims.set_current_step(0, 12)
+    z = w.current_stack().index
+    boxes.add_rectangles(rectangle(20, 40, 80, 100, z))
+    assert w.segment() == [1]
+    assert w.propagate(max_slices=4) == [1]
+
+    def liver_sliders():
+        return {depth - 1 - int(k) for k in np.flatnonzero((w.labels_layer.data == 1).any(axis=(1, 2)))}
+
+    assert liver_sliders() == set(range(8, 17))
+    w.end_buttons["after"].native.click()  # feet side: the slices below, at higher slider positions
+    assert liver_sliders() == set(range(8, 13))
+    assert w.status_label.value.endswith("removed from slice(s) 13..16, toward the feet")
+    viewer.dims.order = (2, 0, 1)  # a sagittal view: the slider moves right-left
+    assert end_texts(w) == ["◀ End (right side)", "End (left side) ▶"]
+
+    volume, _ = ellipsoids()  # an array without a file: its own axis
+    s = make_setup(volume)
+    assert end_texts(s.widget) == ["◀ End (first side)", "End (last side) ▶"]
+    assert "toward the file's last slice" in s.widget.end_buttons["after"].tooltip
+    s.image.scale = (-2.5, 0.8, 0.8)  # flipped: the slider runs from the file's last slice
+    s.widget._refresh()
+    assert end_texts(s.widget) == ["◀ End (last side)", "End (first side) ▶"]
+
+
+# 6 -------------------------------------------------------------------------------------------
+def test_6_the_dock_keeps_its_width_a_2d_image_propagates_nothing_and_no_old_line_stays(
+    make_napari_viewer, spy, qtbot
+):
+    volume, (organ,) = ellipsoids()
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.add_image(volume)
+    w = MedSamWidget(viewer, predictor_factory=lambda source, device: spy)
+    w.prefetch = False
+    dock = viewer.window.add_dock_widget(w)
+    boxes, _ = w.add_prompt_layers()
+    QApplication.processEvents()
+    width = dock.width()
+    viewer.dims.set_current_step(0, 6)
+    boxes.add_rectangles(box_around(organ[6], 6))
+    w.segment()
+    w.propagate()
+    w.objects.refresh()
+    w.objects.table.item(0, 0).setText("left kidney upper pole cyst, second reader's outline")  # typed
+    w.objects.refresh()
+    QApplication.processEvents()
+    assert w.propagate_button.text.startswith("Propagate left")
+    assert w.propagate_button.text.endswith("…")
+    assert "left kidney upper pole cyst, second reader's outline" in w.propagate_button.tooltip
+    assert abs(dock.width() - width) <= 10, (width, dock.width())
+    w.end_here("after")
+    assert w.status_label.value.startswith('Ended "left kidney upper pole cyst')
+
+    flat = viewer.add_image(volume[6], name="a 2D slice")
+    w.image_layer = flat
+    QApplication.processEvents()
+    assert w.propagate_button.text == "Propagate"
+    assert not w.propagate_button.enabled
+    assert w.status_label.value == "Ready"  # the volume's last line went with it
+    assert abs(dock.width() - width) <= 10, (width, dock.width())
+
+
+# 7 -------------------------------------------------------------------------------------------
+def press(viewer, key: str) -> None:
+    """A key pressed over the canvas: napari's handler tries the selected layer, then the viewer."""
+    handler = viewer.window._qt_viewer._key_map_handler
+    handler.press_key(key)
+    handler.release_key(key)
+
+
+def test_7_shortcuts_run_the_buttons_and_objects_show_and_hide(make_setup, spy, qtbot, tmp_path):
+    volume, (organ,) = ellipsoids()
+    s = make_setup(volume)
+    w, viewer = s.widget, s.viewer
+    for button, key in ((w.segment_button, "Shift+S"), (w.propagate_button, "Shift+G"),
+                        (w.correct_button, "Shift+C"), (w.end_buttons["before"], "Shift+Left"),
+                        (w.end_buttons["after"], "Shift+Right")):  # fmt: skip
+        assert button.tooltip.endswith(f"Shortcut: {key}"), button.tooltip
+    viewer.dims.set_current_step(0, 6)
+    s.boxes.add_rectangles(box_around(organ[6], 6))
+    assert viewer.layers.selection.active is s.boxes  # the boxes layer's own keys come first
+    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
+        press(viewer, "Shift-S")
+    assert (w.labels_layer.data[6] == 1).any()
+    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
+        press(viewer, "Shift-G")
+    present = set(np.flatnonzero((w.labels_layer.data == 1).any(axis=(1, 2))))
+    assert present == set(np.flatnonzero(organ.any(axis=(1, 2))))
+    press(viewer, "Shift-Right")  # End here on the higher slider side: one step, no job
+    assert set(np.flatnonzero((w.labels_layer.data == 1).any(axis=(1, 2)))) == {z for z in present if z <= 6}
+    w.labels_layer.selected_label = 0
+    press(viewer, "Shift-C")  # a key says why it cannot run, as the button does
+    assert "background (label 0) is selected" in w.status_label.value
+
+    s.boxes.add_rectangles(box_around(organ[6], 6, margin=0))
+    s.boxes.features = s.boxes.features.assign(name=["", "spleen"])
+    w.labels_layer.selected_label = 1
+    w.overwrite = True
+    assert w.segment() == [2]
+    w.objects.refresh()
+    colours = {i: w.labels_layer.get_color(i) for i in (1, 2)}
+    w.objects.table.item(0, 0).setCheckState(Qt.CheckState.Unchecked)  # hide object 1 in the table
+    assert w.labels_layer.get_color(1)[3] == 0
+    np.testing.assert_allclose(w.labels_layer.get_color(2), colours[2])
+    swatch = w.objects.table.item(0, 0).data(Qt.ItemDataRole.DecorationRole)
+    np.testing.assert_allclose(swatch.getRgbF()[:3], colours[1][:3], atol=1e-2)
+    w.labels_layer.save(str(tmp_path / "organs.seg.nrrd"), plugin="napari-medsam")  # hidden: colour kept
+    [back] = viewer.open(str(tmp_path / "organs.seg.nrrd"), plugin="napari-medsam")
+    np.testing.assert_allclose(back.get_color(1), colours[1], atol=2e-3)
+    w.objects.table.item(0, 0).setCheckState(Qt.CheckState.Checked)
+    np.testing.assert_allclose(w.labels_layer.get_color(1), colours[1])
+
+    w.close()
+    assert viewer.keymap == {}  # the keys go back when the widget closes

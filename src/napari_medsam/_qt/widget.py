@@ -161,8 +161,8 @@ class MedSamWidget(Container):
         self.controls.auto.changed.connect(lambda on: setattr(self.auto, "enabled", bool(on)))
         for picker in (self.controls.model, self.controls.weights, self.controls.device):
             picker.changed.connect(self._on_model_changed)
-        for picker in (self._image, self._labels):
-            picker.changed.connect(self._refresh)
+        self._image.changed.connect(self._on_image_changed)
+        self._labels.changed.connect(self._refresh)
         for picker in (self._image, self.controls.window, self.controls.prefetch):
             picker.changed.connect(self._on_prefetch_input_changed)
         self.job_finished.connect(self._on_job_finished)
@@ -529,6 +529,11 @@ class MedSamWidget(Container):
             return None
         source, device = self.model_source, str(self.device)
         return (source, device) if self._loads_without_download(source, device) else None
+
+    def _on_image_changed(self, *_: object) -> None:
+        """Another image: what the status line said was about the last one."""
+        self.status_label.value, self._showing_problem = "Ready", False
+        self._refresh()
 
     def _on_clicks_layer_changed(self, layer: Any) -> None:
         self.auto.watch("clicks", layer)

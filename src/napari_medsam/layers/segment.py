@@ -94,7 +94,7 @@ def read_segment_request(
     if not objects:
         if said:
             more = f" ({len(said) - 1} more prompt(s) cannot be used either)" if len(said) > 1 else ""
-            raise ValueError(f"{said[0]}: {FIXES[problems[0].reason]}, then Segment.{more}")
+            raise ValueError(f"{said[0]}: {FIXES[problems[0].reason]}.{more}")
         where = "on this slice" if here is None else f"on slice {here}"
         where = where if settings.this_slice_only else "anywhere"
         raise ValueError(
