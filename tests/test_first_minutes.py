@@ -95,7 +95,8 @@ def wrapped_lines(label, width: int = 420) -> int:
     """How many lines ``label`` (a status line) takes at ``width`` px, about a dock's width."""
     metrics = QFontMetrics(label.native.font())
     flags = int(Qt.TextFlag.TextWordWrap)
-    return metrics.boundingRect(QRect(0, 0, width, 10_000), flags, label.value).height() // metrics.lineSpacing()
+    height = metrics.boundingRect(QRect(0, 0, width, 10_000), flags, label.value).height()
+    return height // metrics.lineSpacing()
 
 
 def test_4_a_box_outside_the_image_is_named_by_its_slice_in_one_short_line(make_setup, spy, notices):
