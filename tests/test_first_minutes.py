@@ -215,7 +215,8 @@ def press(viewer, key: str) -> None:
 
 
 def test_7_shortcuts_run_the_buttons_and_objects_show_and_hide(make_setup, spy, qtbot, tmp_path):
-    volume, (organ,) = ellipsoids()
+    organs = (((6.0, 14.0, 15.0), (4.6, 9.0, 10.0)), ((6.0, 34.0, 42.0), (2.6, 8.0, 9.0)))
+    volume, (liver, spleen) = ellipsoids(shape=(12, 48, 56), objects=organs)
     s = make_setup(volume)
     w, viewer = s.widget, s.viewer
     for button, key in ((w.segment_button, "Shift+S"), (w.propagate_button, "Shift+G"),
@@ -223,7 +224,7 @@ def test_7_shortcuts_run_the_buttons_and_objects_show_and_hide(make_setup, spy, 
                         (w.end_buttons["after"], "Shift+Right")):  # fmt: skip
         assert button.tooltip.endswith(f"Shortcut: {key}"), button.tooltip
     viewer.dims.set_current_step(0, 6)
-    s.boxes.add_rectangles(box_around(organ[6], 6))
+    s.boxes.add_rectangles(box_around(liver[6], 6))
     assert viewer.layers.selection.active is s.boxes  # the boxes layer's own keys come first
     with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
         press(viewer, "Shift-S")
@@ -231,18 +232,17 @@ def test_7_shortcuts_run_the_buttons_and_objects_show_and_hide(make_setup, spy, 
     with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
         press(viewer, "Shift-G")
     present = set(np.flatnonzero((w.labels_layer.data == 1).any(axis=(1, 2))))
-    assert present == set(np.flatnonzero(organ.any(axis=(1, 2))))
+    assert present == set(np.flatnonzero(liver.any(axis=(1, 2))))
     press(viewer, "Shift-Right")  # End here on the higher slider side: one step, no job
     assert set(np.flatnonzero((w.labels_layer.data == 1).any(axis=(1, 2)))) == {z for z in present if z <= 6}
     w.labels_layer.selected_label = 0
     press(viewer, "Shift-C")  # a key says why it cannot run, as the button does
     assert "background (label 0) is selected" in w.status_label.value
 
-    s.boxes.add_rectangles(box_around(organ[6], 6, margin=0))
-    s.boxes.features = s.boxes.features.assign(name=["", "spleen"])
-    w.labels_layer.selected_label = 1
-    w.overwrite = True
-    assert w.segment() == [2]
+    s.boxes.add_rectangles(box_around(spleen[6], 6))
+    prompts = len(spy.prompts)
+    assert w.segment() == [2]  # the liver's box, segmented and left alone, is not run again
+    assert len(spy.prompts) == prompts + 1
     w.objects.refresh()
     colours = {i: w.labels_layer.get_color(i) for i in (1, 2)}
     w.objects.table.item(0, 0).setCheckState(Qt.CheckState.Unchecked)  # hide object 1 in the table
@@ -258,3 +258,25 @@ def test_7_shortcuts_run_the_buttons_and_objects_show_and_hide(make_setup, spy, 
 
     w.close()
     assert viewer.keymap == {}  # the keys go back when the widget closes
+
+
+# left from issue 26 --------------------------------------------------------------------------
+def test_undoing_a_correction_frees_its_box_and_redo_claims_it_again(make_setup, spy, qtbot):
+    s = segmented(make_setup)
+    w = s.widget
+    w.end_here("after")  # the object stops at slice 6; a correction on slice 8 adds it back there
+    s.viewer.dims.set_current_step(0, 8)
+    s.boxes.add_rectangles(box_around(s.organ[8], 8))
+    before = w.labels_layer.data.copy()
+    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS) as blocker:
+        w.correct_button.native.click()
+    assert blocker.args == ["done"]
+    assert not np.array_equal(w.labels_layer.data, before)
+    assert s.boxes.features["label_id"].tolist() == [1, 1]  # the correction's box is the object's
+    w.labels_layer.undo()
+    np.testing.assert_array_equal(w.labels_layer.data, before)
+    assert s.boxes.features["label_id"].tolist() == [1, 0]  # new again, as before Correct
+    w.labels_layer.redo()
+    assert s.boxes.features["label_id"].tolist() == [1, 1]
+    w.labels_layer.undo()
+    assert w.correct() == [1]  # the freed box corrects again

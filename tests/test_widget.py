@@ -84,16 +84,21 @@ def test_all_slices_is_one_undo_step_and_ids_are_kept(setup, spy):
     labels = w.labels_layer
     assert [int((labels.data == i).sum()) for i in (1, 2, 3)] == [16 * 21, 7 * 8, 11 * 21]
     assert len(spy.images) == 2  # one encoding per slice
-    # move box 0 and run again: its old pixels are replaced, the id stays
+    # move box 0 and run again: only it runs; its old pixels are replaced, the id stays
     setup.boxes.data = [rectangle(0, 0, 3, 3, 1), *setup.boxes.data[1:]]
-    assert w.segment() == [1, 2, 3]
+    assert w.segment() == [1]
+    assert len(spy.images) == 3  # slice 4's boxes were left alone
     assert int((labels.data == 1).sum()) == 16
     assert labels.data[1, 0:4, 0:4].min() == 1
     assert setup.boxes.features["label_id"].tolist() == [1, 2, 3]
     labels.undo()  # the second Segment only
     assert int((labels.data == 1).sum()) == 16 * 21
-    labels.undo()  # the first Segment, all three boxes at once
+    assert setup.boxes.features["label_id"].tolist() == [1, 2, 3]
+    labels.undo()  # the first Segment, all three boxes at once: they are new again
     assert not labels.data.any()
+    assert setup.boxes.features["label_id"].tolist() == [0, 0, 0]
+    labels.redo()
+    assert setup.boxes.features["label_id"].tolist() == [1, 2, 3]
 
 
 def test_existing_labels_are_kept_unless_overwrite(setup):

@@ -27,6 +27,7 @@ from qtpy.QtGui import QFontMetrics
 
 from napari_medsam._qt.activity import BackgroundActivity
 from napari_medsam._qt.background import AutoSegment, EncodeTarget, VolumeEncoding
+from napari_medsam._qt.box_claims import BoxClaims
 from napari_medsam._qt.captions import NAME_ROOM, SEGMENT, captions, every_text
 from napari_medsam._qt.controls import Controls, keep_narrow, keep_width
 from napari_medsam._qt.jobs import JobRunner
@@ -179,6 +180,8 @@ class MedSamWidget(Container):
             emitter.connect(callback)
         #: Polarity of the next click; key T toggles it (or flips the selected clicks).
         self.polarity = ClickPolarity(self.controls.positive)
+        #: Which boxes are segmented as drawn; undoing a run frees its boxes (``_qt.box_claims``).
+        self.claims = BoxClaims()
         #: Each action's button by name (the captions' and the shortcuts' keys).
         self.buttons = {
             SEGMENT: self.segment_button, vol.PROPAGATE: self.propagate_button,
@@ -328,6 +331,7 @@ class MedSamWidget(Container):
         self.objects.close()
         self.models.clear()
         self.keys.release()
+        self.claims.close()
         for emitter, callback in self._viewer_events:
             emitter.disconnect(callback)
 
@@ -340,6 +344,9 @@ class MedSamWidget(Container):
         clicks on the current slice are taken.
         """
         inputs, settings = self._run_inputs(self._input_problem())
+        if box_rows is None and click_rows is None:  # the button: new and moved prompts only
+            stale = partial(self.claims.stale, inputs.boxes, settings)
+            box_rows, click_rows = seg.pending_rows(inputs, stale)
         return seg.read_segment_request(inputs, settings, box_rows=box_rows, click_rows=click_rows)
 
     def segment_job(self, request: seg.SegmentRequest) -> Job[seg.SegmentOutcome]:
@@ -349,7 +356,9 @@ class MedSamWidget(Container):
     def apply(self, request: seg.SegmentRequest, outcome: seg.SegmentOutcome) -> list[int]:
         """Write the masks into the labels layer as one undo step; return the ids written."""
         labels = self._output_labels(request.inputs)
-        return self._report(labels, *seg.write_masks(labels, request, outcome))
+        rows = [obj.box_index for obj in request.objects if obj.box_index is not None]
+        write = partial(seg.write_masks, labels, request, outcome)
+        return self._report(labels, *self.claims.written(labels, request, rows, write))
 
     def prepare_volume(self, action: str, **options: Any) -> vol.VolumeRequest:
         """Read a ``"Propagate"`` or ``"Interpolate"`` request (viewer's thread)."""
@@ -363,7 +372,9 @@ class MedSamWidget(Container):
     def apply_volume(self, request: vol.VolumeRequest, outcome: vol.VolumeOutcome) -> list[int]:
         """Write a volume run's objects as one undo step; return the ids written."""
         labels = self._output_labels(request.inputs)
-        return self._report(labels, *vol.write_volume(labels, request, outcome))
+        rows = [row for obj in request.objects for row in obj.box_rows]
+        write = partial(vol.write_volume, labels, request, outcome)
+        return self._report(labels, *self.claims.written(labels, request, rows, write))
 
     def _dims(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
         return tuple(self._viewer.dims.point), tuple(self._viewer.dims.order)

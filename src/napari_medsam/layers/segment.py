@@ -76,7 +76,7 @@ def read_segment_request(
     if clicks is not None:
         click_prompts, found = clicks_from_points(clicks, image, *position)
         problems += found
-    objects = group_prompts(box_prompts, click_prompts)
+    objects = drawn = group_prompts(box_prompts, click_prompts)
     if box_rows is not None or click_rows is not None:
         rows, clicked = set(box_rows or ()), set(click_rows or ())
         objects = [o for o in objects if o.box_index in rows or clicked & set(o.point_indices)]
@@ -86,6 +86,7 @@ def read_segment_request(
     if settings.this_slice_only:
         plane = current_plane(image, *position)
         objects = [obj for obj in objects if obj.plane == plane]
+        drawn = [obj for obj in drawn if obj.plane == plane]
         problems = [p for p in problems if slider(p.world) == here]
     names = {} if boxes is None else names_from_features(boxes, {row: row for row in range(len(boxes.data))})
     names = {("box", row): name for row, name in names.items()}
@@ -97,6 +98,10 @@ def read_segment_request(
             raise ValueError(f"{said[0]}: {FIXES[problems[0].reason]}.{more}")
         where = "on this slice" if here is None else f"on slice {here}"
         where = where if settings.this_slice_only else "anywhere"
+        if drawn:
+            raise ValueError(
+                f"Every box {where} is segmented already: draw a new one, or move a box to segment it again."
+            )
         raise ValueError(
             f"Nothing to segment {where}: draw a box around the object (in the boxes layer) first."
         )
@@ -109,6 +114,25 @@ def read_segment_request(
         slices={obj.plane: obj.plane.extract(data) for obj in objects},
         notes=[f"{text}: skipped." for text in said],
     )
+
+
+def pending_rows(inputs: LayerInputs, stale: Callable[[int], bool]) -> tuple[set[int], set[int]]:
+    """The box and click rows a Segment takes: every new one (``label_id`` 0), and each box whose
+    run is ``stale(row)`` (moved since, other settings) or whose object is not on its slice any more.
+
+    A box segmented and left alone is not run again: its object may have been corrected since.
+    """
+    boxes, clicks, labels = inputs.boxes, inputs.clicks, inputs.labels
+    box_ids, click_ids = feature_ids(boxes), feature_ids(clicks)
+    rows = {int(r) for r in np.flatnonzero(box_ids == 0)}
+    if boxes is not None:
+        prompts, _ = boxes_from_shapes(boxes, inputs.image, inputs.world_point, inputs.dims_order)
+        for box in prompts:
+            label_id = int(box_ids[box.source_index])
+            gone = labels is None or not (box.plane.extract(labels.data) == label_id).any()
+            if label_id and (gone or stale(box.source_index)):
+                rows.add(box.source_index)
+    return rows, {int(r) for r in np.flatnonzero(click_ids == 0)}
 
 
 def object_ids(objects: list[ObjectPrompt], labels_data: Any | None, boxes: Any, clicks: Any) -> list[int]:
