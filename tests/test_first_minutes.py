@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from napari.errors import MultipleReaderError
 from qtpy.QtCore import QRect, Qt
 from qtpy.QtGui import QFontMetrics
 from qtpy.QtWidgets import QApplication
@@ -61,6 +62,59 @@ def test_1_the_background_selected_says_so_before_any_work(make_setup, spy, noti
     assert len(spy.encoded) == encoded
     np.testing.assert_array_equal(w.labels_layer.data, before)
     assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
+
+
+# 2 -------------------------------------------------------------------------------------------
+def test_2_the_widget_offers_once_to_open_medical_files_with_medsam(make_napari_viewer, tmp_path):
+    from napari.settings import get_settings
+
+    from napari_medsam._qt.reader_default import ANSWER_KEY, PATTERNS, QUESTION
+    from napari_medsam._qt.store_setting import settings
+
+    settings().remove(ANSWER_KEY)  # never asked yet
+    preference = get_settings().plugins
+    preference.extension2reader = {"*.tif": "some-other-plugin"}
+    viewer = make_napari_viewer()
+    _, (organ,) = ellipsoids()
+    labels = viewer.add_labels(organ.astype(np.uint16), features={"index": [1], "name": ["liver"]})
+    paths = [tmp_path / "organs.nii.gz", tmp_path / "organs.seg.nrrd"]
+    for path in paths:
+        with pytest.warns(UserWarning, match="No image geometry"):  # an array without a file: fine here
+            labels.save(str(path), plugin="napari-medsam")
+    with pytest.raises(MultipleReaderError):  # File > Open would ask which reader, every time
+        viewer.open(str(paths[0]), plugin=None)
+
+    w = MedSamWidget(viewer, predictor_factory=lambda source, device: VolumeSpy())
+    offer = w.reader_offer
+    assert not offer.native.isHidden()
+    assert offer.question.text() == QUESTION
+    assert w.native.layout().itemAt(0).widget() is offer.native  # on top of the dock
+    offer.yes.click()
+    assert offer.native.isHidden()
+    ours = dict.fromkeys(PATTERNS, "napari-medsam")
+    assert preference.extension2reader == {"*.tif": "some-other-plugin", **ours}  # the user's own stay
+    opened = []
+    for path in paths:  # File > Open (or a file dropped on the viewer), and viewer.open(path, plugin=None)
+        viewer.window._qt_viewer._qt_open([str(path)], stack=False)
+        opened += [viewer.layers[-1], *viewer.open(str(path), plugin=None)]
+    for layer in opened:  # labels with their names, never a grey image
+        assert layer.__class__.__name__ == "Labels", layer.name
+        np.testing.assert_array_equal(np.asarray(layer.data) == 1, organ)
+        assert list(layer.features["name"]) == ["liver"]
+    assert again(viewer).reader_offer.native.isHidden()
+
+    settings().remove(ANSWER_KEY)
+    preference.extension2reader = {}
+    declined = again(viewer)
+    assert not declined.reader_offer.native.isHidden()
+    declined.reader_offer.no.click()
+    assert preference.extension2reader == {}  # No changes nothing ...
+    assert again(viewer).reader_offer.native.isHidden()  # ... and is not asked again
+
+
+def again(viewer):
+    """The widget opened again on ``viewer``."""
+    return MedSamWidget(viewer, predictor_factory=lambda source, device: VolumeSpy())
 
 
 # 3 -------------------------------------------------------------------------------------------
@@ -250,7 +304,8 @@ def test_7_shortcuts_run_the_buttons_and_objects_show_and_hide(make_setup, spy, 
     np.testing.assert_allclose(w.labels_layer.get_color(2), colours[2])
     swatch = w.objects.table.item(0, 0).data(Qt.ItemDataRole.DecorationRole)
     np.testing.assert_allclose(swatch.getRgbF()[:3], colours[1][:3], atol=1e-2)
-    w.labels_layer.save(str(tmp_path / "organs.seg.nrrd"), plugin="napari-medsam")  # hidden: colour kept
+    with pytest.warns(UserWarning, match="No image geometry"):  # hidden: its colour is kept
+        w.labels_layer.save(str(tmp_path / "organs.seg.nrrd"), plugin="napari-medsam")
     [back] = viewer.open(str(tmp_path / "organs.seg.nrrd"), plugin="napari-medsam")
     np.testing.assert_allclose(back.get_color(1), colours[1], atol=2e-3)
     w.objects.table.item(0, 0).setCheckState(Qt.CheckState.Checked)

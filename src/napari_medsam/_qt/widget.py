@@ -50,6 +50,7 @@ from napari_medsam._qt.options import (
 )
 from napari_medsam._qt.pickers import LayerPickers
 from napari_medsam._qt.preload import ModelPreload
+from napari_medsam._qt.reader_default import ReaderOffer
 from napari_medsam._qt.shortcuts import SHORTCUTS, bind_shortcuts, shown
 from napari_medsam._qt.watchers import CloseWatcher
 from napari_medsam.base.jobs import Job, run_to_end
@@ -137,6 +138,9 @@ class MedSamWidget(Container):
         self.extend([*self.pickers.widgets, *c.widgets])
         self.objects = ObjectTable(viewer, self._image, self._labels, on_selected=self._refresh)
         self.native.layout().addWidget(self.objects.native)
+        #: The offer, once, to make napari-medsam napari's reader for medical files (a banner on top).
+        self.reader_offer = ReaderOffer()
+        self.native.layout().insertWidget(0, self.reader_offer.native)
         keep_narrow(self.native)
         self.jobs = JobRunner(c.progress_bar, c.status_label, c.cancel_button, self._notify, self._on_busy)
         self.job_finished = self.jobs.finished
