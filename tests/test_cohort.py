@@ -1,9 +1,10 @@
 """``embed`` and ``batch`` on dask.distributed: the real LiteMedSAM on the real CT sample, cut to 7 slices.
 
 One module-scoped local cluster (2 worker processes, one thread each, on 127.0.0.1) serves the
-embed, batch, resume and killed-worker tests; the last test starts ``dask scheduler`` and
-``dask worker`` as processes of their own. Embeddings go to one store, so the encoder runs once
-per slice in the whole module.
+embed, batch, resume and killed-worker tests; one test starts ``dask scheduler`` and ``dask
+worker`` as processes of their own. Embeddings go to one store, so the encoder runs once per slice
+in the whole module (but in the kill tests' commands, each with a local cluster of one worker,
+SIGKILLed with it at several moments; their reruns use the module's cluster).
 """
 
 from __future__ import annotations
