@@ -11,12 +11,12 @@ import pytest
 from napari.errors import MultipleReaderError
 from qtpy.QtCore import QRect, Qt
 from qtpy.QtGui import QFontMetrics
-from qtpy.QtWidgets import QApplication
 
 import test_widget_volume as volume_tests
 from conftest import rectangle
 from napari_medsam._qt.widget import MedSamWidget
 from napari_medsam.io.samples import ABDOMINAL_CT
+from napari_medsam.layers.volume import NEEDS_3D
 from test_widget_volume import VolumeSpy, box_around, ellipsoids
 
 #: The fixtures of the volume tests: a viewer with a 3D image and the widget, its stand-in model.
@@ -223,41 +223,23 @@ def test_5_end_here_names_its_side_in_the_patient_from_the_geometry(make_napari_
 
 
 # 6 -------------------------------------------------------------------------------------------
-def test_6_the_dock_keeps_its_width_a_2d_image_propagates_nothing_and_no_old_line_stays(
-    make_napari_viewer, spy, qtbot
-):
-    volume, (organ,) = ellipsoids()
-    viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
-    viewer.add_image(volume)
-    w = MedSamWidget(viewer, predictor_factory=lambda source, device: spy)
-    w.prefetch = False
-    dock = viewer.window.add_dock_widget(w)
-    boxes, _ = w.add_prompt_layers()
-    QApplication.processEvents()
-    width = dock.width()
-    viewer.dims.set_current_step(0, 6)
-    boxes.add_rectangles(box_around(organ[6], 6))
-    w.segment()
-    w.propagate()
-    w.objects.refresh()
-    w.objects.table.item(0, 0).setText("left kidney upper pole cyst, second reader's outline")  # typed
-    w.objects.refresh()
-    QApplication.processEvents()
-    assert w.propagate_button.text.startswith("Propagate left")
-    assert w.propagate_button.text.endswith("…")
-    assert "left kidney upper pole cyst, second reader's outline" in w.propagate_button.tooltip
-    assert abs(dock.width() - width) <= 10, (width, dock.width())
+def test_6_a_2d_image_propagates_nothing_and_no_old_line_stays(make_setup, spy):
+    """The dock's width with a long name typed into the table: ``test_widget_objects.py``."""
+    s = segmented(make_setup)
+    w = s.widget
     w.end_here("after")
-    assert w.status_label.value.startswith('Ended "left kidney upper pole cyst')
-
-    flat = viewer.add_image(volume[6], name="a 2D slice")
+    assert w.status_label.value.startswith("Ended 'object 1' (label 1) at slice 6")
+    assert w.propagate_button.text == "Propagate object 1"
+    flat = s.viewer.add_image(s.image.data[6], name="a 2D slice")
     w.image_layer = flat
-    QApplication.processEvents()
-    assert w.propagate_button.text == "Propagate"
+    assert w.propagate_button.text == "Propagate"  # nothing to carry on a 2D image
     assert not w.propagate_button.enabled
+    assert w.propagate_button.tooltip == NEEDS_3D
     assert w.status_label.value == "Ready"  # the volume's last line went with it
-    assert abs(dock.width() - width) <= 10, (width, dock.width())
+    w.labels_layer = None
+    w.image_layer = s.image
+    w.labels_layer.selected_label = 0
+    assert w.propagate_button.text == "Propagate"  # no object selected
 
 
 # 7 -------------------------------------------------------------------------------------------

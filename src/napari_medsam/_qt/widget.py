@@ -418,6 +418,7 @@ class MedSamWidget(Container):
         for note in notes:
             self._notify("warning", note)
         self.status_label.value = f"Wrote label(s) {written}" if written else "Nothing written"
+        self._refresh()  # the buttons name the objects just written
         return written
 
     def _input_problem(self) -> str | None:
