@@ -12,6 +12,10 @@ shortcut (``_qt.shortcuts``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QFontMetrics
 
 from napari_medsam.base.label_policy import AFTER, BEFORE
 from napari_medsam.layers.directions import FILE_SIDES, PATIENT_SIDES, SliderSides
@@ -81,3 +85,9 @@ def every_text() -> dict[str, list[str]]:
         PROPAGATE: [PROPAGATE, f"{PROPAGATE} {NAME_ROOM}…", f"{PROPAGATE} new", f"{PROPAGATE} all"],
         **{side: [END_PLAIN[side], *(END_TEXTS[side].format(w) for w in words)] for side in (BEFORE, AFTER)},
     }
+
+
+def fit_name(button: Any, name: str) -> str:
+    """``name`` cut to the width :data:`NAME_ROOM` takes in ``button``'s font (a magicgui button)."""
+    metrics = QFontMetrics(button.native.font())
+    return metrics.elidedText(name, Qt.TextElideMode.ElideRight, metrics.horizontalAdvance(NAME_ROOM))

@@ -34,6 +34,14 @@ def shown(key: str) -> str:
     return key.replace("-", "+").upper() if len(key) == 1 else key.replace("-", "+")
 
 
+def press(button: Any, busy: bool) -> str | None:
+    """What a shortcut does: click ``button`` (a magicgui button), or say why it cannot now."""
+    if button.enabled:
+        button.native.click()
+        return None
+    return "Wait for the run to end, or press Cancel." if busy else str(button.tooltip)
+
+
 class _Binding:
     """One key's callback, knowing the :class:`ViewerKeys` that bound it."""
 

@@ -22,13 +22,11 @@ import napari.layers
 import napari.viewer
 from magicgui.widgets import Container
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtGui import QFontMetrics
 
 from napari_medsam._qt.activity import BackgroundActivity
 from napari_medsam._qt.background import AutoSegment, EncodeTarget, VolumeEncoding
 from napari_medsam._qt.box_claims import BoxClaims
-from napari_medsam._qt.captions import NAME_ROOM, SEGMENT, captions, every_text
+from napari_medsam._qt.captions import SEGMENT, captions, every_text, fit_name
 from napari_medsam._qt.controls import Controls, keep_narrow, keep_width
 from napari_medsam._qt.jobs import JobRunner
 from napari_medsam._qt.objects_table import ObjectTable
@@ -51,7 +49,7 @@ from napari_medsam._qt.options import (
 from napari_medsam._qt.pickers import LayerPickers
 from napari_medsam._qt.preload import ModelPreload
 from napari_medsam._qt.reader_default import ReaderOffer
-from napari_medsam._qt.shortcuts import SHORTCUTS, bind_shortcuts, shown
+from napari_medsam._qt.shortcuts import SHORTCUTS, bind_shortcuts, press, shown
 from napari_medsam._qt.watchers import CloseWatcher
 from napari_medsam.base.jobs import Job, run_to_end
 from napari_medsam.base.label_policy import AFTER, BEFORE
@@ -193,6 +191,7 @@ class MedSamWidget(Container):
         }  # fmt: skip
         for name, texts in every_text().items():
             keep_width(self.buttons[name], texts)
+        self._fit = partial(fit_name, self.propagate_button)
         #: The shortcuts, bound on the viewer through napari's key bindings until the widget closes.
         self.keys = bind_shortcuts(self._viewer, self.buttons, self._press, self.polarity.toggle)
         self._close_watcher = CloseWatcher(self.native, self.release)
@@ -288,7 +287,7 @@ class MedSamWidget(Container):
         ended = vol.end_object(labels, stack, label_id, numbers.side(side))
         cleared = sorted(numbers.steps[z] for z in ended)
         where = f"slice(s) {cleared[0]}..{cleared[-1]}" if cleared else "no slice (nothing lay that way)"
-        toward = slider_sides(inputs, stack).toward(side)
+        toward = slider_sides(inputs.image, stack).toward(side)
         here = numbers.name(stack.index)
         self.status_label.value = f"Ended {name} at {here}: removed from {where}, {toward}"
         return cleared
@@ -433,7 +432,7 @@ class MedSamWidget(Container):
         volume_problem = problem or (None if self._image.value is None else self._volume_problem())
         sides = None if volume_problem else self._slider_sides()
         keys = {name: shown(key) for name, key in SHORTCUTS.items()}
-        said = captions(self._selected_name(), str(self.propagate_scope), sides, keys, self._cut)
+        said = captions(self._selected_name(), str(self.propagate_scope), sides, keys, self._fit)
         blockers = dict.fromkeys([vol.PROPAGATE, vol.INTERPOLATE, vol.CORRECT, BEFORE, AFTER], volume_problem)
         for name, button in self.buttons.items():
             blocker = blockers.get(name, problem)
@@ -448,8 +447,7 @@ class MedSamWidget(Container):
     def _slider_sides(self) -> SliderSides | None:
         """What each side of the slider is in the patient (None: no slider through the image here)."""
         try:
-            inputs, _ = self._run_inputs(None)
-            return slider_sides(inputs, self.current_stack())
+            return slider_sides(self._image.value, self.current_stack())
         except ValueError:  # e.g. the viewer's position lies outside the image
             return None
 
@@ -459,18 +457,11 @@ class MedSamWidget(Container):
         label_id = 0 if labels is None else int(labels.selected_label)
         return (object_names(labels).get(label_id) or f"label {label_id}") if label_id > 0 else None
 
-    def _cut(self, name: str) -> str:
-        """``name`` cut to the width of :data:`NAME_ROOM` on a button (a long name never widens the dock)."""
-        metrics = QFontMetrics(self.propagate_button.native.font())
-        return metrics.elidedText(name, Qt.TextElideMode.ElideRight, metrics.horizontalAdvance(NAME_ROOM))
-
     def _press(self, button: Any) -> None:
         """A shortcut: press ``button``, or say why it cannot be pressed now."""
-        if button.enabled:
-            button.native.click()
-        else:
-            busy = "Wait for the run to end, or press Cancel."
-            self.status_label.value = busy if self.jobs.busy else button.tooltip
+        said = press(button, self.jobs.busy)
+        if said:
+            self.status_label.value = said
 
     def _notify(self, level: str, message: str) -> None:
         {"error": show_error, "warning": show_warning}.get(level, show_info)(message)

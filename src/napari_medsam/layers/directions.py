@@ -12,11 +12,13 @@ own axis (toward its first or its last slice).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from napari_medsam.base.label_policy import AFTER, BEFORE
 from napari_medsam.io.volumes import GEOMETRY_KEY
-from napari_medsam.layers.requests import LayerInputs
-from napari_medsam.layers.volume import PlaneStack, slice_numbers
+from napari_medsam.layers.volume import PlaneStack
 
 #: Per world axis of the reader's frame (inferior, posterior, left): the side of lower world
 #: positions, then of higher ones, each as (a button's word, a message's phrase).
@@ -46,12 +48,13 @@ class SliderSides:
         return {BEFORE: self.before, AFTER: self.after}[side][1]
 
 
-def slider_sides(inputs: LayerInputs, stack: PlaneStack) -> SliderSides:
-    """The sides of the slider that moves through ``stack``, in the patient's words when known."""
-    image = inputs.image
+def slider_sides(image: Any, stack: PlaneStack) -> SliderSides:
+    """The sides of the slider that moves through ``stack`` of the Image layer ``image``, in the
+    patient's words when known; else the file's, by whether the slider runs with its index."""
     patient_axis = stack.axis - (image.ndim - 3)
     if GEOMETRY_KEY in (image.metadata or {}) and 0 <= patient_axis < 3:
         return SliderSides(*PATIENT_SIDES[patient_axis])
-    first, last = FILE_SIDES
-    forward = slice_numbers(inputs, stack).side(BEFORE) == BEFORE
-    return SliderSides(first, last) if forward else SliderSides(last, first)
+    ends = np.zeros((2, image.ndim))
+    ends[1, stack.axis] = max(stack.shape[0] - 1, 1)
+    first, last = (float(np.asarray(image.data_to_world(end))[stack.axis]) for end in ends)
+    return SliderSides(*FILE_SIDES) if first <= last else SliderSides(*FILE_SIDES[::-1])
