@@ -317,3 +317,24 @@ def test_undoing_a_correction_frees_its_box_and_redo_claims_it_again(make_setup,
     assert s.boxes.features["label_id"].tolist() == [1, 1]
     w.labels_layer.undo()
     assert w.correct() == [1]  # the freed box corrects again
+
+
+def test_deleting_a_box_keeps_the_claims_of_the_boxes_after_it(make_setup, spy):
+    organs = (((6.0, 14.0, 15.0), (4.6, 9.0, 10.0)), ((6.0, 34.0, 42.0), (2.6, 8.0, 9.0)))
+    volume, (liver, spleen) = ellipsoids(shape=(12, 48, 56), objects=organs)
+    s = make_setup(volume)
+    w = s.widget
+    s.viewer.dims.set_current_step(0, 6)
+    s.boxes.add_rectangles(box_around(liver[6], 6))
+    s.boxes.add_rectangles(box_around(spleen[6], 6))
+    assert w.segment() == [1, 2]
+    s.boxes.selected_data = {0}
+    s.boxes.remove_selected()  # the spleen's box is row 0 now
+    with pytest.raises(ValueError, match="Every box on slice 6 is segmented already"):
+        w.segment()
+    s.boxes.data = [box_around(spleen[6], 6, margin=3)]  # moved: it runs again, as object 2
+    assert w.segment() == [2]
+    w.labels_layer.undo()
+    assert s.boxes.features["label_id"].tolist() == [2]  # the id it had before the move's run
+    w.labels_layer.undo()
+    assert s.boxes.features["label_id"].tolist() == [0]  # the first Segment undone: new again

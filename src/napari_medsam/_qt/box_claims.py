@@ -5,11 +5,11 @@ with other settings (model, window, overwrite), or whose object is not on their 
 (:func:`~napari_medsam.layers.segment.pending_rows`); a box segmented and left alone is not run
 again (its object may have been painted on since). A run that segments boxes (Segment, Correct,
 Interpolate) is recorded here with the boxes' vertices and ids, its settings, and the history
-item it wrote. napari's undo has no event of its own, but it puts the
-run's voxels back: when the labels change, a run whose voxels all hold their old values again
-(checked on a sample first, then on every voxel) is undone, and its boxes get back the
-``label_id`` they had before it (a corrected box is new again); redo claims them again. Rows
-follow the boxes layer when boxes are deleted.
+item it wrote (the last :data:`RUNS` runs, as many as napari's Labels undo keeps). napari's undo
+has no event of its own, but it puts the run's voxels back: when the labels change, a run whose
+voxels all hold their old values again (checked on a sample first, then on every voxel) is
+undone, and its boxes get back the ``label_id`` they had before it (a corrected box is new
+again); redo claims them again. Rows follow the boxes layer when boxes are deleted.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from napari.layers.base import ActionType
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids
 
 T = TypeVar("T")
-#: How many changed voxels of a run are kept to tell whether it was undone.
+#: How many changed voxels of a run are checked first to tell whether it was undone.
 SAMPLE = 64
+#: How many runs are kept per labels layer: napari's Labels undo history keeps 100 steps.
+RUNS = 100
 
 
 @dataclass
@@ -83,7 +85,9 @@ class BoxClaims:
             return
         ids = {r: (int(ids_before[r]) if r < len(ids_before) else 0, int(ids_after[r])) for r in rows}
         vertices = {r: np.array(boxes.data[r], copy=True) for r in rows}
-        self._runs.setdefault(labels, []).append(_Run(boxes, ids, vertices, request.settings, atoms))
+        runs = self._runs.setdefault(labels, [])
+        runs.append(_Run(boxes, ids, vertices, request.settings, atoms))
+        del runs[:-RUNS]
         self._follow(labels, boxes)
 
     def written(self, labels: Any, request: Any, rows: Iterable[int], write: Callable[[], T]) -> T:
