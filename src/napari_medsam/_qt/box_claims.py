@@ -86,8 +86,8 @@ class BoxClaims:
         ids = {r: (int(ids_before[r]) if r < len(ids_before) else 0, int(ids_after[r])) for r in rows}
         vertices = {r: np.array(boxes.data[r], copy=True) for r in rows}
         runs = self._runs.setdefault(labels, [])
+        runs[:] = [r for r in runs if not r.undone][-RUNS + 1 :]  # a new write ends napari's redo
         runs.append(_Run(boxes, ids, vertices, request.settings, atoms))
-        del runs[:-RUNS]
         self._follow(labels, boxes)
 
     def written(self, labels: Any, request: Any, rows: Iterable[int], write: Callable[[], T]) -> T:
@@ -119,12 +119,29 @@ class BoxClaims:
         return False
 
     def check(self, labels: Any) -> None:
-        """The labels changed: free the boxes of runs undone since, claim those of runs redone."""
-        for run in self._runs.get(labels, []):
-            if run.holds(labels.data, old=not run.undone):
-                run.undone = not run.undone
-                ids = {r: old if run.undone else new for r, (old, new) in run.ids.items()}
-                store_ids(run.boxes, {r: i for r, i in ids.items() if r < len(run.boxes.data)})
+        """The labels changed: free the boxes of runs undone since, claim those of runs redone.
+
+        napari's history is a line: runs are undone newest first and redone oldest first, so only
+        the newest run not undone can be undone, and only the oldest undone one redone (a run
+        cleared by an older one's undo is not taken for redone).
+        """
+        runs = self._runs.get(labels, [])
+        for run in reversed([r for r in runs if not r.undone]):
+            if not run.holds(labels.data, old=True):
+                break
+            run.undone = True
+            self._give_ids(run, old=True)
+        for run in [r for r in runs if r.undone]:
+            if not run.holds(labels.data, old=False):
+                break
+            run.undone = False
+            self._give_ids(run, old=False)
+
+    @staticmethod
+    def _give_ids(run: _Run, old: bool) -> None:
+        """Give ``run``'s boxes the ids they had before it (``old``) or after it."""
+        ids = {r: before if old else after for r, (before, after) in run.ids.items()}
+        store_ids(run.boxes, {r: i for r, i in ids.items() if r < len(run.boxes.data)})
 
     def close(self) -> None:
         """Stop following the layers (the widget closed)."""
