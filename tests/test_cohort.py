@@ -1,9 +1,10 @@
 """``embed`` and ``batch`` on dask.distributed: the real LiteMedSAM on the real CT sample, cut to 7 slices.
 
 One module-scoped local cluster (2 worker processes, one thread each, on 127.0.0.1) serves the
-embed, batch, resume and killed-worker tests; the last test starts ``dask scheduler`` and
-``dask worker`` as processes of their own. Embeddings go to one store, so the encoder runs once
-per slice in the whole module.
+embed, batch, resume and killed-worker tests; one test starts ``dask scheduler`` and ``dask
+worker`` as processes of their own. Embeddings go to one store, so the encoder runs once per slice
+in the whole module (but in the kill tests' commands, each with a local cluster of one worker,
+SIGKILLed with it at several moments; their reruns use the module's cluster).
 """
 
 from __future__ import annotations
@@ -243,3 +244,96 @@ def test_an_existing_cluster_runs_the_same_batch(cohort, first_batch, dask_proce
     ]
     for image in ("a.nii.gz", "b.nii.gz"):
         np.testing.assert_array_equal(read_image(tmp_path / image)[0], read_image(first_batch.out / image)[0])
+
+
+# Killed with SIGKILL at several moments (the command and its local cluster, as an out-of-memory kill
+# or a pulled plug would), then run again: the rerun gives what the uninterrupted run gave.
+KILL_TIMEOUT_S = 300
+
+
+def killed_run(args: list[str], moment) -> None:
+    """``napari-medsam ARGS --workers 1`` in a process group of its own, SIGKILLed as soon as
+    ``moment()`` holds (the whole group: the client and its workers)."""
+    package_root = str(Path(napari_medsam.__file__).parents[1])
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_medsam.cli", *args, "--workers", "1"],
+        env={**os.environ, "PYTHONPATH": path}, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + KILL_TIMEOUT_S
+        while not moment() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        running = process.poll() is None
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(KILL_TIMEOUT_S)
+    assert running, "the command ended before the moment came: kill it earlier"
+
+
+def visible(folder: Path) -> list[Path]:
+    """The files of ``folder`` but hidden ones (a killed write may leave its temporary file)."""
+    files = (p.relative_to(folder) for p in folder.rglob("*"))
+    return sorted(p for p in files if not any(part.startswith(".") for part in p.parts))
+
+
+def written(out: Path, pattern: str) -> list[Path]:
+    """The files of ``out`` matching ``pattern``, but hidden ones (temporary files being written)."""
+    return [p for p in out.glob(pattern) if not p.name.startswith(".")]
+
+
+BATCH_MOMENTS = {
+    "started": lambda out: out.exists(),
+    "first labels written": lambda out: bool(written(out, "*.nii.gz")),
+    "first image recorded": lambda out: bool(written(out, "*.batch.json")),
+}
+
+
+@pytest.mark.parametrize("moment", list(BATCH_MOMENTS))
+def test_batch_killed_then_rerun_gives_the_uninterrupted_result(
+    cohort, cluster, first_batch, tmp_path, moment
+):
+    out = tmp_path / "out"
+    args = ["batch", str(cohort.manifest), "-o", str(out), "--store", str(cohort.store)]
+    killed_run(args, lambda: BATCH_MOMENTS[moment](out))
+    for path in written(out, "*.nii.gz"):  # what the kill left is whole: each file is readable
+        read_image(path)
+    assert run_batch(cohort, cluster.scheduler.address, out) == 1  # the rerun (the bad rows fail again)
+    drop = ("seconds", "status")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in read_summary(out)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in first_batch.summary
+    ]
+    assert {r["status"] for r in read_summary(out)} <= {"done", "skipped", "failed"}
+    assert visible(out) == visible(first_batch.out)
+    for image in ("a.nii.gz", "b.nii.gz"):
+        np.testing.assert_array_equal(read_image(out / image)[0], read_image(first_batch.out / image)[0])
+        assert read_sidecar(out / image) == read_sidecar(first_batch.out / image)
+
+
+def stored(store: Path) -> int:
+    """How many embeddings ``store`` holds (0 before it exists)."""
+    return len(EmbeddingStore(store).entries()) if store.exists() else 0
+
+
+EMBED_MOMENTS = {  # the store folder appears with its first embedding
+    "first slice stored": lambda store: stored(store) >= 1,
+    "half the slices stored": lambda store: stored(store) >= 4,
+}
+
+
+@pytest.mark.parametrize("moment", list(EMBED_MOMENTS))
+def test_embed_killed_then_rerun_gives_the_uninterrupted_store(cohort, cluster, tmp_path, moment):
+    import zarr
+
+    volumes = [str(cohort.folder / name) for name in ("a.nii.gz", "b.nii.gz")]
+    address = cluster.scheduler.address
+    assert main(["embed", *volumes, "--store", str(cohort.store), "--scheduler", address]) == 0  # whole
+    store = tmp_path / "store.zarr"
+    killed_run(["embed", *volumes, "--store", str(store)], lambda: EMBED_MOMENTS[moment](store))
+    assert main(["embed", *volumes, "--store", str(store), "--scheduler", address]) == 0  # the rerun
+    entries = [e.path.relative_to(store) for e in EmbeddingStore(store).entries()]
+    assert len(entries) == 8  # slices 8..15 of the CT, each once
+    for entry in entries:  # each as the uninterrupted run stored it
+        again, reference = zarr.open_array(store / entry), zarr.open_array(cohort.store / entry)
+        np.testing.assert_array_equal(again[...], reference[...])

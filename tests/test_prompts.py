@@ -9,10 +9,13 @@ from napari.layers import Image, Points, Shapes
 from conftest import rectangle
 from napari_medsam.base.label_policy import label_changes, next_label_id, paint_mask
 from napari_medsam.layers.prompts import (
+    OUTSIDE,
+    TILTED,
     Plane,
     boxes_from_shapes,
     clicks_from_points,
     current_plane,
+    describe_problem,
     group_prompts,
     layer_to_image,
     plane_axes,
@@ -110,10 +113,18 @@ def test_boxes_clipped_skipped_and_reported():
     boxes, problems = boxes_from_shapes(shapes, image, (0, 0, 0), (0, 1, 2))
     assert [b.source_index for b in boxes] == [0]
     assert boxes[0].box_xyxy == (0.0, 0.0, 29.0, 10.0)
-    assert len(problems) == 3
-    assert problems[0] == "box 2 skipped: it lies outside the image"
-    assert problems[1] == "box 3 skipped: it lies outside the image (axis 0 = 7)"
-    assert problems[2] == "box 4 skipped: it is not parallel to the displayed slice"
+    assert [(p.kind, p.row, p.reason) for p in problems] == [
+        ("box", 1, OUTSIDE), ("box", 2, OUTSIDE), ("box", 3, TILTED)
+    ]
+    dims_range = ((0, 3, 1), (0, 20, 1), (0, 30, 1))
+    said = [describe_problem(p, (0, 1, 2), dims_range) for p in problems]
+    assert said[:2] == ["A box on slice 1 lies outside the image", "A box on slice 7 lies outside the image"]
+    named = describe_problem(problems[0], (0, 1, 2), dims_range, "liver")
+    assert named == "The box 'liver' on slice 1 lies outside the image"
+    flipped = ((-2, 1, 1), (0, 20, 1), (0, 30, 1))  # a slider counting from world -2: position = world + 2
+    assert describe_problem(problems[0], (0, 1, 2), flipped) == "A box on slice 3 lies outside the image"
+    no_slider = describe_problem(problems[0], (1, 2), ((0, 20, 1), (0, 30, 1)))
+    assert no_slider == "A box lies outside the image"
 
 
 def test_2d_shapes_over_3d_image_use_current_slice():
@@ -136,7 +147,7 @@ def test_clicks_polarity_and_planes():
         ((3.0, 2.0), False, 1),
     ]
     assert clicks[0].plane == Plane(1, 2, ((0, 1),))
-    assert problems == ["click 3 skipped: it lies outside the image"]
+    assert [(p.kind, p.row, p.reason, p.world[0]) for p in problems] == [("click", 2, OUTSIDE, 2.0)]
     # no feature: every click is positive
     plain = Points(np.array([[0, 1.0, 1.0]]))
     assert clicks_from_points(plain, image, (0, 0, 0), (0, 1, 2))[0][0].positive

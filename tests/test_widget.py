@@ -84,16 +84,21 @@ def test_all_slices_is_one_undo_step_and_ids_are_kept(setup, spy):
     labels = w.labels_layer
     assert [int((labels.data == i).sum()) for i in (1, 2, 3)] == [16 * 21, 7 * 8, 11 * 21]
     assert len(spy.images) == 2  # one encoding per slice
-    # move box 0 and run again: its old pixels are replaced, the id stays
+    # move box 0 and run again: only it runs; its old pixels are replaced, the id stays
     setup.boxes.data = [rectangle(0, 0, 3, 3, 1), *setup.boxes.data[1:]]
-    assert w.segment() == [1, 2, 3]
+    assert w.segment() == [1]
+    assert len(spy.images) == 3  # slice 4's boxes were left alone
     assert int((labels.data == 1).sum()) == 16
     assert labels.data[1, 0:4, 0:4].min() == 1
     assert setup.boxes.features["label_id"].tolist() == [1, 2, 3]
     labels.undo()  # the second Segment only
     assert int((labels.data == 1).sum()) == 16 * 21
-    labels.undo()  # the first Segment, all three boxes at once
+    assert setup.boxes.features["label_id"].tolist() == [1, 2, 3]
+    labels.undo()  # the first Segment, all three boxes at once: they are new again
     assert not labels.data.any()
+    assert setup.boxes.features["label_id"].tolist() == [0, 0, 0]
+    labels.redo()
+    assert setup.boxes.features["label_id"].tolist() == [1, 2, 3]
 
 
 def test_existing_labels_are_kept_unless_overwrite(setup):
@@ -156,13 +161,13 @@ def test_sam_single_click_uses_multimask(setup, spy):
 def test_nothing_to_segment_and_bad_layers(setup, notices):
     w = setup.widget
     setup.viewer.dims.set_current_step(0, 0)
-    with pytest.raises(ValueError, match="Nothing to segment on this slice"):
+    with pytest.raises(ValueError, match="Nothing to segment on slice 0"):
         w.segment()
     setup.boxes.add_rectangles(rectangle(1000, 1000, 1010, 1010, 0))
-    with pytest.raises(ValueError, match="box 1 skipped: it lies outside the image"):
+    with pytest.raises(ValueError, match=r"A box on slice 0 lies outside the image: draw it on the image\.$"):
         w.segment()
     w.segment_button.native.click()  # the button reports instead of raising
-    assert "Nothing to segment" in notices()[-1][1]
+    assert "lies outside the image" in notices()[-1][1]
     wrong = setup.viewer.add_labels(np.zeros((6, 40, 63), np.uint8))
     w.labels_layer = wrong
     assert not w.segment_button.enabled
@@ -269,9 +274,9 @@ def test_key_binding_released_on_close(make_napari_viewer, spy):
     assert viewer.keymap == {}
     w2 = MedSamWidget(viewer, predictor_factory=lambda s, d: spy)
     w3 = MedSamWidget(viewer, predictor_factory=lambda s, d: spy)
-    assert list(viewer.keymap.values()) == [w3.polarity.toggle]
-    w2.close()  # w3 holds the key now: closing w2 leaves it alone
-    assert list(viewer.keymap.values()) == [w3.polarity.toggle]
+    assert list(viewer.keymap.values()) == list(w3.keys.bindings.values())
+    w2.close()  # w3 holds the keys now: closing w2 leaves them alone
+    assert list(viewer.keymap.values()) == list(w3.keys.bindings.values())
     w3.close()
     assert viewer.keymap == {}
 

@@ -243,6 +243,12 @@ def test_the_dock_keeps_its_width_with_long_messages_names_and_a_3d_visit(make_n
     widget.segment()
     name = "left kidney upper pole cyst, second reader's outline"
     widget.labels_layer.features = {"index": [1], "name": [name]}
+    widget.objects.refresh()  # the table shows it at once, and the buttons name it, cut
+    QApplication.processEvents()
+    assert widget.propagate_button.text.startswith("Propagate left")
+    assert widget.propagate_button.text.endswith("…")
+    assert name in widget.propagate_button.tooltip
+    assert abs(dock.width() - width) <= 10, (width, dock.width())
     widget.propagate()
     long = "Propagate object 1 of 1 (label 1): " + "slice 25 (-106.3 mm): low predicted IoU, stopping; " * 6
     widget.status_label.value = long

@@ -486,7 +486,7 @@ def test_the_volume_is_encoded_in_the_background_nearest_first(make_setup, spy, 
     qtbot.waitUntil(lambda: len(spy.encoded) == 12 and settled(), timeout=TIMEOUT_MS)
     assert encoded() == [6, 7, 5, 8, 4, 9, 3, 10, 2, 11, 1, 0]  # the model loaded; nearest first
     status = w.controls.encoding_status
-    qtbot.waitUntil(lambda: status.value == "encoded 12 / 12 slices", timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: status.value == "Encoded in the background: 12 / 12 slices", timeout=TIMEOUT_MS)
     viewer.dims.set_current_step(0, 7)
     qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
     assert len(spy.encoded) == 12  # every slice is in the cache already
@@ -519,7 +519,8 @@ def test_a_2d_image_encodes_only_itself(make_napari_viewer, spy, qtbot):
     w = MedSamWidget(viewer, predictor_factory=lambda source, device: spy)
     qtbot.waitUntil(lambda: len(spy.encoded) == 1 and w.prefetcher.wait(0), timeout=TIMEOUT_MS)
     assert spy.encoded == [VolumeSpy.key(image.data, w.intensity_window(image))]
-    qtbot.waitUntil(lambda: w.controls.encoding_status.value == "encoded 1 / 1 slices", timeout=TIMEOUT_MS)
+    line = w.controls.encoding_status
+    qtbot.waitUntil(lambda: line.value == "Encoded in the background: 1 / 1 slices", timeout=TIMEOUT_MS)
 
 
 def test_prefetch_follows_the_image_and_stops_when_closed(make_setup, spy, qtbot):

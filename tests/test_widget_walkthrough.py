@@ -1,12 +1,18 @@
 """The widget as a clinician walks it, with the real LiteMedSAM on the shared CT, under Xvfb:
 open the sample, draw, Segment, Propagate, name, save, close, reopen; the dock keeps its width;
-a correction on the liver's lower tip. Screenshots go to the test's folder for a look."""
+a correction on the liver's lower tip. Screenshots go to the test's folder for a look.
+
+The first five minutes (issue 32) on the same path: the offer to open medical files with MedSAM,
+the model's loading announced, shortcuts, the background selected, a box off the image, End here
+named from the anatomy, a long name, a 2D image, hiding an object, Segment of the new box only,
+and the files opened again with a plain File > Open."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari.settings import get_settings
+from napari.utils.notifications import notification_manager
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from conftest import dice, rectangle
@@ -44,28 +50,60 @@ def reference_organs(viewer):
     [reference] = viewer.open(str(SEG_SM), plugin="napari-medsam")
     data = np.asarray(reference.data)
     viewer.layers.remove(reference)
-    return {"liver": data == 5, "spleen": data == 1}
+    return {"liver": data == 5, "spleen": data == 1, "kidney": data == 2}
 
 
-def test_walk_through_segment_propagate_name_save_close_reopen(
-    make_napari_viewer, qtbot, tmp_path, monkeypatch
-):
+def press(viewer, key: str) -> None:
+    """A key pressed over the canvas: napari's handler tries the selected layer, then the viewer."""
+    handler = viewer.window._qt_viewer._key_map_handler
+    handler.press_key(key)
+    handler.release_key(key)
+
+
+def test_walk_through_segment_propagate_name_save_close_reopen(make_napari_viewer, qtbot, tmp_path):
+    from napari_medsam._qt.reader_default import ANSWER_KEY
+    from napari_medsam._qt.store_setting import settings
+    from napari_medsam.models.loading import unload_model
+
+    settings().remove(ANSWER_KEY)  # a first use: never asked
+    unload_model()  # and the model not loaded yet in this process
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
     [image] = viewer.open_sample("napari-medsam", "abdominal_ct")
     organs = reference_organs(viewer)
     w, dock, boxes = open_widget(viewer)
     width = dock.width()
+    assert not w.reader_offer.native.isHidden()  # 2: the offer, on top
+    w.reader_offer.yes.click()
+    line = w.controls.encoding_status  # 3: the model loading ahead is announced, the bar busy
+    qtbot.waitUntil(lambda: line.value.startswith("Loading the model lite-medsam in the background"))
+    assert w.progress_bar.max == 0
+    qtbot.waitUntil(lambda: w.predictor is not None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not line.value.startswith("Loading"))  # said at the next refresh
+    assert w.progress_bar.max == 1  # the busy bar stops with the load
     depth = image.data.shape[0]
     z = 15
     viewer.dims.set_current_step(0, depth - 1 - z)  # the slider runs against the array on this CT
     assert w.current_stack().index == z
+    assert [b.text for b in w.end_buttons.values()] == ["◀ End (head side)", "End (feet side) ▶"]  # 5
     boxes.add_rectangles(box_on(organs["liver"][z], z))
     boxes.add_rectangles(box_on(organs["spleen"][z], z))
+    boxes.add_rectangles(rectangle(300, 300, 340, 360, z))  # 4: a box off the image (101 x 122)
+    assert "Shortcut: Shift+S" in w.segment_button.tooltip  # 7: Segment by its key
+    said = len(notification_manager.records)
     with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
-        w.segment_button.native.click()
+        press(viewer, "Shift-S")
     labels = w.labels_layer
     assert labels.selected_label == 2  # the object segmented last is the one selected
+    notes = [str(n.message) for n in notification_manager.records[said:]]
+    assert notes == [f"A box on slice {depth - 1 - z} lies outside the image: skipped."]  # not "box 3"
+    boxes.selected_data = {2}
+    boxes.remove_selected()
+    labels.selected_label = 0  # 1: napari's picker on the background: Correct says so, runs nothing
+    w.correct_button.native.click()
+    assert not w.jobs.busy
+    assert "the background (label 0) is selected" in w.status_label.value
+    labels.selected_label = 2
     with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS) as blocker:
         w.propagate_button.native.click()  # "Propagate object 2": the spleen alone
     assert blocker.args == ["done"]
@@ -74,7 +112,40 @@ def test_walk_through_segment_propagate_name_save_close_reopen(
     assert dice(labels.data == 2, organs["spleen"]) > 0.85
     w.objects.refresh()
     w.objects.table.item(0, 0).setText("liver")  # named as a user does: typed into the table
+    w.objects.table.item(1, 0).setText("spleen, the second reader's outline of it")  # 6: a long name
+    w.objects.refresh()
+    settle(viewer)
+    assert w.propagate_button.text.endswith("…")
+    assert abs(dock.width() - width) <= WIDTH_TOLERANCE, (width, dock.width())
     w.objects.table.item(1, 0).setText("spleen")
+
+    boxes.add_rectangles(box_on(organs["kidney"][z], z))  # Segment takes the new box alone
+    predicted = []
+    predict = w.predictor.predict
+    w.predictor.predict = lambda *args, **kwargs: predicted.append(1) or predict(*args, **kwargs)
+    try:
+        assert w.segment() == [3]
+    finally:
+        del w.predictor.predict
+    assert len(predicted) == 1
+    labels.undo()  # the kidney's Segment undone: its box is new again
+    assert boxes.features["label_id"].tolist() == [1, 2, 0]
+    boxes.selected_data = {2}
+    boxes.remove_selected()
+
+    spleen_slices = {depth - 1 - k for k in np.flatnonzero((labels.data == 2).any(axis=(1, 2)))}
+    middle = sorted(spleen_slices)[len(spleen_slices) // 2]
+    viewer.dims.set_current_step(0, middle)
+    w.objects.table.selectRow(1)  # the spleen
+    press(viewer, "Shift-Right")  # 5: End here on the feet side: the spleen's lower part goes
+    below = {depth - 1 - k for k in np.flatnonzero((labels.data == 2).any(axis=(1, 2)))}
+    assert below == {s for s in spleen_slices if s <= middle}  # higher slider positions lie lower
+    assert w.status_label.value.endswith("toward the feet")
+    labels.undo()
+    viewer.dims.set_current_step(0, depth - 1 - z)
+    w.objects.table.item(0, 0).setCheckState(Qt.CheckState.Unchecked)  # 7: the liver hidden a moment
+    assert labels.get_color(1)[3] == 0
+    w.objects.table.item(0, 0).setCheckState(Qt.CheckState.Checked)
     viewer.dims.ndisplay = 3  # a visit to the 3D view puts its long message in the status line
     settle(viewer)
     assert "switch the viewer to 2D" in w.status_label.value
@@ -93,16 +164,13 @@ def test_walk_through_segment_propagate_name_save_close_reopen(
 
     again = make_napari_viewer(show=True)
     again.open(str(ABDOMINAL_CT), plugin="napari-medsam")
-    settings = get_settings().plugins
-    remembered = {f"*{path.name.split('.', 1)[1]}": "napari-medsam" for path in paths}
-    monkeypatch.setattr(settings, "extension2reader", {**settings.extension2reader, **remembered})
 
-    def file_open(path):  # File > Open, MedSAM chosen and remembered in the reader dialog
+    def file_open(path):  # File > Open: MedSAM is napari's reader since the offer was accepted
         again.window._qt_viewer._qt_open([str(path)], stack=False)
         return [again.layers[-1]]
 
     def script_open(path):
-        return again.open(str(path), plugin="napari-medsam")
+        return again.open(str(path), plugin=None)  # the reader napari's preference names
 
     for path, opener in [(path, opener) for path in paths for opener in (file_open, script_open)]:
         [layer] = opener(path)
@@ -115,9 +183,14 @@ def test_walk_through_segment_propagate_name_save_close_reopen(
             np.testing.assert_allclose(layer.get_color(label_id), color, atol=2e-3)
         again.layers.remove(layer)
     w2, _, _ = open_widget(again)
+    assert w2.reader_offer.native.isHidden()  # answered once, never asked again
     again.open(str(paths[0]), plugin="napari-medsam")
     w2.objects.refresh()
     assert [s.name for s in w2.objects.stats] == ["liver", "spleen"]
+    w2.image_layer = again.add_image(np.asarray(again.layers[0].data)[z], name="a 2D slice")  # 6
+    settle(again)
+    assert w2.propagate_button.text == "Propagate"
+    assert w2.status_label.value == "Ready"
 
 
 @pytest.mark.xfail(

@@ -53,8 +53,9 @@ def _write_layer(
     data = np.asarray(data)
     geometry = labels_geometry(data.shape, attributes, images)
     colormap, ids, colors = attributes.get("colormap"), present_ids(data), {}
-    if colormap is not None and ids:  # what the viewer shows; an object hidden gets the palette's
-        colors = {i: rgba for i, rgba in zip(ids, colormap.map(np.asarray(ids)), strict=True) if rgba[3] > 0}
+    if colormap is not None and ids:  # what the viewer shows; a hidden object (alpha 0) keeps its RGB,
+        colored = zip(ids, colormap.map(np.asarray(ids)), strict=True)  # one without any: the palette's
+        colors = {i: (*rgba[:3], 1.0) for i, rgba in colored if rgba[3] > 0 or np.any(rgba[:3])}
     model = (attributes.get("metadata") or {}).get("model")
     return save_labels(path, data, geometry, names_from_table(attributes.get("features")), colors, model)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from qtpy.QtWidgets import QComboBox, QSizePolicy
 
+from napari_medsam._qt.captions import END_PLAIN
 from napari_medsam._qt.options import (
     ALL_SLICES,
     AUTO_WINDOW,
@@ -17,12 +19,11 @@ from napari_medsam._qt.options import (
     WINDOWS,
 )
 from napari_medsam._qt.store_setting import StoreSetting
+from napari_medsam.base.label_policy import AFTER, BEFORE
 from napari_medsam.layers.requests import PROPAGATE_SCOPES, SELECTED_OBJECT
 from napari_medsam.layers.volume import CORRECT, INTERPOLATE, PROPAGATE
 from napari_medsam.models import BACKENDS
 
-#: Text of the buttons that end the selected object at the slice on screen, by slider side.
-END_BEFORE, END_AFTER = "◀ End here", "End here ▶"
 #: The fewest characters a layer picker or option box asks room for (longer names are cut).
 COMBO_CHARACTERS = 12
 
@@ -52,6 +53,19 @@ def keep_narrow(widget: Any) -> None:
         combo.setMinimumContentsLength(COMBO_CHARACTERS)
 
 
+def keep_width(button: PushButton, texts: Iterable[str]) -> None:
+    """Make ``button`` as wide as the widest of ``texts`` needs, whatever it shows: a new text
+    (a longer object name, other words) never widens the dock."""
+    native, shown = button.native, button.native.text()
+    widths = []
+    for text in texts:
+        native.setText(text)
+        widths.append(native.sizeHint().width())
+    native.setText(shown)
+    native.setMinimumWidth(max(widths))
+    native.setSizePolicy(QSizePolicy.Policy.Ignored, native.sizePolicy().verticalPolicy())
+
+
 class Controls:
     """Every value widget and button of the dock widget, built once; the widget connects them."""
 
@@ -68,15 +82,16 @@ class Controls:
         self.propagate_scope = ComboBox(label="propagate", choices=PROPAGATE_SCOPES, value=SELECTED_OBJECT)
         self.overwrite = CheckBox(value=False, text="overwrite other labels")
         self.prefetch = CheckBox(value=True, text="encode every slice in the background")
-        self.encoding_status = Label(value="")
+        #: What runs in the background (the model loading, slices encoded), under the status line.
+        self.encoding_status = StatusLine()
         self.store = StoreSetting()
         self.segment_button = PushButton(text="Segment")
         self.propagate_button = PushButton(text=PROPAGATE)
         self.interpolate_button = PushButton(text=INTERPOLATE)
         self.cancel_button = PushButton(text="Cancel")
         self.correct_button = PushButton(text=CORRECT)
-        self.end_before_button = PushButton(text=END_BEFORE)
-        self.end_after_button = PushButton(text=END_AFTER)
+        self.end_before_button = PushButton(text=END_PLAIN[BEFORE])
+        self.end_after_button = PushButton(text=END_PLAIN[AFTER])
         #: Buttons that start a job: disabled while one runs or the inputs are incomplete.
         buttons = [self.segment_button, self.propagate_button, self.interpolate_button]
         self.run_buttons = [*buttons, self.correct_button]
@@ -94,6 +109,6 @@ class Controls:
         self.widgets = [
             self.new_layers, self.positive, self.auto, self.model, self.weights, self.device, self.backend,
             self.window, self.scope, self.propagate_scope, self.overwrite, self.prefetch,
-            self.encoding_status, self.store.edit, self.actions, self.edits, self.progress_bar,
-            self.status_label,
+            self.store.edit, self.actions, self.edits, self.progress_bar, self.status_label,
+            self.encoding_status,
         ]  # fmt: skip

@@ -125,9 +125,13 @@ class JobRunner:
         return True
 
     def show_progress(self, progress: Progress) -> None:
-        """Show a job's ``(done, total, message)`` in the progress bar and the label."""
+        """Show a job's ``(done, total, message)`` in the progress bar and the label.
+
+        A ``total`` of 0 has no measure (loading a model, a download whose pip reports no
+        bytes): the bar then runs as a busy indicator.
+        """
         done, total, message = progress
-        self._progress.max = max(int(total), 1)
+        self._progress.max = max(int(total), 0)
         self._progress.value = min(int(done), self._progress.max)
         self._status.value = message
 
@@ -158,6 +162,7 @@ class JobRunner:
     def _on_finished(self) -> None:
         self.worker = None
         self._cancel.enabled = False
+        self._progress.max = max(self._progress.max, 1)  # a busy indicator stops
         self._progress.value = self._progress.max if self._outcome == "done" else 0
         self._on_busy(False)
         self.finished.emit(self._outcome)

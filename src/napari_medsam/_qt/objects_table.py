@@ -6,7 +6,8 @@ Propagate and Interpolate, painting and erasing (napari's ``paint`` event), a ne
 (``data``), and undo or redo (a refresh without a move of the slice). Refreshing waits for a
 short quiet time, so a paint stroke is counted once.
 
-Each name has its object's colour beside it. The highlighted row is the selected object, the
+Each name has its object's colour beside it, and a check box that shows or hides the object
+(``_qt.visibility``). The highlighted row is the selected object, the
 labels layer's ``selected_label`` (the label napari paints with): choosing a row selects it, and
 selecting a label in the layer's controls highlights its row; the widget's actions read it.
 """
@@ -30,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medsam._qt.visibility import ObjectVisibility
 from napari_medsam._qt.watchers import Debouncer
 from napari_medsam.base.stats import ObjectStats
 from napari_medsam.io.stats_files import write_stats
@@ -37,7 +39,7 @@ from napari_medsam.layers.objects import labels_stats, name_objects
 
 HEADERS = ("name", "label", "voxels", "mL", "slices", "mean")
 HEADER_TIPS = (
-    "Object name: double-click to change it",
+    "Object name: double-click to change it; the box shows or hides the object",
     "Label id in the labels layer",
     "Number of voxels",
     "Volume in mL, from the image's voxel size in mm",
@@ -79,6 +81,8 @@ class ObjectTable:
         layout.addWidget(self.export_button)
         #: What the table shows, one entry per row.
         self.stats: list[ObjectStats] = []
+        #: The objects hidden (the name's check box unticked).
+        self.visibility = ObjectVisibility()
         self._followed: Any = None
         self._point: tuple[float, ...] = ()
         self._later = Debouncer(self.native, REFRESH_DELAY_MS, self.refresh)
@@ -104,6 +108,7 @@ class ObjectTable:
         if labels is not None:
             stats = labels_stats(labels, self._image.value, self._viewer.dims.order, self._viewer.dims.ndim)
             name_objects(labels, ids=[s.label for s in stats])
+            self.visibility.apply(labels, [s.label for s in stats])  # a new object keeps its colour
         self._show(stats)
         return self.stats
 
@@ -126,8 +131,16 @@ class ObjectTable:
         for emitter, callback in self._sources:
             emitter.disconnect(callback)
 
+    def set_visible(self, label_id: int, visible: bool) -> None:
+        """Show or hide one object of the labels picked, as its check box does."""
+        labels = self._labels.value
+        if labels is not None:
+            self.visibility.set_visible(labels, label_id, visible, [s.label for s in self.stats])
+            self._show(self.stats)
+
     def _show(self, stats: Sequence[ObjectStats]) -> None:
         self.stats, labels = list(stats), self._labels.value
+        hidden = set() if labels is None else self.visibility.hidden(labels)
         blocked = self.table.blockSignals(True)
         try:
             self.table.setRowCount(len(self.stats))
@@ -140,9 +153,12 @@ class ObjectTable:
                         item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
                         item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                     self.table.setItem(row, column, item)
+                name = self.table.item(row, 0)
+                name.setFlags(name.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                name.setCheckState(Qt.CheckState.Unchecked if s.label in hidden else Qt.CheckState.Checked)
                 color = None if labels is None else labels.get_color(s.label)
-                if color is not None:
-                    self.table.item(row, 0).setData(Qt.ItemDataRole.DecorationRole, QColor.fromRgbF(*color))
+                if color is not None:  # opaque: a hidden object's colour too
+                    name.setData(Qt.ItemDataRole.DecorationRole, QColor.fromRgbF(*color[:3], 1.0))
         finally:
             self.table.blockSignals(blocked)
         self._show_selected()
@@ -189,7 +205,12 @@ class ObjectTable:
         labels = self._labels.value
         if item.column() != 0 or labels is None or item.row() >= len(self.stats):
             return
-        name_objects(labels, {self.stats[item.row()].label: item.text()})
+        label_id = self.stats[item.row()].label
+        visible = item.checkState() == Qt.CheckState.Checked
+        if visible == (label_id in self.visibility.hidden(labels)):  # the check box was clicked
+            self.set_visible(label_id, visible)
+            return
+        name_objects(labels, {label_id: item.text()})
         self._on_selected()
 
     def _on_select(self) -> None:

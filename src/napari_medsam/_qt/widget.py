@@ -23,8 +23,11 @@ import napari.viewer
 from magicgui.widgets import Container
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_medsam._qt.activity import BackgroundActivity
 from napari_medsam._qt.background import AutoSegment, EncodeTarget, VolumeEncoding
-from napari_medsam._qt.controls import Controls, keep_narrow
+from napari_medsam._qt.box_claims import BoxClaims
+from napari_medsam._qt.captions import SEGMENT, captions, every_text, fit_name
+from napari_medsam._qt.controls import Controls, keep_narrow, keep_width
 from napari_medsam._qt.jobs import JobRunner
 from napari_medsam._qt.objects_table import ObjectTable
 from napari_medsam._qt.options import (
@@ -45,6 +48,8 @@ from napari_medsam._qt.options import (
 )
 from napari_medsam._qt.pickers import LayerPickers
 from napari_medsam._qt.preload import ModelPreload
+from napari_medsam._qt.reader_default import ReaderOffer
+from napari_medsam._qt.shortcuts import SHORTCUTS, bind_shortcuts, press, shown
 from napari_medsam._qt.watchers import CloseWatcher
 from napari_medsam.base.jobs import Job, run_to_end
 from napari_medsam.base.label_policy import AFTER, BEFORE
@@ -58,7 +63,8 @@ from napari_medsam.engine.model_slot import (
 from napari_medsam.engine.predictor import SlicePredictor
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers import volume as vol
-from napari_medsam.layers.objects import object_names
+from napari_medsam.layers.directions import SliderSides, slider_sides
+from napari_medsam.layers.objects import object_names, selected_object
 from napari_medsam.layers.prompt_layers import ClickPolarity
 from napari_medsam.layers.prompts import current_plane, spatial_shape
 from napari_medsam.layers.requests import (
@@ -76,8 +82,6 @@ __all__ = [
     "ALL_OBJECTS", "ALL_SLICES", "MODELS", "NEW_OBJECTS", "SELECTED_OBJECT", "THIS_SLICE", "TOGGLE_KEY",
     "WINDOWS", "MedSamWidget",
 ]  # fmt: skip
-#: The longest object name a button shows (longer names are cut, the tooltip has them whole).
-BUTTON_NAME_CHARS = 14
 
 
 class MedSamWidget(Container):
@@ -132,13 +136,21 @@ class MedSamWidget(Container):
         self.extend([*self.pickers.widgets, *c.widgets])
         self.objects = ObjectTable(viewer, self._image, self._labels, on_selected=self._refresh)
         self.native.layout().addWidget(self.objects.native)
+        #: The offer, once, to make napari-medsam napari's reader for medical files (a banner on top).
+        self.reader_offer = ReaderOffer()
+        self.native.layout().insertWidget(0, self.reader_offer.native)
         keep_narrow(self.native)
         self.jobs = JobRunner(c.progress_bar, c.status_label, c.cancel_button, self._notify, self._on_busy)
         self.job_finished = self.jobs.finished
         self.auto = AutoSegment(self.native, self._auto_segment, lambda: self.jobs.busy)
         #: Plans what to encode in the background; ``prefetcher`` encodes it in a thread.
-        self.encoding = VolumeEncoding(self.native, self._encode_target, self._show_encoding)
+        self.encoding = VolumeEncoding(self.native, self._encode_target, lambda _: self.activity.refresh())
         self.prefetcher = self.encoding.prefetcher
+        #: The line under the status line: the model loading, the slices encoded in the background.
+        self.activity = BackgroundActivity(
+            self.native, c.encoding_status, c.progress_bar, self.models, lambda: self.prefetcher.progress,
+            lambda: self.jobs.busy,
+        )  # fmt: skip
 
         self.controls.new_layers.changed.connect(self.add_prompt_layers)
         actions = ("Segment", vol.PROPAGATE, vol.INTERPOLATE, vol.CORRECT)
@@ -152,8 +164,8 @@ class MedSamWidget(Container):
         self.controls.auto.changed.connect(lambda on: setattr(self.auto, "enabled", bool(on)))
         for picker in (self.controls.model, self.controls.weights, self.controls.device):
             picker.changed.connect(self._on_model_changed)
-        for picker in (self._image, self._labels):
-            picker.changed.connect(self._refresh)
+        self._image.changed.connect(self._on_image_changed)
+        self._labels.changed.connect(self._refresh)
         for picker in (self._image, self.controls.window, self.controls.prefetch):
             picker.changed.connect(self._on_prefetch_input_changed)
         self.job_finished.connect(self._on_job_finished)
@@ -169,7 +181,19 @@ class MedSamWidget(Container):
         for emitter, callback in self._viewer_events:
             emitter.connect(callback)
         #: Polarity of the next click; key T toggles it (or flips the selected clicks).
-        self.polarity = ClickPolarity(self._viewer, self.controls.positive, TOGGLE_KEY)
+        self.polarity = ClickPolarity(self.controls.positive)
+        #: Which boxes are segmented as drawn; undoing a run frees its boxes (``_qt.box_claims``).
+        self.claims = BoxClaims()
+        #: Each action's button by name (the captions' and the shortcuts' keys).
+        self.buttons = {
+            SEGMENT: self.segment_button, vol.PROPAGATE: self.propagate_button,
+            vol.INTERPOLATE: self.interpolate_button, vol.CORRECT: self.correct_button, **self.end_buttons,
+        }  # fmt: skip
+        for name, texts in every_text().items():
+            keep_width(self.buttons[name], texts)
+        self._fit = partial(fit_name, self.propagate_button)
+        #: The shortcuts, bound on the viewer through napari's key bindings until the widget closes.
+        self.keys = bind_shortcuts(self._viewer, self.buttons, self._press, self.polarity.toggle)
         self._close_watcher = CloseWatcher(self.native, self.release)
         #: Loads the chosen model in a thread soon after opening: the first Segment need not wait.
         #: Then encodes the slices around the one on screen (when prefetching is on).
@@ -251,9 +275,9 @@ class MedSamWidget(Container):
         labels = inputs.labels
         if labels is None or not labels.data.any():
             raise ValueError("End here acts on a segmented object: segment one first.")
+        label_id = selected_object(labels, "End here")
         stack = self.current_stack()
         numbers = vol.slice_numbers(inputs, stack)
-        label_id = int(labels.selected_label)
         name = vol.describe_object(labels, label_id)
         if not (stack.plane.extract(labels.data) == label_id).any():
             raise ValueError(
@@ -263,7 +287,9 @@ class MedSamWidget(Container):
         ended = vol.end_object(labels, stack, label_id, numbers.side(side))
         cleared = sorted(numbers.steps[z] for z in ended)
         where = f"slice(s) {cleared[0]}..{cleared[-1]}" if cleared else "no slice (nothing lay that way)"
-        self.status_label.value = f"Ended {name} at {numbers.name(stack.index)}: removed from {where}"
+        toward = slider_sides(inputs.image, stack).toward(side)
+        here = numbers.name(stack.index)
+        self.status_label.value = f"Ended {name} at {here}: removed from {where}, {toward}"
         return cleared
 
     def interpolate(self) -> list[int]:
@@ -304,9 +330,11 @@ class MedSamWidget(Container):
         self.preload.close(JOIN_TIMEOUT_S)
         self.auto.close()
         self.encoding.close(JOIN_TIMEOUT_S)
+        self.activity.close()
         self.objects.close()
         self.models.clear()
-        self.polarity.release()
+        self.keys.release()
+        self.claims.close()
         for emitter, callback in self._viewer_events:
             emitter.disconnect(callback)
 
@@ -319,6 +347,9 @@ class MedSamWidget(Container):
         clicks on the current slice are taken.
         """
         inputs, settings = self._run_inputs(self._input_problem())
+        if box_rows is None and click_rows is None:  # the button: new and moved prompts only
+            stale = partial(self.claims.stale, inputs.boxes, settings)
+            box_rows, click_rows = seg.pending_rows(inputs, stale)
         return seg.read_segment_request(inputs, settings, box_rows=box_rows, click_rows=click_rows)
 
     def segment_job(self, request: seg.SegmentRequest) -> Job[seg.SegmentOutcome]:
@@ -328,7 +359,9 @@ class MedSamWidget(Container):
     def apply(self, request: seg.SegmentRequest, outcome: seg.SegmentOutcome) -> list[int]:
         """Write the masks into the labels layer as one undo step; return the ids written."""
         labels = self._output_labels(request.inputs)
-        return self._report(labels, *seg.write_masks(labels, request, outcome))
+        rows = [obj.box_index for obj in request.objects if obj.box_index is not None]
+        write = partial(seg.write_masks, labels, request, outcome)
+        return self._report(labels, *self.claims.written(labels, request, rows, write))
 
     def prepare_volume(self, action: str, **options: Any) -> vol.VolumeRequest:
         """Read a ``"Propagate"`` or ``"Interpolate"`` request (viewer's thread)."""
@@ -342,7 +375,9 @@ class MedSamWidget(Container):
     def apply_volume(self, request: vol.VolumeRequest, outcome: vol.VolumeOutcome) -> list[int]:
         """Write a volume run's objects as one undo step; return the ids written."""
         labels = self._output_labels(request.inputs)
-        return self._report(labels, *vol.write_volume(labels, request, outcome))
+        rows = [row for obj in request.objects for row in obj.box_rows]
+        write = partial(vol.write_volume, labels, request, outcome)
+        return self._report(labels, *self.claims.written(labels, request, rows, write))
 
     def _dims(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
         return tuple(self._viewer.dims.point), tuple(self._viewer.dims.order)
@@ -382,6 +417,7 @@ class MedSamWidget(Container):
         for note in notes:
             self._notify("warning", note)
         self.status_label.value = f"Wrote label(s) {written}" if written else "Nothing written"
+        self._refresh()  # the buttons name the objects just written
         return written
 
     def _input_problem(self) -> str | None:
@@ -394,28 +430,13 @@ class MedSamWidget(Container):
     def _refresh(self, *_: object) -> None:
         problem = self._input_problem()
         volume_problem = problem or (None if self._image.value is None else self._volume_problem())
-        selected = self._selected_name()
-        self.propagate_button.text, propagate_tip = self._propagate_text(selected)
-        tips = {
-            self.segment_button: (problem, "Segment the boxes and clicks (one undo step)"),
-            self.propagate_button: (volume_problem, propagate_tip),
-            self.interpolate_button: (volume_problem, "Segment the slices between an object's key boxes"),
-            self.correct_button: (
-                volume_problem,
-                f"Correct the selected object ({selected}) from the box drawn on this slice: re-segment it "
-                "here and carry the change only as far as it changes the object (one undo step)",
-            ),
-            self.end_buttons[BEFORE]: (
-                volume_problem, f"Remove the selected object ({selected}) from every slice before this one"
-                " (lower slider positions), one undo step",
-            ),
-            self.end_buttons[AFTER]: (
-                volume_problem, f"Remove the selected object ({selected}) from every slice after this one"
-                " (higher slider positions), one undo step",
-            ),
-        }  # fmt: skip
-        for button in (*self.run_buttons, *self.end_buttons.values()):
-            blocker, tip = tips.get(button, (problem, button.tooltip))
+        sides = None if volume_problem else self._slider_sides()
+        keys = {name: shown(key) for name, key in SHORTCUTS.items()}
+        said = captions(self._selected_name(), str(self.propagate_scope), sides, keys, self._fit)
+        blockers = dict.fromkeys([vol.PROPAGATE, vol.INTERPOLATE, vol.CORRECT, BEFORE, AFTER], volume_problem)
+        for name, button in self.buttons.items():
+            blocker = blockers.get(name, problem)
+            button.text, tip = said[name]
             button.enabled = blocker is None and not self.jobs.busy
             button.tooltip = blocker or tip
         if problem:
@@ -423,23 +444,24 @@ class MedSamWidget(Container):
         elif self._showing_problem:
             self.status_label.value, self._showing_problem = "Ready", False
 
-    def _selected_name(self) -> str:
-        """The selected object as buttons name it: its name (cut to fit), else its label id."""
-        labels = self._labels.value
-        if labels is None:
-            return "none yet"
-        label_id = int(labels.selected_label)
-        name = object_names(labels).get(label_id) or f"label {label_id}"
-        return name if len(name) <= BUTTON_NAME_CHARS else name[: BUTTON_NAME_CHARS - 1] + "…"
+    def _slider_sides(self) -> SliderSides | None:
+        """What each side of the slider is in the patient (None: no slider through the image here)."""
+        try:
+            return slider_sides(self._image.value, self.current_stack())
+        except ValueError:  # e.g. the viewer's position lies outside the image
+            return None
 
-    def _propagate_text(self, selected: str) -> tuple[str, str]:
-        """The Propagate button's text and tooltip: what it will carry, by ``propagate_scope``."""
-        scope = str(self.propagate_scope)
-        if scope == SELECTED_OBJECT:
-            return f"{vol.PROPAGATE} {selected}", f"Carry the selected object ({selected}) through the volume"
-        if scope == NEW_OBJECTS:
-            return f"{vol.PROPAGATE} new", "Carry the objects of this slice that are on no other slice yet"
-        return f"{vol.PROPAGATE} all", "Carry every object on this slice through the volume, again"
+    def _selected_name(self) -> str | None:
+        """The selected object as buttons name it: its name, else its label id (None: none selected)."""
+        labels = self._labels.value
+        label_id = 0 if labels is None else int(labels.selected_label)
+        return (object_names(labels).get(label_id) or f"label {label_id}") if label_id > 0 else None
+
+    def _press(self, button: Any) -> None:
+        """A shortcut: press ``button``, or say why it cannot be pressed now."""
+        said = press(button, self.jobs.busy)
+        if said:
+            self.status_label.value = said
 
     def _notify(self, level: str, message: str) -> None:
         {"error": show_error, "warning": show_warning}.get(level, show_info)(message)
@@ -515,6 +537,11 @@ class MedSamWidget(Container):
         source, device = self.model_source, str(self.device)
         return (source, device) if self._loads_without_download(source, device) else None
 
+    def _on_image_changed(self, *_: object) -> None:
+        """Another image: what the status line said was about the last one."""
+        self.status_label.value, self._showing_problem = "Ready", False
+        self._refresh()
+
     def _on_clicks_layer_changed(self, layer: Any) -> None:
         self.auto.watch("clicks", layer)
         self.polarity.set_layer(layer)
@@ -540,9 +567,6 @@ class MedSamWidget(Container):
         self.encoding.forget_predictor()
         self.models.clear()
         self._on_prefetch_input_changed()
-
-    def _show_encoding(self, text: str) -> None:
-        self.controls.encoding_status.value = text
 
     def _encode_target(self) -> EncodeTarget | None:
         """What to encode in the background: every slice of the plane on screen (a 2D image: itself)."""

@@ -35,6 +35,8 @@ class ModelSlot:
         self._lock = threading.Lock()
         self.predictor: SlicePredictor | None = None
         self.key: tuple[str, str] | None = None
+        #: The (source, device) being loaded now, by whichever thread asked first; None otherwise.
+        self.loading: tuple[str, str] | None = None
 
     def get(self, source: str, device: str) -> SlicePredictor:
         """The predictor for ``source`` on ``device``, loading it (and releasing another) if needed."""
@@ -42,7 +44,11 @@ class ModelSlot:
         with self._lock:
             if self.predictor is None or self.key != key:
                 self._drop()
-                self.predictor = self._factory(*key)
+                self.loading = key
+                try:
+                    self.predictor = self._factory(*key)
+                finally:
+                    self.loading = None
                 self.key = key
             return self.predictor
 

@@ -26,6 +26,21 @@ def object_names(labels: Any) -> dict[int, str]:
     return names_from_table(getattr(labels, "features", None))
 
 
+def selected_object(labels: Any, action: str) -> int:
+    """The label id of the selected object (the labels' ``selected_label``) that ``action`` acts on.
+
+    ValueError, saying what to do, when it is 0: the background, which napari's label picker
+    selects when it is used on an empty pixel. Checked before any work starts.
+    """
+    label_id = int(labels.selected_label)
+    if label_id <= 0:
+        raise ValueError(
+            f"{action} acts on the selected object, but the background (label 0) is selected: "
+            "select an object in the objects table."
+        )
+    return label_id
+
+
 def name_objects(labels: Any, names: Mapping[int, str] | None = None, ids: Iterable[int] = ()) -> None:
     """Name objects of ``labels``; every id in ``ids`` gets a row too ("object N" unless named).
 

@@ -160,18 +160,15 @@ def set_features(layer: Any, features: Any) -> None:
 
 
 class ClickPolarity:
-    """Whether the next click is positive: a checkbox, key ``key`` to toggle it, the clicks layer.
+    """Whether the next click is positive: a checkbox, and the clicks layer it sets the default of.
 
-    The key also flips the selected clicks when the clicks layer is in select mode. The key
-    binding is taken from the viewer on creation and given back by :meth:`release`.
+    :meth:`toggle` flips it, or the selected clicks in select mode (the widget binds it to a key).
     """
 
-    def __init__(self, viewer: Any, checkbox: Any, key: str) -> None:
-        self._viewer, self._checkbox, self._key = viewer, checkbox, key
+    def __init__(self, checkbox: Any) -> None:
+        self._checkbox = checkbox
         self.layer: Any = None
-        self.released = False
         self._checkbox.changed.connect(self._on_checkbox)
-        self._previous = viewer.bind_key(key, self.toggle, overwrite=True)
 
     def set_layer(self, layer: Any | None) -> None:
         """Follow a new clicks layer (given the ``positive`` feature if it lacks it)."""
@@ -179,24 +176,12 @@ class ClickPolarity:
         if layer is not None:
             prepare_clicks_layer(layer, bool(self._checkbox.value))
 
-    def toggle(self, viewer: Any = None) -> None:
-        """The key: flip the selected clicks in select mode, else the polarity of the next click."""
+    def toggle(self) -> None:
+        """Flip the selected clicks in select mode, else the polarity of the next click."""
         layer = self.layer
         if layer is not None and layer.mode == "select" and flip_selected_clicks(layer):
             return
         self._checkbox.value = not self._checkbox.value
-
-    def release(self) -> None:
-        """Give the key back to whatever held it before, unless another binding took it since."""
-        if self.released:
-            return
-        self.released = True
-        if self.toggle in self._viewer.keymap.values():
-            previous = self._previous
-            owner = getattr(previous, "__self__", None)
-            if isinstance(owner, ClickPolarity) and owner.released:
-                previous = None  # another closed widget's: do not bring it back
-            self._viewer.bind_key(self._key, previous, overwrite=True)
 
     def _on_checkbox(self, positive: bool) -> None:
         if self.layer is not None:

@@ -88,6 +88,28 @@ class ClickPrompt:
     source_index: int
 
 
+#: Why a prompt is skipped (:attr:`PromptProblem.reason`), and what to do about it.
+OUTSIDE, TILTED = "lies outside the image", "is not drawn on a slice"
+TINY = "is less than a pixel wide or high"
+FIXES = {
+    OUTSIDE: "draw it on the image",
+    TILTED: "draw it in the 2D view, on one slice",
+    TINY: "draw it around the object",
+}
+
+
+@dataclass(frozen=True)
+class PromptProblem:
+    """A box or click that cannot be used: its ``kind`` ("box", "click"), its ``row`` in its layer,
+    why (:data:`OUTSIDE`, :data:`TILTED`, :data:`TINY`) and where it lies in the world (the mean of
+    its vertices): what names it for the user (see :func:`describe_problem`)."""
+
+    kind: str
+    row: int
+    reason: str
+    world: tuple[float, ...]
+
+
 @dataclass
 class ObjectPrompt:
     """Everything the model gets for one object on one plane."""
@@ -143,6 +165,34 @@ def layer_to_image(
     return out
 
 
+def slider_step(position: float, axis_range: Sequence[float]) -> int:
+    """The slider position napari shows for a world ``position`` on an axis of ``(start, stop, step)``."""
+    start, _, step = axis_range
+    return round((position - start) / step) if step else 0
+
+
+def slider_position(
+    world: Sequence[float], dims_order: Sequence[int], dims_range: Sequence[Sequence[float]]
+) -> int | None:
+    """The position of the slider nearest the displayed axes at the world point ``world``, as napari
+    shows it (None: no slider, a 2D view of a 2D world)."""
+    sliders = list(dims_order)[:-2]
+    if not sliders or len(dims_range) <= sliders[-1] or len(world) <= sliders[-1]:
+        return None
+    return slider_step(float(world[sliders[-1]]), dims_range[sliders[-1]])
+
+
+def describe_problem(
+    problem: PromptProblem, dims_order: Sequence[int], dims_range: Sequence[Sequence[float]], name: str = ""
+) -> str:
+    """``"The box 'liver' on slice 12 lies outside the image"``: a prompt as the user sees it (its
+    name, the slider position it was drawn at), never a row number."""
+    what = f"The {problem.kind} {name!r}" if name else f"A {problem.kind}"
+    position = slider_position(problem.world, dims_order, dims_range)
+    where = "" if position is None else f" on slice {position}"
+    return f"{what}{where} {problem.reason}"
+
+
 def plane_axes(dims_order: Sequence[int], world_ndim: int, image_ndim: int) -> tuple[int, int]:
     """Image axes shown as (rows, cols): the last two world axes of the viewer's dims order."""
     if image_ndim < 2:
@@ -187,12 +237,21 @@ def _plane_of(vertices: np.ndarray, row: int, col: int, shape: Sequence[int]) ->
             continue
         values = vertices[:, axis]
         if np.ptp(values) > 2 * _SLICE_TOLERANCE:
-            return "it is not parallel to the displayed slice"
+            return TILTED
         i = round(float(values.mean()))
         if not 0 <= i < shape[axis]:
-            return f"it lies outside the image (axis {axis} = {i})"
+            return OUTSIDE
         fixed.append((axis, i))
     return Plane(row, col, tuple(fixed))
+
+
+def _world_of(layer: Any, vertices: np.ndarray, world_point: Sequence[float]) -> tuple[float, ...]:
+    """The mean world position of a prompt's ``vertices`` (data coordinates of ``layer``); the axes
+    a 2D layer lacks are the viewer's position."""
+    world = np.asarray([layer.data_to_world(v) for v in np.atleast_2d(vertices)], dtype=float).mean(0)
+    full = np.asarray(world_point, dtype=float).copy()
+    full[len(full) - len(world) :] = world
+    return tuple(float(v) for v in full)
 
 
 def boxes_from_shapes(
@@ -200,35 +259,33 @@ def boxes_from_shapes(
     image_layer: Any,
     world_point: Sequence[float],
     dims_order: Sequence[int],
-) -> tuple[list[BoxPrompt], list[str]]:
+) -> tuple[list[BoxPrompt], list[PromptProblem]]:
     """Bounding boxes of every shape, per plane, in image pixels; plus problems found.
 
     Each shape's vertices are mapped into the image; its bounding box on the displayed axes,
     clipped to the image, is the prompt. Any shape type works (rectangles are the usual).
-    Shapes off the image or not parallel to the displayed slice are skipped with a reason, naming
-    the box by its number from 1 (the layer's first shape is box 1).
+    Shapes off the image, not parallel to the displayed slice or less than a pixel across are
+    skipped, each with a :class:`PromptProblem`.
     """
     row, col = plane_axes(dims_order, len(world_point), image_layer.ndim)
     shape = spatial_shape(image_layer)
     height, width = shape[row], shape[col]
     boxes: list[BoxPrompt] = []
-    problems: list[str] = []
+    problems: list[PromptProblem] = []
     for k, verts in enumerate(shapes_layer.data):
         img = layer_to_image(shapes_layer, verts, image_layer, world_point)
         plane = _plane_of(img, row, col, shape)
-        if isinstance(plane, str):
-            problems.append(f"box {k + 1} skipped: {plane}")
-            continue
         (x0, y0), (x1, y1) = rowcol_to_xy(np.stack([img[:, [row, col]].min(0), img[:, [row, col]].max(0)]))
-        if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
-            problems.append(f"box {k + 1} skipped: it lies outside the image")
-            continue
+        if not isinstance(plane, str) and (x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1):
+            plane = OUTSIDE
         x0, x1 = float(np.clip(x0, 0, width - 1)), float(np.clip(x1, 0, width - 1))
         y0, y1 = float(np.clip(y0, 0, height - 1)), float(np.clip(y1, 0, height - 1))
-        if x1 - x0 < 1 or y1 - y0 < 1:
-            problems.append(f"box {k + 1} skipped: it is less than one pixel wide or high")
-            continue
-        boxes.append(BoxPrompt(plane, (x0, y0, x1, y1), k))
+        if not isinstance(plane, str) and (x1 - x0 < 1 or y1 - y0 < 1):
+            plane = TINY
+        if isinstance(plane, str):
+            problems.append(PromptProblem("box", k, plane, _world_of(shapes_layer, verts, world_point)))
+        else:
+            boxes.append(BoxPrompt(plane, (x0, y0, x1, y1), k))
     return boxes, problems
 
 
@@ -238,7 +295,7 @@ def clicks_from_points(
     world_point: Sequence[float],
     dims_order: Sequence[int],
     positive_feature: str = "positive",
-) -> tuple[list[ClickPrompt], list[str]]:
+) -> tuple[list[ClickPrompt], list[PromptProblem]]:
     """Every point as a click on its plane, in image pixels; plus problems found.
 
     Polarity comes from the boolean feature ``positive_feature`` (all positive without it).
@@ -252,7 +309,7 @@ def clicks_from_points(
     else:
         positive = np.ones(len(data), dtype=bool)
     clicks: list[ClickPrompt] = []
-    problems: list[str] = []
+    problems: list[PromptProblem] = []
     if len(data) == 0:
         return clicks, problems
     img = layer_to_image(points_layer, data, image_layer, world_point)
@@ -260,7 +317,7 @@ def clicks_from_points(
         plane = _plane_of(p[None], row, col, shape)
         r, c = p[row], p[col]
         if isinstance(plane, str) or not (-0.5 <= r < shape[row] - 0.5 and -0.5 <= c < shape[col] - 0.5):
-            problems.append(f"click {k + 1} skipped: it lies outside the image")
+            problems.append(PromptProblem("click", k, OUTSIDE, _world_of(points_layer, data[k], world_point)))
             continue
         r, c = np.clip(r, 0, shape[row] - 1), np.clip(c, 0, shape[col] - 1)
         x, y = rowcol_to_xy(np.array([r, c]))

