@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medsam.base.object_edits import EDITS_KEY, edits_entry
 from napari_medsam.base.objects import INDEX, NAME, LabelObject, palette_cycle
 from napari_medsam.base.windows import SOFT_TISSUE, looks_like_ct
 from napari_medsam.io.dicom_seg import is_dicom_seg
@@ -86,6 +87,9 @@ def _labels_layer(
     labels: np.ndarray, geometry: VolumeGeometry, objects: list[LabelObject], path: str, name: str
 ) -> LayerData:
     kwargs = {**layer_kwargs(geometry, source=path), "name": name, **_named_objects(objects)}
+    edits = {o.label: o.edits for o in objects}
+    if any(e.as_json() for e in edits.values()):  # the objects' anchors and ends, as saved
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), EDITS_KEY: edits_entry(edits)}
     return (labels, kwargs, "labels")
 
 

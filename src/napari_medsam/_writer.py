@@ -1,7 +1,8 @@
 """npe2 writer: a Labels layer to NIfTI, NRRD, MetaImage, .seg.nrrd or DICOM-SEG, on its image's geometry.
 
 Object names come from the layer's ``features`` table (``index`` = label id, ``name``), colours
-from its colormap (what the viewer shows), the model from ``metadata["model"]``. Every file is
+from its colormap (what the viewer shows), the model from ``metadata["model"]``, the objects' edits
+from ``metadata["edits"]`` (:mod:`napari_medsam.base.object_edits`). Every file is
 written beside its target and renamed into place (:mod:`napari_medsam.base.atomic`), and never
 over the file (or a DICOM series file) of an image open in the viewer.
 """
@@ -15,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from napari_medsam.base.object_edits import EDITS_KEY, edits_in_entry
 from napari_medsam.base.objects import names_from_table, present_ids
 from napari_medsam.io.files import overwritten_inputs
 from napari_medsam.io.formats import ITK_WRITE_SUFFIXES, suffix_of
@@ -49,15 +51,17 @@ def napari_write_labels(path: str, data: Any, attributes: dict[str, Any]) -> lis
 def _write_layer(
     path: str, data: Any, attributes: Mapping[str, Any], images: Sequence[ImageInfo] = ()
 ) -> list[str]:
-    """Write a Labels layer's data with the geometry, names, colours and model its attributes hold."""
+    """Write a Labels layer's data with the geometry, names, colours, model and edits its attributes hold."""
     data = np.asarray(data)
     geometry = labels_geometry(data.shape, attributes, images)
     colormap, ids, colors = attributes.get("colormap"), present_ids(data), {}
     if colormap is not None and ids:  # what the viewer shows; a hidden object (alpha 0) keeps its RGB,
         colored = zip(ids, colormap.map(np.asarray(ids)), strict=True)  # one without any: the palette's
         colors = {i: (*rgba[:3], 1.0) for i, rgba in colored if rgba[3] > 0 or np.any(rgba[:3])}
-    model = (attributes.get("metadata") or {}).get("model")
-    return save_labels(path, data, geometry, names_from_table(attributes.get("features")), colors, model)
+    metadata = attributes.get("metadata") or {}
+    edits = edits_in_entry(metadata.get(EDITS_KEY))  # anchors and ends along the file's axial grid
+    names = names_from_table(attributes.get("features"))
+    return save_labels(path, data, geometry, names, colors, metadata.get("model"), edits)
 
 
 def labels_geometry(

@@ -7,7 +7,8 @@ Propagate and Interpolate, painting and erasing (napari's ``paint`` event), a ne
 short quiet time, so a paint stroke is counted once.
 
 Each name has its object's colour beside it, and a check box that shows or hides the object
-(``_qt.visibility``). The highlighted row is the selected object, the
+(``_qt.visibility``). Under the table, the slices the last walk of the selected object asks to
+check (``_qt.review_list``). The highlighted row is the selected object, the
 labels layer's ``selected_label`` (the label napari paints with): choosing a row selects it, and
 selecting a label in the layer's controls highlights its row; the widget's actions read it.
 """
@@ -31,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medsam._qt.review_list import ReviewList
 from napari_medsam._qt.visibility import ObjectVisibility
 from napari_medsam._qt.watchers import Debouncer
 from napari_medsam.base.stats import ObjectStats
@@ -77,7 +79,9 @@ class ObjectTable:
         self.export_button = QPushButton("Export CSV")
         layout = QVBoxLayout(self.native)
         layout.setContentsMargins(0, 0, 0, 0)
+        self.review = ReviewList(viewer, image_picker, labels_picker)
         layout.addWidget(self.table)
+        layout.addWidget(self.review.native)
         layout.addWidget(self.export_button)
         #: What the table shows, one entry per row.
         self.stats: list[ObjectStats] = []
@@ -175,6 +179,7 @@ class ObjectTable:
                 self.table.selectRow(rows[0])
         finally:
             self.table.blockSignals(blocked)
+        self.review.refresh()
         self._on_selected()
 
     def _on_labels_picked(self, labels: Any) -> None:

@@ -377,7 +377,10 @@ class MedSamWidget(Container):
         labels = self._output_labels(request.inputs)
         rows = [row for obj in request.objects for row in obj.box_rows]
         write = partial(vol.write_volume, labels, request, outcome)
-        return self._report(labels, *self.claims.written(labels, request, rows, write))
+        written = self._report(labels, *self.claims.written(labels, request, rows, write))
+        if summary := vol.run_summary(labels, request, outcome):
+            self.status_label.value = summary
+        return written
 
     def _dims(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
         return tuple(self._viewer.dims.point), tuple(self._viewer.dims.order)

@@ -4,7 +4,8 @@ An **anchor** is a slice whose mask the user made or corrected (the key slice of
 slice boxed with Correct): a walk takes it as it is (a fixed point) and learns the object's look
 from it. An **end** is where End here cut the object: a walk never puts it past that slice. Both
 are array indices along the walk's axis. Kept per object by the widget (in the Labels layer's
-metadata) and in label files (``io.label_names``), so a later session or CLI run walks the same.
+``metadata``, :data:`EDITS_KEY`) and in label files (``io.label_names``, ``io.seg_nrrd``), so a
+later session or CLI run walks the same.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from napari_medsam.base.label_policy import AFTER, BEFORE
+
+#: Key of a Labels layer's ``metadata`` that keeps its objects' edits and the axis they count along.
+EDITS_KEY = "edits"
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,16 @@ class ObjectEdits:
         except (TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"not an object's edits: {data!r} ({err})") from err
         return cls(anchors, first, last)
+
+
+def edits_entry(edits: Mapping[int, ObjectEdits], axis: int = 0) -> dict[str, Any]:
+    """The ``metadata[EDITS_KEY]`` entry of ``edits`` (label id -> edits) along ``axis``."""
+    return {"axis": int(axis), "objects": {int(i): e.as_json() for i, e in edits.items() if e.as_json()}}
+
+
+def edits_in_entry(entry: Mapping[str, Any] | None, axis: int = 0) -> dict[int, ObjectEdits]:
+    """Label id -> edits of a ``metadata[EDITS_KEY]`` entry, if they count along ``axis`` (else none)."""
+    entry = entry or {}
+    if int(entry.get("axis", 0)) != int(axis):
+        return {}
+    return {int(i): ObjectEdits.from_json(e) for i, e in (entry.get("objects") or {}).items()}

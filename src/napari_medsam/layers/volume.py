@@ -10,7 +10,7 @@ As for Segment, a request is read on the viewer's thread, the job touches no lay
 from __future__ import annotations
 
 import queue
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -20,8 +20,12 @@ import numpy as np
 from napari_medsam.base.boxes import BoxXYXY
 from napari_medsam.base.jobs import Job, relay
 from napari_medsam.base.label_policy import AFTER, BEFORE, assign_label_ids, label_changes, slices_past
-from napari_medsam.engine.propagation import SliceStep, correct, interpolate_boxes, propagate, segment_boxes
+from napari_medsam.base.object_edits import ObjectEdits
+from napari_medsam.engine.corrections import correct
+from napari_medsam.engine.propagation import SliceStep, interpolate_boxes, propagate, segment_boxes
+from napari_medsam.engine.review import review_slices
 from napari_medsam.io.volumes import GEOMETRY_KEY
+from napari_medsam.layers.edits import keep_edits, keep_review, object_edits
 from napari_medsam.layers.labels import write_planes
 from napari_medsam.layers.objects import note_written, object_names, selected_object
 from napari_medsam.layers.prompt_layers import feature_ids, store_ids
@@ -138,7 +142,9 @@ class VolumeObject:
     """One object of a volume run: its label id and its key mask (Propagate) or key boxes.
 
     A correction has ``correct_box`` (on the stack's current slice) and ``labels``, the labels
-    of the whole stack as they were (what :func:`~napari_medsam.engine.propagation.correct` keeps).
+    of the whole stack as they were (what :func:`~napari_medsam.engine.corrections.correct` keeps).
+    ``edits`` are what the user vouched for about it (:mod:`~napari_medsam.layers.edits`), and
+    ``anchors`` the masks of its anchor slices, which a Propagate keeps as fixed points.
     """
 
     label_id: int
@@ -147,6 +153,8 @@ class VolumeObject:
     box_rows: tuple[int, ...] = ()
     correct_box: BoxXYXY | None = None
     labels: np.ndarray | None = None
+    edits: ObjectEdits = field(default_factory=ObjectEdits)
+    anchors: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,10 +174,15 @@ class VolumeRequest:
 
 @dataclass
 class VolumeOutcome:
-    """Per object: a (slices, rows, cols) mask and the (first, last) slice the run covered."""
+    """Per object: a (slices, rows, cols) mask, the (first, last) slice the run covered, its edits
+    after the run, the slices its walk asks to check (Propagate) and the slices a correction
+    changed (Correct)."""
 
     masks: list[np.ndarray]
     spans: list[tuple[int, int]]
+    edits: list[ObjectEdits] = field(default_factory=list)
+    reviews: list[tuple[int, ...]] = field(default_factory=list)
+    changed: list[tuple[int, ...]] = field(default_factory=list)
 
 
 def propagation_objects(
@@ -207,7 +220,13 @@ def propagation_objects(
                 f"No new objects on {where}: every object here reaches other slices already. Select "
                 f"one in the objects table and propagate '{SELECTED_OBJECT}', or '{ALL_OBJECTS}'."
             )
-    return [VolumeObject(i, key_mask=current == i) for i in ids]
+    edits = object_edits(labels, stack.axis)
+    objects = []
+    for i in ids:
+        own = edits.get(i, ObjectEdits())
+        anchors = {z: stack_plane(labels, stack, z) == i for z in own.anchors if z != stack.index}
+        objects.append(VolumeObject(i, key_mask=current == i, edits=own, anchors=anchors))
+    return objects
 
 
 def describe_object(labels: Any, label_id: int) -> str:
@@ -260,7 +279,12 @@ def correction_objects(
             "missing), then press Correct."
         )
     box = new[0] if new else own[-1]
-    return [VolumeObject(label_id, box_rows=(box.source_index,), correct_box=box.box_xyxy, labels=planes)]
+    edits = object_edits(labels, stack.axis).get(label_id, ObjectEdits())
+    return [
+        VolumeObject(
+            label_id, box_rows=(box.source_index,), correct_box=box.box_xyxy, labels=planes, edits=edits
+        )
+    ]
 
 
 def interpolation_objects(
@@ -343,57 +367,66 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
     settings = request.settings
     yield loading_step(settings.source)
     predictor = predictor_for(settings.source, settings.device)
-    masks, spans = [], []
+    outcome = VolumeOutcome([], [])
     for k, obj in enumerate(request.objects):
+        index, edits, changed = request.stack.index, obj.edits, ()
         if obj.correct_box is not None:
-            steps = _corrected_mask(
-                correct(
-                    predictor, request.stack, obj.labels, obj.label_id, request.stack.index, obj.correct_box,
-                    window=settings.window, **request.options,
-                ),
-                obj.label_id,
+            steps = correct(
+                predictor, request.stack, obj.labels, obj.label_id, index, obj.correct_box,
+                window=settings.window, edits=obj.edits, **request.options,
             )  # fmt: skip
         elif request.action in (PROPAGATE, CORRECT):
             steps = propagate(
-                predictor, request.stack, request.stack.index, key_mask=obj.key_mask,
-                window=settings.window, **request.options,
+                predictor, request.stack, index, key_mask=obj.key_mask, window=settings.window,
+                edits=obj.edits, anchors=obj.anchors, **request.options,
             )  # fmt: skip
+            edits = obj.edits.anchored(index)
         else:
-            boxes = interpolate_boxes(obj.key_boxes)
-            steps = segment_boxes(predictor, request.stack, boxes, window=settings.window)
+            steps = segment_boxes(
+                predictor, request.stack, interpolate_boxes(obj.key_boxes), window=settings.window
+            )
+            for z in obj.key_boxes:
+                edits = edits.anchored(z)
         visited: list[int] = []
+        walked: list[SliceStep] = []
         title = f"{request.action} object {k + 1} of {len(request.objects)} (label {obj.label_id}): "
-        progress = partial(_object_progress, visited, 1 + k * depth, depth, total, title, request.numbers)
+        progress = partial(
+            _object_progress, visited, walked, 1 + k * depth, depth, total, title, request.numbers
+        )
         if request.found is not None:
             progress = partial(_found, request.found, obj.label_id, progress)
-        mask = yield from relay(steps, progress)
-        if obj.labels is not None:  # a correction also clears the old object where it ran too far
-            visited += np.flatnonzero((mask != (obj.labels == obj.label_id)).any(axis=(1, 2))).tolist()
-        masks.append(mask)
-        spans.append((min(visited), max(visited)))
+        result = yield from relay(steps, progress)
+        if obj.labels is not None:  # a correction: its labels, the slices it changed, the edits
+            mask, edits, changed = result.labels == obj.label_id, result.edits, result.changed
+            visited += list(changed)
+        else:
+            mask = result
+        outcome.masks.append(mask)
+        outcome.spans.append((min(visited), max(visited)))
+        outcome.edits.append(edits)
+        outcome.reviews.append(review_slices(walked) if request.action == PROPAGATE else ())
+        outcome.changed.append(changed)
     yield total, total, "Writing labels…"
-    return VolumeOutcome(masks, spans)
-
-
-def _corrected_mask(
-    steps: Generator[SliceStep, None, np.ndarray], label_id: int
-) -> Generator[SliceStep, None, np.ndarray]:
-    """:func:`~napari_medsam.engine.propagation.correct`'s steps, returning the object's mask."""
-    labels = yield from steps
-    return labels == label_id
+    return outcome
 
 
 def _object_progress(
-    visited: list[int], start: int, depth: int, total: int, title: str, numbers: SliceNumbers, step: SliceStep
+    visited: list[int],
+    walked: list[SliceStep],
+    start: int,
+    depth: int,
+    total: int,
+    title: str,
+    numbers: SliceNumbers,
+    step: SliceStep,
 ) -> tuple[int, int, str]:
-    """One object's slice step as the run's progress; records the slice visited."""
+    """One object's slice step as the run's progress; records the slice visited and the step."""
     visited.append(step.slice_index)
+    walked.append(step)
     return start + round(depth * step.done / max(step.total, 1)), total, title + step_text(step, numbers)
 
 
-def _found(
-    found: queue.SimpleQueue, label_id: int, progress: Any, step: SliceStep
-) -> tuple[int, int, str]:
+def _found(found: queue.SimpleQueue, label_id: int, progress: Any, step: SliceStep) -> tuple[int, int, str]:
     """Hand a step's mask to the preview, then report it as ``progress`` does."""
     if step.mask is not None and step.stop is None:
         found.put((step.slice_index, label_id, step.mask))
@@ -460,8 +493,45 @@ def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) ->
     if request.inputs.boxes is not None:
         store_ids(request.inputs.boxes, rows)
     note_written(labels, written, request.inputs.boxes, rows, request.settings.source)
+    ids = [obj.label_id for obj in request.objects]
+    keep_edits(labels, stack.axis, {i: e for i, e in zip(ids, outcome.edits, strict=True) if i in written})
+    if request.action == PROPAGATE:
+        keep_review(labels, dict(zip(ids, outcome.reviews, strict=True)))
     empty = [obj.label_id for obj in request.objects if obj.label_id not in written]
-    return written, [f"{request.action} found nothing for label(s) {empty}."] if empty else []
+    notes = [f"{request.action} found nothing for label(s) {empty}."] if empty else []
+    for obj, changed in zip(request.objects, outcome.changed, strict=True):
+        far = [z for z in changed if abs(z - stack.index) > 1]
+        if far:
+            notes.append(
+                f"The correction of {describe_object(labels, obj.label_id)} also changed "
+                f"{len(far)} slice(s) away from the box: {slice_list(request.numbers, far)}. Check them."
+            )
+    return written, notes
+
+
+def run_summary(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) -> str:
+    """The status line after a volume run: what changed where, and the slices to check."""
+    parts = []
+    for obj, changed, review in zip(request.objects, outcome.changed, outcome.reviews, strict=True):
+        name = describe_object(labels, obj.label_id)
+        if request.action == CORRECT:
+            parts.append(
+                f"Corrected {name} on {len(changed)} slice(s): {slice_list(request.numbers, changed)}"
+            )
+        elif review:
+            parts.append(f"{name}: check {slice_list(request.numbers, review, ordered=False)} first")
+    return "; ".join(parts)
+
+
+def slice_list(numbers: SliceNumbers, slices: Sequence[int], ordered: bool = True) -> str:
+    """``"slices 3, 4, 9"``: array indices as the slider numbers the user sees (sorted if ``ordered``)."""
+    steps = [numbers.steps[z] for z in slices]
+    steps = sorted(steps) if ordered else steps
+    return (
+        ("slice " if len(steps) == 1 else "slices ") + ", ".join(str(s) for s in steps)
+        if steps
+        else "no slice"
+    )
 
 
 def end_object(labels: Any, stack: PlaneStack, label_id: int, side: str) -> list[int]:
@@ -476,4 +546,6 @@ def end_object(labels: Any, stack: PlaneStack, label_id: int, side: str) -> list
     if past:
         empty = np.zeros(stack.shape[1:], dtype=bool)
         write_planes(labels, [(stack.plane_at(z), label_id, empty) for z in past], overwrite=False)
+    before = object_edits(labels, stack.axis).get(label_id, ObjectEdits())
+    keep_edits(labels, stack.axis, {label_id: before.ended(stack.index, side)})  # a walk stops there
     return past
