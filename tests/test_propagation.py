@@ -339,7 +339,8 @@ def test_previous_logits_are_fed_back_only_when_asked():
     # going up, every prompt of slice 11 gets the logits of the key slice's mask (call 1), and every
     # prompt of slice 12 those of one of slice 11's prompts (the stand-in's logits count its calls)
     on = {}
-    for number, ((_, mask_input), visit) in enumerate(zip(feeding.calls, feeding.call_slices, strict=True), 1):
+    calls = zip(feeding.calls, feeding.call_slices, strict=True)
+    for number, ((_, mask_input), visit) in enumerate(calls, 1):
         on.setdefault(visit, []).append((number, mask_input))
     assert {float(m[0, 0]) for _, m in on[2]} == {1.0}
     assert {float(m[0, 0]) for _, m in on[3]} <= {float(n) for n, _ in on[2]}

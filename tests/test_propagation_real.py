@@ -14,8 +14,8 @@ import pytest
 from napari_medsam.base.jobs import run_to_end
 from napari_medsam.base.metrics import dice
 from napari_medsam.base.windows import training_window
-from napari_medsam.engine.predictor import MedSamPredictor
 from napari_medsam.engine.corrections import correct
+from napari_medsam.engine.predictor import MedSamPredictor
 from napari_medsam.engine.propagation import propagate
 from realdata import brain_mr, ct_spleen, oracle_box
 
@@ -66,7 +66,8 @@ def test_a_correction_never_makes_right_slices_worse(predictor):
     before = result.astype(np.uint8)
     worst = int(min(present, key=lambda z: dice(before[z] == 1, truth[z])))
     window = training_window(image).window
-    after = run_to_end(correct(predictor, image, before, 1, worst, oracle_box(truth[worst]), window=window)).labels
+    box = oracle_box(truth[worst])
+    after = run_to_end(correct(predictor, image, before, 1, worst, box, window=window)).labels
     for z in present:
         if dice(before[z] == 1, truth[z]) >= 0.9:
             assert dice(after[z] == 1, truth[z]) >= dice(before[z] == 1, truth[z]) - 0.02, z

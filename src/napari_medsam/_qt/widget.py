@@ -379,7 +379,7 @@ class MedSamWidget(Container):
         write = partial(vol.write_volume, labels, request, outcome)
         written = self._report(labels, *self.claims.written(labels, request, rows, write))
         if summary := vol.run_summary(labels, request, outcome):
-            self.status_label.value = summary
+            self.status_label.value += f". {summary}"
         return written
 
     def _dims(self) -> tuple[tuple[float, ...], tuple[int, ...]]:

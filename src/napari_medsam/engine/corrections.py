@@ -1,18 +1,19 @@
 """Correct one object of a label volume from a box on one slice, changing only what the box supports.
 
-A correction is new evidence on one slice: the user's box says what the object is there (the
-mask it gives) and, where the old mask differs, what it is not. The boxed slice takes the new
-mask and becomes an anchor (:class:`~napari_medsam.base.object_edits.ObjectEdits`). From it the
-object is walked both ways (:class:`~napari_medsam.engine.propagation.Tracker`, learning the
-object's look from the anchors), and on each slice the old mask changes only where the object
-model says the change is right: a piece only the old mask has goes if it looks unlike the
-object, a piece only the new one has comes if it looks like it, and a piece too thin for the
-model's cells to judge stays as it was. A direction ends at the first slice where nothing
-changes, where the masks agree, where the walk stops, at another anchor, at an end the user set,
-or past the object's old end (unless the box itself lay where the object was missing: then the
-correction extends it while the walk goes on): a box on a tip, on a first or last slice or on a
-slice that was right leaves the rest as it was. Why: ``docs/propagation.md``, "Corrections".
-"""
+A correction is new evidence on one slice: the user's box says what the object is there. The
+boxed slice takes the box's mask and becomes an anchor
+(:class:`~napari_medsam.base.object_edits.ObjectEdits`). From it the object is walked both ways
+(:class:`~napari_medsam.engine.propagation.Tracker`, learning the object's look from the
+anchors), and on each slice the old mask changes only where the object model says the change is
+right, and where the object has other anchors, where what they show agrees too: a piece only the
+old mask has goes if it looks unlike the object; a piece only the new one has comes if it looks
+like it, and only to an old mask that did not look like the object as a whole; a piece too thin
+for the model's cells to judge stays as it was. A direction ends at the first slice where nothing
+changes, where the walk stops (there the old mask only loses what looks unlike the object, if
+something is left), at another anchor, at an end the user set, or at the object's old end. A box where the object was
+missing fills its slice and the gap to the object, never the slices beyond. So a box on a tip, on
+a first or last slice or on a slice that was right leaves the rest as it was. Why:
+``docs/propagation.md``, "Corrections"."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from napari_medsam.base.boxes import mask_box, normalise_box
-from napari_medsam.base.metrics import iou
 from napari_medsam.base.object_edits import ObjectEdits
 from napari_medsam.base.slicing import check_axis, take_slice
 from napari_medsam.base.windows import AUTO, WindowArg, resolve_window
@@ -37,9 +37,6 @@ from napari_medsam.engine.propagation import (
     Tracker,
     evidence,
 )
-
-#: The masks of a slice agree (the walk stops there, nothing changes) at this IoU or above.
-AGREE = 0.9
 
 
 @dataclass(frozen=True)
@@ -121,10 +118,8 @@ def correct(
     merged = old_z.copy()
     merged[slice_index] = boxed
     # A box where the object was missing fills that slice and the gap to the object, never beyond;
-    # a box on the object corrects the neighbours that disagree with the new walk at least as much
-    # as the boxed slice disagreed with the old mask (the error the user showed), no further.
+    # a box on the object corrects its neighbours while a change is supported, no further.
     extending = not old_z[slice_index].any()
-    shown = iou(boxed, old_z[slice_index])
     for direction in _directions(old_z, slice_index, extending):
         tracker = Tracker(predictor, rules, plane, trusted)  # type: ignore[arg-type]
         previous, z = boxed, slice_index + direction
@@ -137,13 +132,17 @@ def correct(
             visit = tracker.visit(previous)
             stop = tracker.stop(visit, previous, int(boxed.sum()), None)
             kept = visit.mask
-            if stop is None and was.any():
+            if was.any():
                 models = [tracker.model(), *before]
-                kept = supported(
-                    predictor, models, was, visit.mask, additions=not looks_like(predictor, models, was)
-                )
-                if iou(visit.mask, was) >= max(AGREE, shown) or np.array_equal(kept, was):
-                    stop = StopReason.AGREES
+                if stop is None:
+                    grows = not looks_like(predictor, models, was)  # only an old mask unlike the object
+                    kept = supported(predictor, models, was, visit.mask, additions=grows)
+                    if np.array_equal(kept, was):
+                        stop = StopReason.AGREES
+                else:  # the walk ends here: what of the old mask looks unlike the object still goes,
+                    # unless nothing would be left (past the object's end: End here cuts that)
+                    rest = supported(predictor, models, was, np.zeros_like(was), additions=False)
+                    merged[z] = rest if rest.any() else was
             if stop is not None:
                 yield SliceStep(
                     z,
