@@ -10,9 +10,10 @@ old mask has goes if it looks unlike the object; a piece only the new one has co
 like it, and only to an old mask that did not look like the object as a whole; a piece too thin
 for the model's cells to judge stays as it was. A direction ends at the first slice where nothing
 changes, where the walk stops (there the old mask only loses what looks unlike the object, if
-something is left), at another anchor, at an end the user set, or at the object's old end. A box where the object was
-missing fills its slice and the gap to the object, never the slices beyond. So a box on a tip, on
-a first or last slice or on a slice that was right leaves the rest as it was. Why:
+something is left), at another anchor, at an end the user set, or at the object's old end. A box
+where the object was missing fills its slice and the gap to the object, never the slices beyond.
+So a box on a tip, on a first or last slice or on a slice that was right leaves the rest as it
+was. Why:
 ``docs/propagation.md``, "Corrections"."""
 
 from __future__ import annotations
