@@ -216,7 +216,7 @@ def print_tables(rows: list[Row]) -> None:
                 f"{r.one_box[c][0]:.3f} ({r.oracle - r.one_box[c][0]:+.3f}, {r.one_box[c][1]} beyond)"
                 for c in KEY_CHOICES) + " |")  # fmt: skip
     if any(r.edits for r in rows):
-        print("\n| volume | object | oracle | 0 | edit 1 | edit 2 | edit 3 | within 0.02 by edit 2 | lowered |")
+        print("\n| volume | object | oracle | 0 | edit 1 | edit 2 | edit 3 | <= 0.02 by edit 2 | lowered |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             scores = [r.one_box["largest"][0]] + [d for _, d in r.edits]
