@@ -268,6 +268,35 @@ def test_segment_corrects_one_object_from_a_box_on_one_slice(sample_ct, tmp_path
     assert not (tmp_path / "x.seg.nrrd").exists()
 
 
+def test_segment_propagates_lists_the_slices_to_check_and_keeps_the_edits(sample_ct, tmp_path, capsys):
+    """``--propagate --review-json``: each object's slices to check (a quarter of its slices at most)
+    and per-slice confidence; the key slice is kept with the labels as an anchor. A correction
+    then says which slices it changed."""
+    path, _, boxes = sample_ct
+    out, review = tmp_path / "liver.nii.gz", tmp_path / "review.json"
+    args = segment_args(path, boxes[:1], "--name", "liver", "--propagate", "--review-json", str(review))
+    assert main([*args, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    (entry,) = json.loads(review.read_text())["objects"]
+    labels, _, (liver,) = load_labels(out)
+    masked = np.flatnonzero((labels == 1).any(axis=(1, 2)))
+    assert entry["name"] == "liver"
+    assert 1 <= len(entry["review"]) <= max(1, len(masked) // 4)
+    assert set(entry["review"]) <= set(masked.tolist())
+    assert {int(z) for z in entry["confidence"]} <= set(masked.tolist())
+    assert f"liver: check slice(s) {entry['review']} first" in printed
+    assert liver.edits == ObjectEdits(frozenset({15}))
+    box = [str(v) for v in boxes[0]]
+    fixed = tmp_path / "fixed.nii.gz"
+    base = ["segment", str(path), "--labels", str(out), "--slice", "16", "--box", *box]
+    assert main([*base, "--correct", "1", "-o", str(fixed)]) == 0
+    assert "corrected object 1 on" in capsys.readouterr().out
+    _, _, (corrected,) = load_labels(fixed)
+    assert corrected.edits == ObjectEdits(frozenset({15, 16}))
+    assert main([*segment_args(path, boxes[:1], "--review-json", str(review)), "-o", str(out)]) == 1
+    assert "needs --propagate" in capsys.readouterr().err
+
+
 def test_segment_ends_an_object_at_a_slice_on_one_side(sample_ct, tmp_path, capsys):
     """The spleen ran on past slice 20: ``--end 1 --slice 20 --side after`` removes it there only."""
     path, _, _ = sample_ct
