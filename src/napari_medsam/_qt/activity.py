@@ -36,7 +36,8 @@ def encoding_text(done: int, total: int) -> str:
 class BackgroundActivity:
     """Keeps ``line`` saying what runs in the background: the model ``models`` loads, else the
     encoding's ``progress()`` (slices encoded, slices planned). ``busy()`` says whether a job
-    runs (it owns ``bar`` then)."""
+    runs (it owns ``bar`` then); ``preloading()`` names a model loading ahead from the moment it
+    starts until its end reaches the viewer's thread (a load shorter than a refresh is said too)."""
 
     def __init__(
         self,
@@ -46,9 +47,10 @@ class BackgroundActivity:
         models: ModelSlot,
         progress: Callable[[], tuple[int, int]],
         busy: Callable[[], bool],
+        preloading: Callable[[], tuple[str, str] | None] = lambda: None,
     ) -> None:
         self._line, self._bar, self._models = line, bar, models
-        self._progress, self._busy = progress, busy
+        self._progress, self._busy, self._preloading = progress, busy, preloading
         self._since: float | None = None
         self._spinning = False
         self._timer = QTimer(parent)
@@ -58,7 +60,7 @@ class BackgroundActivity:
 
     def refresh(self, *_: object) -> None:
         """Say what runs now (called every :data:`EVERY_MS` and whenever the encoding moves)."""
-        loading = self._models.loading
+        loading = self._models.loading or self._preloading()  # a short load is said too
         if loading is None:
             self._since = None
             text = encoding_text(*self._progress())

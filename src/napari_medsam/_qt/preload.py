@@ -36,9 +36,12 @@ class ModelPreload:
         load: Callable[[str, str], object],
         loaded: Callable[[], None] = lambda: None,
         delay_ms: int = PRELOAD_DELAY_MS,
+        started: Callable[[], None] = lambda: None,
     ) -> None:
-        self._plan, self._load, self._loaded = plan, load, loaded
+        self._plan, self._load, self._loaded, self._started = plan, load, loaded, started
         self.worker: Any = None
+        #: The (source, device) loading ahead, from the start until its end reaches the viewer's thread.
+        self.loading: tuple[str, str] | None = None
         self._closed = False
         self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
@@ -56,7 +59,9 @@ class ModelPreload:
             self._load, *target, _start_thread=False,
             _connect={"returned": self._on_returned, "errored": self._failed},
         )  # fmt: skip
+        self.loading = (str(target[0]), str(target[1]))
         self.worker.start()
+        self._started()
 
     def close(self, timeout: float) -> None:
         """Never start, never call ``loaded``; wait up to ``timeout`` seconds for a load under way."""
@@ -67,8 +72,10 @@ class ModelPreload:
             time.sleep(0.01)
 
     def _on_returned(self, _: object) -> None:
+        self.loading = None
         if not self._closed:  # the result may arrive after the widget closed
             self._loaded()
 
     def _failed(self, error: BaseException) -> None:
+        self.loading = None
         logger.info("loading the model ahead failed; the first run will say why", exc_info=error)

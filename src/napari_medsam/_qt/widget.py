@@ -149,7 +149,7 @@ class MedSamWidget(Container):
         #: The line under the status line: the model loading, the slices encoded in the background.
         self.activity = BackgroundActivity(
             self.native, c.encoding_status, c.progress_bar, self.models, lambda: self.prefetcher.progress,
-            lambda: self.jobs.busy,
+            lambda: self.jobs.busy, lambda: self.preload.loading,
         )  # fmt: skip
 
         self.controls.new_layers.changed.connect(self.add_prompt_layers)
@@ -198,7 +198,9 @@ class MedSamWidget(Container):
         #: Loads the chosen model in a thread soon after opening: the first Segment need not wait.
         #: Then encodes the slices around the one on screen (when prefetching is on).
         loaded = self._on_prefetch_input_changed
-        self.preload = ModelPreload(self.native, self._preload_target, self.models.get, loaded)
+        self.preload = ModelPreload(
+            self.native, self._preload_target, self.models.get, loaded, started=self.activity.refresh
+        )
         self.pickers.auto_pick()
         self.auto.watch("boxes", self._boxes.value)
         self._on_clicks_layer_changed(self._clicks.value)
