@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from napari_medsam.base.pixels import check_image
 from napari_medsam.base.windows import check_window
 from napari_medsam.engine.predictor import Prediction
 from napari_medsam.models.preprocessing import (
-    check_image,
     masks_from_logits,
     model_input,
     scale_box,

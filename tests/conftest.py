@@ -88,8 +88,10 @@ def tiny_medsam_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def private_settings(tmp_path_factory):
-    """The widget's remembered settings go to a temporary folder, never the user's."""
+    """The widget's remembered settings, converted OpenVINO models and ``auto``'s measured choices
+    go to temporary folders, never the user's."""
     os.environ["NAPARI_MEDSAM_CONFIG_DIR"] = str(tmp_path_factory.mktemp("settings"))
+    os.environ["NAPARI_MEDSAM_OPENVINO_CACHE"] = str(tmp_path_factory.mktemp("openvino"))
 
 
 @pytest.fixture(scope="session")
@@ -112,10 +114,10 @@ def lite_checkpoint():
 
 @pytest.fixture(scope="session")
 def lite_predictor_model(lite_checkpoint):
-    """The real LiteMedSAM, loaded once for the session."""
+    """The real LiteMedSAM with its PyTorch encoder, loaded once for the session."""
     from napari_medsam.models.loading import load_model
 
-    return load_model("lite-medsam", device="cpu", dtype="float32")
+    return load_model("lite-medsam", device="cpu", dtype="float32", backend="torch")
 
 
 def make_phantom(height: int = 192, width: int = 256, seed: int = 0):

@@ -19,7 +19,7 @@ if importlib.util.find_spec("onnxruntime") is None:  # the testing extra install
 import torch
 
 from napari_medsam.base.metrics import iou
-from napari_medsam.models import BACKENDS, FAMILIES, LoadedModel
+from napari_medsam.models import BACKENDS, LoadedModel
 from napari_medsam.models import onnx_encoder as ox
 from realdata import ORGANS, ct_sm, oracle_box
 
@@ -158,37 +158,21 @@ def test_damaged_or_foreign_cache_file_is_rebuilt(tiny_medsam, tmp_path, exports
     assert len(exports) == 5
 
 
-def test_auto_follows_the_measured_decisions(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert set(ox.AUTO_DECISIONS) == set(FAMILIES)  # a recorded decision for every family
-    for listed in (ox.AUTO_ONNX_FAMILIES, frozenset(FAMILIES)):  # as shipped, and every family passing
-        monkeypatch.setattr(ox, "AUTO_ONNX_FAMILIES", listed)
-        for family in FAMILIES:
-            for dtype in (torch.float32, torch.bfloat16, torch.float16):
-                for device in (cpu, cuda):
-                    chosen = ox.resolve_backend("auto", family, device, dtype)
-                    expected = family in listed and device == cpu and dtype == torch.float32
-                    assert chosen == ("onnxruntime" if expected else "torch")
-
-
-def test_auto_loads_torch_for_lite_medsam(lite_checkpoint):
-    """As measured (AUTO_DECISIONS): ONNX Runtime passes the guard but is no faster, so auto keeps torch."""
-    from napari_medsam.models.loading import load_model
-
-    assert load_model("lite-medsam", device="cpu", dtype="float32", backend="auto").backend == "torch"
-
-
 @pytest.mark.parametrize(
     ("backend", "device", "dtype", "message"),
     [
         ("tensorrt", "cpu", torch.float32, "unknown backend"),
         ("onnxruntime", "cuda", torch.float32, "CPU only"),
         ("onnxruntime", "cpu", torch.bfloat16, "float32"),
+        ("openvino", "cuda", torch.float32, "CPU only"),
+        ("openvino", "cpu", torch.bfloat16, "float32"),
     ],
 )
 def test_backend_errors_say_what_to_use(backend, device, dtype, message):
+    from napari_medsam.models.backends import resolve_backend
+
     with pytest.raises(ValueError, match=message):
-        ox.resolve_backend(backend, "lite-medsam", torch.device(device), dtype)
+        resolve_backend(backend, torch.device(device), dtype)
 
 
 def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, exports, lite_onnx):
@@ -203,7 +187,7 @@ def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, exports, 
     parser = argparse.ArgumentParser()
     add_model_options(parser)
     assert parser.parse_args([]).backend == "auto"
-    assert set(BACKENDS) == {"auto", "torch", "onnxruntime"}
+    assert set(BACKENDS) == {"auto", "torch", "onnxruntime", "openvino"}
     for removed in ("tensorrt", "onnxruntime-int8"):  # int8 failed the fidelity guard: not offered
         with pytest.raises(SystemExit):
             parser.parse_args(["--backend", removed])

@@ -1,0 +1,196 @@
+"""OpenVINO image encoders: the encoder converted once (``openvino.convert_model``), cached, run on the CPU.
+
+The encoder is exported with ``torch.export`` (the graph PyTorch's exporters see: TinyViT without
+its CPU stripes and fused oneDNN calls, the ViT as transformers computes it) and converted with
+``openvino.convert_model`` the first time a model is asked for with ``backend="openvino"``. The
+converted model (OpenVINO IR: an ``.xml`` and a ``.bin``) is kept in :func:`default_cache_dir`
+under a name and sidecar that record what it depends on (``models/graph_cache``: the weights
+digest, family, dtype, and the OpenVINO version), and is verified by SHA-256 before use; the key
+is also stored inside the IR and checked. OpenVINO keeps the compiled form of the model beside it
+(its own ``CACHE_DIR``, in ``compiled/``), so a later start skips most of the compile.
+
+Runs float32 (``INFERENCE_PRECISION_HINT=f32``): with the ``bf16`` hint OpenVINO runs the whole
+graph (norms and residual additions included) in bfloat16, which failed the fidelity guard
+(docs/speed.md). One inference at a time per encoder, with as many threads as PyTorch uses
+(``torch.get_num_threads()``), threads not pinned to cores (the decoder and the viewer share them).
+
+OpenVINO is the optional ``[openvino]`` extra; asking for ``backend="openvino"`` without it raises
+``MissingExtraError`` naming it. Note: ``openvino.convert_model`` sends OpenVINO's anonymous usage
+telemetry unless the user opted out (``opt_in_out --opt_out``, OpenVINO's documentation); it runs
+once per model and OpenVINO version (the IR is cached).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from napari_medsam.base.errors import ModelLoadError, import_extra
+from napari_medsam.models import graph_cache
+from napari_medsam.models.preprocessing import INPUT_SIZE
+from napari_medsam.models.weights import user_cache_dir
+
+if TYPE_CHECKING:
+    import openvino
+
+    from napari_medsam.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+_PURPOSE = "the OpenVINO encoder backend"
+#: Bump when the converted graph changes for the same weights (old cache files are then rebuilt).
+IR_FORMAT = 1
+#: Where the OpenVINO cache lives (default: ``openvino`` in napari-medsam's cache folder).
+CACHE_ENV = "NAPARI_MEDSAM_OPENVINO_CACHE"
+_RT_INFO_KEY = "napari_medsam_key"
+
+
+def import_openvino() -> openvino:  # type: ignore[valid-type]
+    """The ``openvino`` module, or ``MissingExtraError`` naming the ``[openvino]`` extra."""
+    return import_extra("openvino", _PURPOSE, "openvino")
+
+
+def default_cache_dir() -> Path:
+    """``$NAPARI_MEDSAM_OPENVINO_CACHE``, else ``openvino`` in napari-medsam's cache
+    (:func:`~napari_medsam.models.weights.user_cache_dir`)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return user_cache_dir() / "openvino"
+
+
+def cache_key(model: LoadedModel) -> dict[str, object]:
+    """Everything a converted model depends on, the OpenVINO version included."""
+    return graph_cache.cache_key(model, IR_FORMAT, openvino=import_openvino().__version__)
+
+
+def cache_paths(model: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+    """The ``.xml`` and ``.bin`` of ``model``'s converted encoder: one name per :func:`cache_key`."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    stem = folder / f"{model.family}-float32-{graph_cache.key_name(cache_key(model))}"
+    return stem.with_suffix(".xml"), stem.with_suffix(".bin")
+
+
+class OpenVinoEncoder(nn.Module):
+    """``pixel_values`` (B, 3, S, S) -> image embeddings (B, 256, 64, 64) through a compiled OpenVINO model.
+
+    Holds no weights of its own; returns float32 CPU tensors. Thread-safe (one inference at a time).
+    """
+
+    def __init__(self, compiled: openvino.CompiledModel, path: Path) -> None:  # type: ignore[name-defined]
+        super().__init__()
+        self.compiled = compiled
+        self.path = path
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        pixels = np.ascontiguousarray(pixel_values.detach().to("cpu", torch.float32).numpy())
+        outputs = []
+        with self._lock:  # the graph has batch 1: a batch runs slice by slice (each run uses every core)
+            for i in range(len(pixels)):
+                result = self._request.infer({0: pixels[i : i + 1]}, share_inputs=True)
+                outputs.append(np.array(result[0]))  # a copy: the request reuses its output memory
+        return torch.from_numpy(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
+
+    def extra_repr(self) -> str:
+        return self.path.name
+
+
+def openvino_encoder(model: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> OpenVinoEncoder:
+    """The OpenVINO encoder of ``model`` (float32 CPU): from the cache, else converted and cached."""
+    if model.device.type != "cpu" or model.dtype != torch.float32:
+        raise ValueError("the OpenVINO model is converted from a float32 model on the CPU")
+    ov = import_openvino()
+    xml, _ = paths = cache_paths(model, cache_dir)
+    key = cache_key(model)
+    core = ov.Core()
+    ir = _read_cached(core, paths, key)
+    if ir is None:
+        logger.info("converting the %s image encoder to OpenVINO (cached in %s)", model.family, xml)
+        ir = _convert(model, json.dumps(key, sort_keys=True))
+        _write_cached(paths, key, ir)
+        # compiled as read back, as every later start compiles it: one entry in OpenVINO's cache
+        ir = _read_cached(core, paths, key) or ir
+    compiled_dir = xml.parent / "compiled"
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": str(torch.get_num_threads()),
+        "ENABLE_CPU_PINNING": "NO",
+    }
+    try:
+        compiled_dir.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(compiled_dir)})
+    except OSError as error:  # a read-only cache: compile every time
+        logger.warning("no OpenVINO compile cache in %s (%s)", compiled_dir, error)
+    return OpenVinoEncoder(core.compile_model(ir, "CPU", config), xml)
+
+
+def _read_cached(
+    core: openvino.Core,  # type: ignore[name-defined]
+    paths: tuple[Path, Path],
+    key: dict[str, object],
+) -> openvino.Model | None:  # type: ignore[name-defined]
+    """The cached model, if its sidecar, SHA-256 and embedded key say it is ``key``'s; else None."""
+    data = graph_cache.read_verified(paths, key)
+    if data is None:
+        return None
+    ov = import_openvino()
+    xml, weights = data
+    try:
+        ir = core.read_model(xml, ov.Tensor(np.frombuffer(weights, dtype=np.uint8)))
+        embedded = None
+        if ir.has_rt_info(_RT_INFO_KEY):
+            embedded = json.loads(ir.get_rt_info(_RT_INFO_KEY).astype(str))
+    except (RuntimeError, ValueError) as error:
+        logger.warning("OpenVINO cache %s unreadable (%s): converting again", paths[0], error)
+        return None
+    if embedded != key:
+        logger.warning("OpenVINO cache %s holds another model: converting again", paths[0])
+        return None
+    return ir
+
+
+def _write_cached(paths: tuple[Path, Path], key: dict[str, object], ir: openvino.Model) -> None:  # type: ignore[name-defined]
+    ov = import_openvino()
+    with tempfile.TemporaryDirectory(prefix="napari-medsam-ov-") as folder:
+        xml = Path(folder) / "model.xml"
+        ov.save_model(ir, xml, compress_to_fp16=False)
+        data = [xml.read_bytes(), xml.with_suffix(".bin").read_bytes()]
+    graph_cache.write_verified(paths, data, key, openvino=ov.__version__, torch=torch.__version__)
+
+
+def _convert(model: LoadedModel, key: str) -> openvino.Model:  # type: ignore[name-defined]
+    from napari_medsam.models.onnx_encoder import export_module
+
+    ov = import_openvino()
+    size = INPUT_SIZE[model.family]
+    module = export_module(model)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    try:
+        for parameter in trainable:  # transformers' attention views export only without autograd
+            parameter.requires_grad_(False)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, (torch.zeros(1, 3, size, size),))
+            ir = ov.convert_model(program)
+    except Exception as error:  # the exporter and the converter raise many error types
+        raise ModelLoadError(
+            f"could not convert the {model.family} image encoder to OpenVINO ({error}); use backend 'torch'"
+        ) from error
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+    ir.set_rt_info(key, _RT_INFO_KEY)
+    return ir
