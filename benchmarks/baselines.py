@@ -49,6 +49,10 @@ class PlainPredictor:
         self.set_image(image, window)
         return True
 
+    def features(self, mask: np.ndarray) -> None:
+        """None: the official script computes no features (a walk's "unlike" stop stays off)."""
+        return None
+
     def predict(
         self, box: Sequence[float] | None = None, mask_input: object = None, **_: object
     ) -> Prediction:
