@@ -181,3 +181,18 @@ def test_measure_times_the_encoders_it_is_given(tiny_medsam):
     seconds = backends.measure({"a": tiny_medsam, "b": tiny_medsam}, runs=1)
     assert set(seconds) == {"a", "b"}
     assert all(0 < s < 60 for s in seconds.values())
+
+
+def test_auto_runs_torch_when_the_conversion_fails(tiny_medsam, tmp_path, monkeypatch, caplog):
+    from napari_medsam.base.errors import ModelLoadError
+
+    monkeypatch.setenv(ovx.CACHE_ENV, str(tmp_path))
+
+    def broken(model, key):
+        raise ModelLoadError("no converter today")
+
+    monkeypatch.setattr(ovx, "_convert", broken)
+    chosen = backends.choose(tiny_medsam)
+    assert chosen is tiny_medsam
+    assert "openvino left out of auto's choice: no converter today" in caplog.text
+    assert backends.remembered_choice(tiny_medsam) is None  # nothing measured: tried again next time

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The backends ``"auto"`` measures against each other (on the CPU, in float32, when installed).
+#: The backends ``"auto"`` measures against each other (on the CPU, in float32, when installed);
+#: PyTorch first.
 AUTO_CANDIDATES = ("torch", "openvino")
 #: Timed runs of each candidate (after one warm-up each), interleaved; the fastest run counts.
 MEASURE_RUNS = 2
@@ -185,22 +186,38 @@ def measure(models: dict[str, LoadedModel], runs: int = MEASURE_RUNS) -> dict[st
 
 def choose(model: LoadedModel) -> LoadedModel:
     """``model`` (a PyTorch one) with the faster of the :data:`AUTO_CANDIDATES` encoders: the one
-    remembered for this machine, else measured now and remembered."""
+    remembered for this machine, else measured now and remembered. A candidate that cannot be
+    built (e.g. the conversion fails) is left out, with a warning, and PyTorch runs."""
+    from napari_medsam.base.errors import ModelLoadError
+
     remembered = remembered_choice(model)
     if remembered is not None:
-        return with_encoder_backend(model, remembered)
-    candidates = {b: model if b == "torch" else with_encoder_backend(model, b) for b in AUTO_CANDIDATES}
+        try:
+            return with_encoder_backend(model, remembered)
+        except ModelLoadError as error:
+            logger.warning("%s: the %s encoder failed (%s); measuring again", model.name, remembered, error)
+    candidates = {"torch": model}
+    for backend in AUTO_CANDIDATES[1:]:
+        try:
+            candidates[backend] = with_encoder_backend(model, backend)
+        except ModelLoadError as error:
+            logger.warning("%s: %s left out of auto's choice: %s", model.name, backend, error)
+    if len(candidates) == 1:
+        return model
     logger.info("%s: timing the %s encoders once on this machine", model.name, " and ".join(candidates))
     seconds = measure(candidates)
     backend = min(seconds, key=seconds.__getitem__)
     logger.info("%s: %s encodes fastest here (%s)", model.name, backend,
                 ", ".join(f"{n} {1e3 * s:.0f} ms" for n, s in seconds.items()))  # fmt: skip
+    _remember(model, {"backend": backend, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M")})
+    return candidates[backend]
+
+
+def _remember(model: LoadedModel, record: dict[str, object]) -> None:
     choices = _read_choices()
-    record = {"backend": backend, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M")}
     choices[machine_key(model)] = record
     try:
         choices_path().parent.mkdir(parents=True, exist_ok=True)
         write_bytes(choices_path(), json.dumps(choices, indent=1).encode())
     except OSError as error:
         logger.warning("could not remember the backend choice in %s: %s", choices_path(), error)
-    return candidates[backend]
