@@ -81,20 +81,22 @@ TARGETS = {
 # ------------------------------------------------------------------------------ measuring
 
 
+def embed_fn(predictor: Any, image: np.ndarray) -> Callable[[], None]:
+    """``set_image`` of ``image`` with the embedding not cached (the encoder runs every time)."""
+
+    def run() -> None:
+        if hasattr(predictor, "cache"):
+            predictor.cache.clear()
+        predictor.set_image(image, window=WINDOW)
+
+    return run
+
+
 def embed_and_decode(
     variants: dict[str, Any], image: np.ndarray, box: Any, repeats: int, prompt_repeats: int, warmup: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Seconds per uncached embedding and per box -> mask of each variant, interleaved."""
-
-    def miss(predictor: Any) -> Callable[[], None]:
-        def run() -> None:
-            if hasattr(predictor, "cache"):
-                predictor.cache.clear()
-            predictor.set_image(image, window=WINDOW)
-
-        return run
-
-    embed = interleaved({n: miss(p) for n, p in variants.items()}, repeats, warmup)
+    embed = interleaved({n: embed_fn(p, image) for n, p in variants.items()}, repeats, warmup)
     for predictor in variants.values():
         predictor.set_image(image, window=WINDOW)
     decodes = {n: (lambda p=p: p.predict(box=box)) for n, p in variants.items()}
@@ -683,15 +685,8 @@ def encoder_against_gemm(
     side = 2048
     fns = gemm_fns(side)
 
-    def embed(predictor: MedSamPredictor) -> Callable[[], None]:
-        def run() -> None:
-            predictor.cache.clear()
-            predictor.set_image(image, WINDOW)
-
-        return run
-
     for name, model in models.items():
-        fns[f"LiteMedSAM encoder, {name}"] = embed(MedSamPredictor(model))
+        fns[f"LiteMedSAM encoder, {name}"] = embed_fn(MedSamPredictor(model), image)
         if model.backend == "torch":
             torch_embed = fns[f"LiteMedSAM encoder, {name}"]
 
@@ -821,17 +816,8 @@ def vit_against_transformers(repeats: int) -> list[tuple[str, ...]]:
     if openvino_installed():
         variants["openvino float32"] = MedSamPredictor(with_backend(base, "openvino"))
     image, _, box = ct_phantom_slice(SIDE, SIDE, seed=0)
-
-    def embed(predictor: Any) -> Callable[[], None]:
-        def run() -> None:
-            if hasattr(predictor, "cache"):
-                predictor.cache.clear()
-            predictor.set_image(image, window=WINDOW)
-
-        return run
-
     with torch.inference_mode():
-        times = interleaved({n: embed(p) for n, p in variants.items()}, repeats, 1)
+        times = interleaved({n: embed_fn(p, image) for n, p in variants.items()}, repeats, 1)
         pixels = torch.rand(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
         want = sam.get_image_embeddings(pixels)
         embeddings = {n: p.model.encoder(pixels) for n, p in variants.items() if n != TRANSFORMERS}

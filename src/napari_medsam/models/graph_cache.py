@@ -14,12 +14,18 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+from torch import Tensor, nn
+
 from napari_medsam.base.atomic import write_bytes
 from napari_medsam.models.preprocessing import INPUT_SIZE
+from napari_medsam.models.weights import user_cache_dir
 
 if TYPE_CHECKING:
     from napari_medsam.models import LoadedModel
@@ -27,11 +33,39 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def cache_folder(env: str, name: str) -> Path:
+    """``$env`` when set, else ``name`` in napari-medsam's cache folder
+    (:func:`~napari_medsam.models.weights.user_cache_dir`)."""
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    return user_cache_dir() / name
+
+
+class GraphEncoder(nn.Module):
+    """``pixel_values`` (B, 3, S, S) -> image embeddings through a converted graph of batch 1 (a
+    batch runs slice by slice, each run using every core). Holds no weights of its own; returns
+    float32 CPU tensors. Subclasses run one slice: :meth:`run_one`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def run_one(self, pixels: np.ndarray) -> np.ndarray:
+        """The embedding of one (1, 3, S, S) float32 array."""
+        raise NotImplementedError
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        pixels = np.ascontiguousarray(pixel_values.detach().to("cpu", torch.float32).numpy())
+        outputs = [self.run_one(pixels[i : i + 1]) for i in range(len(pixels))]
+        return torch.from_numpy(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
+
+    def extra_repr(self) -> str:
+        return self.path.name
+
+
 def weights_identity(model: LoadedModel) -> str:
     """The model's identity (weights digest, family, dtype); in-memory models: a digest of the encoder's
     tensors instead of their name (two random models of the same name must not share a graph)."""
-    import torch
-
     if model.weights:
         return model.identity
     digest = hashlib.sha256()

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from napari_medsam.base.errors import ModelLoadError, import_extra
 from napari_medsam.models import graph_cache
 from napari_medsam.models.preprocessing import INPUT_SIZE
-from napari_medsam.models.weights import user_cache_dir
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -54,11 +53,8 @@ _METADATA_KEY = "napari-medsam"
 
 
 def default_cache_dir() -> Path:
-    """``$NAPARI_MEDSAM_ONNX_CACHE``, else ``onnx`` in napari-medsam's cache
-    (:func:`~napari_medsam.models.weights.user_cache_dir`)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return user_cache_dir() / "onnx"
+    """``$NAPARI_MEDSAM_ONNX_CACHE``, else ``onnx`` in napari-medsam's cache folder."""
+    return graph_cache.cache_folder(CACHE_ENV, "onnx")
 
 
 def cache_key(model: LoadedModel) -> dict[str, object]:
@@ -72,25 +68,15 @@ def cache_path(model: LoadedModel, cache_dir: str | os.PathLike[str] | None = No
     return folder / f"{model.family}-float32-{graph_cache.key_name(cache_key(model))}.onnx"
 
 
-class OnnxEncoder(nn.Module):
-    """``pixel_values`` (B, 3, S, S) -> image embeddings (B, 256, 64, 64) through an ONNX Runtime session.
-
-    Holds no weights of its own (the session has them); returns float32 CPU tensors.
-    """
+class OnnxEncoder(graph_cache.GraphEncoder):
+    """``pixel_values`` (B, 3, S, S) -> image embeddings (B, 256, 64, 64) through an ONNX Runtime session."""
 
     def __init__(self, session: onnxruntime.InferenceSession, path: Path) -> None:
-        super().__init__()
+        super().__init__(path)
         self.session = session
-        self.path = path
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        pixels = pixel_values.detach().to("cpu", torch.float32).numpy()
-        # the graph has batch 1: a batch runs slice by slice (each run uses every core)
-        outputs = [self.session.run(None, {_INPUT: pixels[i : i + 1]})[0] for i in range(len(pixels))]
-        return torch.from_numpy(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
-
-    def extra_repr(self) -> str:
-        return self.path.name
+    def run_one(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {_INPUT: pixels})[0]
 
 
 def onnx_encoder(model: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> OnnxEncoder:

@@ -33,12 +33,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from napari_medsam.base.errors import ModelLoadError, import_extra
 from napari_medsam.models import graph_cache
 from napari_medsam.models.preprocessing import INPUT_SIZE
-from napari_medsam.models.weights import user_cache_dir
 
 if TYPE_CHECKING:
     import openvino
@@ -61,11 +59,8 @@ def import_openvino() -> openvino:  # type: ignore[valid-type]
 
 
 def default_cache_dir() -> Path:
-    """``$NAPARI_MEDSAM_OPENVINO_CACHE``, else ``openvino`` in napari-medsam's cache
-    (:func:`~napari_medsam.models.weights.user_cache_dir`)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return user_cache_dir() / "openvino"
+    """``$NAPARI_MEDSAM_OPENVINO_CACHE``, else ``openvino`` in napari-medsam's cache folder."""
+    return graph_cache.cache_folder(CACHE_ENV, "openvino")
 
 
 def cache_key(model: LoadedModel) -> dict[str, object]:
@@ -80,30 +75,20 @@ def cache_paths(model: LoadedModel, cache_dir: str | os.PathLike[str] | None = N
     return stem.with_suffix(".xml"), stem.with_suffix(".bin")
 
 
-class OpenVinoEncoder(nn.Module):
-    """``pixel_values`` (B, 3, S, S) -> image embeddings (B, 256, 64, 64) through a compiled OpenVINO model.
-
-    Holds no weights of its own; returns float32 CPU tensors. Thread-safe (one inference at a time).
-    """
+class OpenVinoEncoder(graph_cache.GraphEncoder):
+    """``pixel_values`` (B, 3, S, S) -> image embeddings (B, 256, 64, 64) through a compiled OpenVINO
+    model; thread-safe (one inference at a time)."""
 
     def __init__(self, compiled: openvino.CompiledModel, path: Path) -> None:  # type: ignore[name-defined]
-        super().__init__()
+        super().__init__(path)
         self.compiled = compiled
-        self.path = path
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        pixels = np.ascontiguousarray(pixel_values.detach().to("cpu", torch.float32).numpy())
-        outputs = []
-        with self._lock:  # the graph has batch 1: a batch runs slice by slice (each run uses every core)
-            for i in range(len(pixels)):
-                result = self._request.infer({0: pixels[i : i + 1]}, share_inputs=True)
-                outputs.append(np.array(result[0]))  # a copy: the request reuses its output memory
-        return torch.from_numpy(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
-
-    def extra_repr(self) -> str:
-        return self.path.name
+    def run_one(self, pixels: np.ndarray) -> np.ndarray:
+        with self._lock:
+            result = self._request.infer({0: pixels}, share_inputs=True)
+            return np.array(result[0])  # a copy: the request reuses its output memory
 
 
 def openvino_encoder(model: LoadedModel, cache_dir: str | os.PathLike[str] | None = None) -> OpenVinoEncoder:
