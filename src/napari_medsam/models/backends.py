@@ -122,16 +122,20 @@ def machine_key(model: LoadedModel) -> str:
     """What a measured choice holds for: the model (:func:`~napari_medsam.models.graph_cache.
     weights_identity`), the CPU (model and vector flags), PyTorch's thread count and the versions
     of PyTorch and OpenVINO."""
+    from importlib.metadata import version
+
     import torch
 
     from napari_medsam.models.graph_cache import weights_identity
-    from napari_medsam.models.openvino_encoder import import_openvino
 
-    versions = f"torch {torch.__version__}, openvino {import_openvino().__version__}"
+    # the installed version, not openvino.__version__: importing OpenVINO costs a start that
+    # remembered PyTorch a second or so
+    versions = f"torch {torch.__version__}, openvino {version('openvino')}"
     return "|".join((weights_identity(model), cpu_name(), f"{torch.get_num_threads()} threads", versions))
 
 
 def cpu_name() -> str:
+    """The CPU's model name and its vector and matrix flags (what decides its GEMM rates)."""
     name, flags = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
