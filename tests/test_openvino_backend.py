@@ -62,7 +62,8 @@ def test_auto_measures_once_and_remembers(tiny_medsam, tmp_path, monkeypatch):
     chosen = backends.choose(tiny_medsam)
     assert chosen.backend == "openvino"
     assert timed == [{"torch", "openvino"}]
-    record = json.loads(backends.choices_path().read_text())[backends.machine_key(tiny_medsam)]
+    record = json.loads(backends.choice_path(tiny_medsam).read_text())
+    assert record["key"] == backends.machine_key(tiny_medsam)
     assert record["backend"] == "openvino"
     assert record["seconds"] == {"torch": 2.0, "openvino": 1.0}
     assert backends.choose(tiny_medsam).backend == "openvino"
@@ -71,6 +72,22 @@ def test_auto_measures_once_and_remembers(tiny_medsam, tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "measure", lambda models, runs=2: {"torch": 1.0, "openvino": 3.0})
     other = replace(tiny_medsam, weights="other-weights")  # another model: its own measurement
     assert backends.choose(other).backend == "torch"
+
+
+def test_processes_that_measured_at_once_run_what_the_first_kept(tiny_medsam, tmp_path, monkeypatch):
+    """A cluster's workers may measure at the same time and disagree: the first record kept wins,
+    so every process runs the same backend (and its embeddings share one identity in a store)."""
+    monkeypatch.setenv(ovx.CACHE_ENV, str(tmp_path))
+    first = {"key": backends.machine_key(tiny_medsam), "backend": "openvino", "seconds": {}, "measured": ""}
+
+    def measure(models, runs=2):  # another process keeps its record while this one measures
+        assert backends._remember(tiny_medsam, first) == "openvino"
+        return {"torch": 1.0, "openvino": 2.0}
+
+    monkeypatch.setattr(backends, "measure", measure)
+    assert backends.choose(tiny_medsam).backend == "openvino"  # what was kept first, not its own
+    assert json.loads(backends.choice_path(tiny_medsam).read_text()) == first
+    assert list(tmp_path.glob("auto-choices/.*")) == []  # no temporary file left
 
 
 def test_auto_is_torch_where_there_is_nothing_to_choose(monkeypatch):

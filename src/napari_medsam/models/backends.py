@@ -7,27 +7,30 @@ cached (``models/onnx_encoder``, ``models/openvino_encoder``).
 ``"auto"`` chooses the faster of the faithful backends, by measurement: on the CPU in float32,
 where the ``[openvino]`` extra is installed, it times PyTorch's and OpenVINO's float32 encoders of
 the model on this machine once (:func:`measure`: interleaved runs, the fastest of each) and
-remembers the winner in :func:`choices_path` under a key of the model (its weights, family and
+remembers the winner (:func:`choice_path`) under a key of the model (its weights, family and
 dtype), the CPU, the thread count and the library versions (:func:`machine_key`), so a later
-start reads the choice instead of timing again. Both compute the model's
+start reads the choice instead of timing again; processes that measure at the same time (a
+cluster's workers) all run what the first of them kept. Both compute the model's
 float32 mathematics (embeddings equal to float rounding; masks pass the fidelity guard on real CT
 and MR, ``benchmarks/bench_fidelity.py``). Without the extra, on CUDA or MPS, and in bfloat16 or
 float16, ``"auto"`` is PyTorch. Never chosen by ``"auto"``: ONNX Runtime (faithful, but never the
 faster one measured: docs/performance.md) and reduced precision (no bfloat16 part of LiteMedSAM
-but the neck passed the guard: docs/speed.md).
+passed the guard on every real slice: docs/speed.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from napari_medsam.base.atomic import write_bytes
+from napari_medsam.base.atomic import temp_path
 from napari_medsam.base.errors import import_extra
 from napari_medsam.models import BACKENDS
 
@@ -111,11 +114,18 @@ def with_encoder_backend(model: LoadedModel, backend: str) -> LoadedModel:
 # ------------------------------------------------------------------------------ auto's measurement
 
 
-def choices_path() -> Path:
-    """Where the measured choices are remembered: ``auto-choices.json`` in the OpenVINO cache folder."""
+def choices_dir() -> Path:
+    """Where the measured choices are kept: ``auto-choices`` in the OpenVINO cache folder, one JSON
+    file per :func:`machine_key` (the key, the backend, the seconds measured, when)."""
     from napari_medsam.models.openvino_encoder import default_cache_dir
 
-    return default_cache_dir() / "auto-choices.json"
+    return default_cache_dir() / "auto-choices"
+
+
+def choice_path(model: LoadedModel) -> Path:
+    """The file of ``model``'s choice on this machine."""
+    digest = hashlib.sha256(machine_key(model).encode()).hexdigest()[:32]
+    return choices_dir() / f"{model.family}-{digest}.json"
 
 
 def machine_key(model: LoadedModel) -> str:
@@ -152,18 +162,15 @@ def cpu_name() -> str:
     return f"{name} [{flags}]" if flags else name
 
 
-def _read_choices() -> dict[str, dict]:
-    try:
-        choices = json.loads(choices_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return choices if isinstance(choices, dict) else {}
-
-
 def remembered_choice(model: LoadedModel) -> str | None:
     """The backend measured faster for ``model`` on this machine (None: not measured yet)."""
-    entry = _read_choices().get(machine_key(model))
-    backend = entry.get("backend") if isinstance(entry, dict) else None
+    try:
+        record = json.loads(choice_path(model).read_text())
+    except (OSError, ValueError):  # none yet, or one being written this moment
+        return None
+    if not isinstance(record, dict) or record.get("key") != machine_key(model):
+        return None
+    backend = record.get("backend")
     return backend if backend in AUTO_CANDIDATES else None
 
 
@@ -213,15 +220,28 @@ def choose(model: LoadedModel) -> LoadedModel:
     backend = min(seconds, key=seconds.__getitem__)
     logger.info("%s: %s encodes fastest here (%s)", model.name, backend,
                 ", ".join(f"{n} {1e3 * s:.0f} ms" for n, s in seconds.items()))  # fmt: skip
-    _remember(model, {"backend": backend, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M")})
-    return candidates[backend]
+    record = {"key": machine_key(model), "backend": backend, "seconds": seconds,
+              "measured": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+    return candidates[_remember(model, record)]
 
 
-def _remember(model: LoadedModel, record: dict[str, object]) -> None:
-    choices = _read_choices()
-    choices[machine_key(model)] = record
+def _remember(model: LoadedModel, record: dict[str, object]) -> str:
+    """Keep ``record`` unless another process kept one first (processes that measured at the same
+    time, e.g. a cluster's workers, then all run what the first kept); returns the backend kept."""
+    path = choice_path(model)
+    tmp = temp_path(path)
     try:
-        choices_path().parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(choices_path(), json.dumps(choices, indent=1).encode())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(record, indent=1))
+        os.link(tmp, path)  # whole or not at all, and never over a file already there
+    except FileExistsError:
+        for _ in range(20):  # the first one's file may be a moment from complete
+            kept = remembered_choice(model)
+            if kept is not None:
+                return kept
+            time.sleep(0.05)
     except OSError as error:
-        logger.warning("could not remember the backend choice in %s: %s", choices_path(), error)
+        logger.warning("could not remember the backend choice in %s: %s", path, error)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(record["backend"])
