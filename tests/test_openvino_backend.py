@@ -28,6 +28,20 @@ def test_compiled_form_is_kept_once(lite_predictor_model, lite_on):
     assert len(list((folder / "compiled").iterdir())) == 1
 
 
+def test_the_conversion_never_runs_openvinos_telemetry_tool(tiny_medsam, tmp_path, monkeypatch):
+    """``openvino.convert_model`` sends usage telemetry unless the user opted out: the encoder reaches
+    OpenVINO through its ONNX graph and the runtime's reader instead, and still runs."""
+    import openvino
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("openvino.convert_model was called")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    encoder = ovx.openvino_encoder(tiny_medsam, cache_dir=tmp_path)
+    size = tiny_medsam.sam.config.vision_config.image_size
+    assert encoder.run_one(torch.zeros(1, 3, size, size).numpy()).shape[-2:] == (size // 16, size // 16)
+
+
 def test_foreign_model_is_converted_again(tiny_medsam, tmp_path, conversions):
     """Another model's IR under this name, with a sidecar rewritten to match its bytes: still
     converted again, because the key recorded inside the IR is the other model's."""

@@ -1,8 +1,8 @@
-"""OpenVINO image encoders: the encoder converted once (``openvino.convert_model``), cached, run on the CPU.
+"""OpenVINO image encoders: the encoder converted once (through its ONNX graph), cached, run on the CPU.
 
-The encoder is exported with ``torch.export`` (the graph PyTorch's exporters see: TinyViT without
-its CPU stripes and fused oneDNN calls, the ViT as transformers computes it) and converted with
-``openvino.convert_model`` the first time a model is asked for with ``backend="openvino"``. The
+The encoder's ONNX graph (``onnx_encoder.onnx_graph_bytes``: the graph PyTorch's exporter sees,
+TinyViT without its CPU stripes and fused oneDNN calls, the ViT as transformers computes it) is
+read by OpenVINO's runtime the first time a model is asked for with ``backend="openvino"``. The
 converted model (OpenVINO IR: an ``.xml`` and a ``.bin``) is kept in :func:`default_cache_dir`
 under a name and sidecar that record what it depends on (``models/graph_cache``: the weights
 digest, family, dtype, and the OpenVINO version), and is verified by SHA-256 before use; the key
@@ -15,9 +15,9 @@ graph (norms and residual additions included) in bfloat16, which failed the fide
 (``torch.get_num_threads()``), threads not pinned to cores (the decoder and the viewer share them).
 
 OpenVINO is the optional ``[openvino]`` extra; asking for ``backend="openvino"`` without it raises
-``MissingExtraError`` naming it. Note: ``openvino.convert_model`` sends OpenVINO's anonymous usage
-telemetry unless the user opted out (``opt_in_out --opt_out``, OpenVINO's documentation); it runs
-once per model and OpenVINO version (the IR is cached).
+``MissingExtraError`` naming it. The runtime's ONNX reader is used rather than the
+``openvino.convert_model`` tool, which sends OpenVINO's usage telemetry unless the user opted out:
+nothing here sends anything.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import logging
 import os
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +35,6 @@ import torch
 
 from napari_medsam.base.errors import ModelLoadError, import_extra
 from napari_medsam.models import graph_cache
-from napari_medsam.models.preprocessing import INPUT_SIZE
 
 if TYPE_CHECKING:
     import openvino
@@ -157,25 +155,21 @@ def _write_cached(paths: tuple[Path, Path], key: dict[str, object], ir: openvino
 
 
 def _convert(model: LoadedModel, key: str) -> openvino.Model:  # type: ignore[name-defined]
-    from napari_medsam.models.onnx_encoder import export_module
+    """The encoder as an OpenVINO model, read by OpenVINO's runtime from the ONNX graph the ONNX backend
+    exports and caches (``onnx_encoder.onnx_graph_bytes``): the runtime's own ONNX reader, not the
+    ``openvino.convert_model`` tool, which would send OpenVINO's usage telemetry without asking."""
+    from napari_medsam.models.onnx_encoder import onnx_graph_bytes
 
     ov = import_openvino()
-    size = INPUT_SIZE[model.family]
-    module = export_module(model)
-    trainable = [p for p in module.parameters() if p.requires_grad]
     try:
-        for parameter in trainable:  # transformers' attention views export only without autograd
-            parameter.requires_grad_(False)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.export.export(module, (torch.zeros(1, 3, size, size),))
-            ir = ov.convert_model(program)
-    except Exception as error:  # the exporter and the converter raise many error types
+        graph = onnx_graph_bytes(model)
+        with tempfile.TemporaryDirectory(prefix="napari-medsam-openvino-") as folder:
+            path = Path(folder, "encoder.onnx")
+            path.write_bytes(graph)
+            ir = ov.Core().read_model(str(path))
+    except Exception as error:  # the exporter and the reader raise many error types
         raise ModelLoadError(
             f"could not convert the {model.family} image encoder to OpenVINO ({error}); use backend 'torch'"
         ) from error
-    finally:
-        for parameter in trainable:
-            parameter.requires_grad_(True)
     ir.set_rt_info(key, _RT_INFO_KEY)
     return ir
