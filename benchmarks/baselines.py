@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from napari_medsam.base.pixels import check_image
 from napari_medsam.base.windows import check_window
 from napari_medsam.engine.predictor import Prediction
 from napari_medsam.models.preprocessing import (
-    check_image,
     masks_from_logits,
     model_input,
     scale_box,
@@ -48,6 +48,10 @@ class PlainPredictor:
     def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool:
         self.set_image(image, window)
         return True
+
+    def features(self, mask: np.ndarray) -> None:
+        """None: the official script computes no features (a walk's "unlike" stop stays off)."""
+        return None
 
     def predict(
         self, box: Sequence[float] | None = None, mask_input: object = None, **_: object

@@ -1,33 +1,42 @@
-"""The fidelity guard on real CT and MR for the encoder paths ``auto`` may choose (issue 27).
+"""The fidelity guard on real CT and MR for every encoder path ``auto`` may choose (issues 27, 33).
 
-    python benchmarks/bench_fidelity.py [--step N]
+    python benchmarks/bench_fidelity.py [--step N]            # the backends auto chooses between
+    python benchmarks/bench_fidelity.py --parts               # bfloat16 per part: which one breaks
 
-For every labelled slice (every ``--step``-th) of the shared real volumes, CT and MR
-(``/work/shared/data``: TotalSegmentator's CT organs, MSD spleen CT, brain MR tumour, spinal-cord
-MR), a box from the label (+3 px) is segmented by LiteMedSAM float32 through PyTorch's plain
+For every labelled slice (every ``--step``-th) of the shared real volumes, CT and MR, organs and
+lesions (``/work/shared/data``: TotalSegmentator's CT organs, MSD spleen CT, brain MR tumour,
+spinal-cord MR, LIDC lung nodule CT, ProstateX lesion MR, NSCLC lung tumour, cord and lungs CT),
+a box from the label (+3 px) is segmented by LiteMedSAM float32 through PyTorch's plain
 operators (the reference) and through each candidate path; the guard passes when the masks' IoU
-has mean >= 0.99 and worst >= 0.97 over all boxes. Candidates: the fused oneDNN calls
-(``models/onednn``, what ``auto`` runs on the CPU in float32), and bfloat16 where the CPU has
-native bfloat16 units. Prints one table, with the CPU and the load.
+has mean >= 0.99 and worst >= 0.97 over all boxes. Candidates: PyTorch float32 with the fused
+oneDNN calls (``models/onednn``) and OpenVINO float32 (where installed): the two ``auto`` times
+against each other. With ``--parts`` (on a CPU with native bfloat16): each part of the model in
+bfloat16 alone (patch embedding, each TinyViT stage with its patch merging, the neck, the
+decoder), and the whole encoder. Prints one table, with the CPU and the load.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import torch
 
 from napari_medsam.base.metrics import iou
 from napari_medsam.base.windows import training_window
 from napari_medsam.engine.predictor import MedSamPredictor
-from napari_medsam.models import onednn
+from napari_medsam.models import LoadedModel, onednn
+from napari_medsam.models.backends import openvino_installed
 from napari_medsam.models.devices import cpu_has_native_bfloat16
-from napari_medsam.models.loading import load_model
+from napari_medsam.models.loading import load_model, with_backend
+from napari_medsam.models.tinyvit import TinyViT
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_inference import machine, plain_ops, print_table
@@ -43,6 +52,12 @@ VOLUMES = [
      "more/ct-spleen/sub-spleen2_ct_seg-manual.nii.gz", (1,)),
     ("TotalSegmentator CT organs", "CT", "totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz",
      (1, 2, 3, 5, 6, 52)),
+    ("LIDC lung nodule CT", "CT", "more/ct-lung-nodule/lidc-idri-0001_ct.nii.gz",
+     "more/ct-lung-nodule/lidc-idri-0001_nodule.nii.gz", (1,)),
+    ("ProstateX lesion MR", "MR", "more/mr-prostate-lesion/prostatex-0000_t2w.nii.gz",
+     "more/mr-prostate-lesion/prostatex-0000_lesion.nii.gz", (1,)),
+    ("NSCLC lung tumour, cord, lungs CT", "CT", "more/ct-lung-nsclc/lung1-001_ct.nii.gz",
+     "more/ct-lung-nsclc/lung1-001_labels.nii.gz", (1, 2, 3, 4)),
 ]  # fmt: skip
 
 
@@ -71,13 +86,12 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--step", type=int, default=1, help="every N-th labelled slice")
+    parser.add_argument("--parts", action="store_true", help="bfloat16 per part of the model instead")
     args = parser.parse_args(argv)
     print(f"fidelity guard: {machine()}")
-    reference = MedSamPredictor(load_model("lite-medsam", device="cpu", dtype="float32"))
-    candidates = {"torch float32, fused oneDNN calls (auto)": reference}
-    if cpu_has_native_bfloat16():
-        bf16 = MedSamPredictor(load_model("lite-medsam", device="cpu", dtype="bfloat16"))
-        candidates["torch bfloat16 (dtype='bfloat16')"] = bf16
+    base = load_model("lite-medsam", device="cpu", dtype="float32", backend="torch")
+    reference = MedSamPredictor(base)
+    candidates = part_candidates(base) if args.parts else backend_candidates(base)
     onednn.fused_ops_work()
     scores: dict[str, dict[str, list[float]]] = {n: {} for n in candidates}
     for name, modality, image_path, label_path, ids in VOLUMES:
@@ -96,6 +110,30 @@ def main(argv: list[str] | None = None) -> None:
                     scores[candidate].setdefault(name, []).append(iou(got, want))
         print(f"{name}: {sum(len(s.get(name, [])) for s in scores.values())} masks compared", flush=True)
         report(scores)
+
+
+def backend_candidates(base: LoadedModel) -> dict[str, MedSamPredictor]:
+    """The float32 backends ``auto`` chooses between: PyTorch (fused oneDNN calls) and OpenVINO."""
+    candidates = {"torch float32, fused oneDNN calls": MedSamPredictor(base)}
+    if openvino_installed():
+        candidates["openvino float32"] = MedSamPredictor(with_backend(base, "openvino"))
+    return candidates
+
+
+def part_candidates(base: LoadedModel) -> dict[str, MedSamPredictor]:
+    """LiteMedSAM with one part in bfloat16 (each encoder part, the decoder), and the whole encoder."""
+    if not cpu_has_native_bfloat16():
+        raise SystemExit("--parts needs a CPU with native bfloat16 (AVX512-BF16 or AMX)")
+    encoder: TinyViT = base.encoder
+    plans = {f"{part} in bfloat16": {part: torch.bfloat16} for part in encoder.part_names()}
+    plans["whole encoder in bfloat16"] = dict.fromkeys(encoder.part_names(), torch.bfloat16)
+    candidates = {
+        name: MedSamPredictor(replace(base, encoder=encoder.with_part_dtypes(plan), name=name))
+        for name, plan in plans.items()
+    }
+    decoder = copy.deepcopy(base.sam).to(torch.bfloat16)  # the model's inputs stay float32
+    candidates["decoder in bfloat16"] = MedSamPredictor(replace(base, sam=decoder))
+    return candidates
 
 
 def report(scores: dict[str, dict[str, list[float]]]) -> None:

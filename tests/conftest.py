@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +27,28 @@ _NAPARI_CONFIG = tempfile.mkdtemp(prefix="napari-medsam-")
 atexit.register(shutil.rmtree, _NAPARI_CONFIG, True)
 os.environ.setdefault("NAPARI_CONFIG", os.path.join(_NAPARI_CONFIG, "napari.yaml"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def require_extra(module: str, extra: str) -> None:
+    """Skip the calling test module without ``module`` (from the optional ``extra``); in CI, where
+    the testing extra installs it, fail instead."""
+    if importlib.util.find_spec(module) is None:
+        if os.environ.get("CI"):
+            raise ImportError(f"these tests need the [{extra}] extra: pip install -e '.[testing]'")
+        pytest.skip(f"the [{extra}] extra is not installed", allow_module_level=True)
+
+
+def count_calls(monkeypatch, owner, name: str) -> list[str]:
+    """Replace ``owner.name(model, ...)`` by a wrapper recording each model's family; returns the record."""
+    calls: list[str] = []
+    real = getattr(owner, name)
+
+    def counting(model, *args, **kwargs):
+        calls.append(model.family)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
 
 
 def tiny_sam_config():
@@ -86,10 +109,21 @@ def tiny_medsam_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def tiny_medsam(tiny_medsam_dir):
+    """The tiny MedSAM loaded with its PyTorch encoder (unloaded afterwards)."""
+    from napari_medsam.models.loading import load_model, unload_model
+
+    yield load_model(tiny_medsam_dir, device="cpu", dtype="float32", backend="torch")
+    unload_model()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_settings(tmp_path_factory):
-    """The widget's remembered settings go to a temporary folder, never the user's."""
+    """The widget's remembered settings, converted OpenVINO models and ``auto``'s measured choices
+    go to temporary folders, never the user's."""
     os.environ["NAPARI_MEDSAM_CONFIG_DIR"] = str(tmp_path_factory.mktemp("settings"))
+    os.environ["NAPARI_MEDSAM_OPENVINO_CACHE"] = str(tmp_path_factory.mktemp("openvino"))
 
 
 @pytest.fixture(scope="session")
@@ -112,10 +146,31 @@ def lite_checkpoint():
 
 @pytest.fixture(scope="session")
 def lite_predictor_model(lite_checkpoint):
-    """The real LiteMedSAM, loaded once for the session."""
+    """The real LiteMedSAM with its PyTorch encoder, loaded once for the session."""
     from napari_medsam.models.loading import load_model
 
-    return load_model("lite-medsam", device="cpu", dtype="float32")
+    return load_model("lite-medsam", device="cpu", dtype="float32", backend="torch")
+
+
+@pytest.fixture(scope="session")
+def lite_on(lite_predictor_model, tmp_path_factory):
+    """``lite_on(backend)``: the real LiteMedSAM with its encoder on a graph backend ("onnxruntime",
+    "openvino"), converted once per session into a temporary cache (``encoder.path.parent``)."""
+    from dataclasses import replace
+
+    made: dict = {}
+
+    def get(backend: str):
+        if backend not in made:
+            if backend == "onnxruntime":
+                from napari_medsam.models.onnx_encoder import onnx_encoder as build
+            else:
+                from napari_medsam.models.openvino_encoder import openvino_encoder as build
+            encoder = build(lite_predictor_model, cache_dir=tmp_path_factory.mktemp(f"lite-{backend}"))
+            made[backend] = replace(lite_predictor_model, encoder=encoder, backend=backend)
+        return made[backend]
+
+    return get
 
 
 def make_phantom(height: int = 192, width: int = 256, seed: int = 0):

@@ -157,7 +157,9 @@ def test_predictor_uses_the_fast_encoder(tiny_medsam_dir, monkeypatch):
         return encode(sam, pixel_values)
 
     monkeypatch.setattr(fast_vit, "encode_image", spy)
-    predictor = MedSamPredictor.from_pretrained(str(tiny_medsam_dir), device="cpu", dtype="float32")
+    predictor = MedSamPredictor.from_pretrained(
+        str(tiny_medsam_dir), device="cpu", dtype="float32", backend="torch"
+    )
     predictor.set_image(np.random.default_rng(0).integers(0, 255, (50, 60)).astype(np.uint8))
     assert calls[0] == 1
 

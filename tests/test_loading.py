@@ -136,17 +136,16 @@ def test_the_onnx_backend_without_its_extra_names_the_extra(monkeypatch, capsys,
 
     from napari_medsam.base.errors import MissingExtraError
     from napari_medsam.cli import main
-    from napari_medsam.models import FAMILIES
+    from napari_medsam.models import backends
     from napari_medsam.models import onnx_encoder as ox
 
     for module in ox.ONNX_MODULES:
         monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError
-    monkeypatch.setattr(ox, "onnx_extra_installed", lambda: False)
     cpu = torch.device("cpu")
     with pytest.raises(MissingExtraError, match=r"pip install 'napari-medsam\[onnx\]'"):
-        ox.resolve_backend("onnxruntime", "lite-medsam", cpu, torch.float32)
-    monkeypatch.setattr(ox, "AUTO_ONNX_FAMILIES", frozenset(FAMILIES))  # even were ONNX chosen
-    assert ox.resolve_backend("auto", "lite-medsam", cpu, torch.float32) == "torch"
+        backends.resolve_backend("onnxruntime", cpu, torch.float32)
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    assert backends.resolve_backend("auto", cpu, torch.float32) == "torch"
     np.save(tmp_path / "slice.npy", np.zeros((32, 32), np.float32))
     args = ["segment", str(tmp_path / "slice.npy"), "--box", "2", "2", "20", "20", "--backend", "onnxruntime"]
     args += ["-o", str(tmp_path / "mask.npy")]

@@ -11,8 +11,8 @@ if TYPE_CHECKING:
 
 Family = Literal["medsam", "sam", "lite-medsam"]
 FAMILIES: tuple[Family, ...] = ("medsam", "sam", "lite-medsam")
-#: What runs a model's image encoder (``"auto"`` chooses one: :mod:`napari_medsam.models.onnx_encoder`).
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+#: What runs a model's image encoder (``"auto"`` chooses one: :mod:`napari_medsam.models.backends`).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 
 
 @dataclass(eq=False)
@@ -22,8 +22,8 @@ class LoadedModel:
     ``encoder`` maps ``pixel_values`` (B, 3, S, S) to image embeddings (B, 256, 64, 64);
     ``sam`` holds the prompt encoder and mask decoder used with those embeddings; ``weights`` is
     a digest of the files the weights came from (:func:`~napari_medsam.models.identity.weights_digest`);
-    ``backend`` runs the encoder: ``"torch"`` or ``"onnxruntime"``
-    (:mod:`napari_medsam.models.onnx_encoder`).
+    ``backend`` runs the encoder: ``"torch"``, ``"onnxruntime"`` or ``"openvino"``
+    (:mod:`napari_medsam.models.backends`).
     """
 
     family: Family
@@ -40,7 +40,7 @@ class LoadedModel:
         """What an embedding of this model depends on: its weights (not their path), family and dtype.
 
         Models built in memory (no weights file) fall back to their name. An encoder run by ONNX
-        Runtime adds its backend: its embeddings differ from PyTorch's by float rounding,
+        Runtime or OpenVINO adds its backend: its embeddings differ from PyTorch's by float rounding,
         and a cache or store hit must give exactly the masks of the first run.
         """
         weights = self.weights or f"name:{self.name}"

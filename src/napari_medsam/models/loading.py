@@ -97,11 +97,10 @@ def load_model(
 ) -> LoadedModel:
     """Load a model once per (source, device, dtype, family, backend) and share it afterwards.
 
-    ``backend`` runs the image encoder: ``"torch"``, ``"onnxruntime"`` (the ``[onnx]`` extra;
-    float32 on the CPU; the graph is exported on first use and cached,
-    :mod:`~napari_medsam.models.onnx_encoder`) or ``"auto"`` (the default: ONNX Runtime for the
-    families measured faithful and faster with it, on the CPU in float32, when installed, else
-    torch; see :data:`~napari_medsam.models.onnx_encoder.AUTO_DECISIONS`).
+    ``backend`` runs the image encoder: ``"torch"``, ``"onnxruntime"`` (the ``[onnx]`` extra),
+    ``"openvino"`` (the ``[openvino]`` extra; both float32 on the CPU, converted on first use and
+    cached) or ``"auto"`` (the default: the faster of PyTorch and OpenVINO float32 on this CPU,
+    measured once and remembered; PyTorch without the extra: :mod:`~napari_medsam.models.backends`).
 
     At most :data:`MAX_LOADED_MODELS` stay loaded: loading another drops the least recently used
     from the registry (its memory is freed once no predictor holds it). :func:`unload_model`
@@ -114,18 +113,16 @@ def load_model(
     resolved = resolve_source(source)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    from napari_medsam.models.onnx_encoder import resolve_backend
+    from napari_medsam.models.backends import resolve_backend
 
-    known = family or resolved.family
-    if known is not None:  # "auto" and what it chooses share one registry entry
-        backend = resolve_backend(backend, known, torch_device, torch_dtype)
+    backend = resolve_backend(backend, torch_device, torch_dtype)  # "auto" with nothing to choose: "torch"
     with _loaded_lock:
         key = (resolved, family, str(torch_device), torch_dtype, backend)
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]
         model = replace(_load(resolved, family, torch_device, torch_dtype), weights=source_digest(resolved))
-        model = with_backend(model, backend)
+        model = with_backend(model, backend)  # "auto": measured once on this machine, then remembered
         _loaded[key] = model
         while len(_loaded) > MAX_LOADED_MODELS:
             _, dropped = _loaded.popitem(last=False)
@@ -134,17 +131,14 @@ def load_model(
 
 
 def with_backend(model: LoadedModel, backend: str = "auto") -> LoadedModel:
-    """``model`` with its encoder run by ``backend`` (see :func:`load_model`); the same model for torch."""
-    from napari_medsam.models.onnx_encoder import onnx_encoder, resolve_backend
+    """``model`` with its encoder run by ``backend`` (see :func:`load_model`; ``"auto"`` measures
+    where nothing is remembered yet); the same model for torch."""
+    from napari_medsam.models.backends import choose, resolve_backend, with_encoder_backend
 
-    chosen = resolve_backend(backend, model.family, model.device, model.dtype)
-    if chosen == model.backend:
-        return model
-    if model.backend != "torch":
-        raise ValueError(f"{model.name} already runs on {model.backend}; load it again for {chosen}")
-    encoder = onnx_encoder(model)
-    logger.info("%s: image encoder on ONNX Runtime (%s)", model.name, encoder.path)
-    return replace(model, encoder=encoder, backend=chosen)
+    chosen = resolve_backend(backend, model.device, model.dtype)
+    if chosen == "auto":
+        return choose(model) if model.backend == "torch" else model
+    return with_encoder_backend(model, chosen)
 
 
 def loaded_models() -> list[LoadedModel]:

@@ -303,6 +303,11 @@ class _Stage(nn.Module):
         return x
 
 
+def _dtype_of(*modules: nn.Module) -> torch.dtype:
+    """The dtype of the first module's weights (a part's modules share one)."""
+    return next(modules[0].parameters()).dtype
+
+
 class _LayerNormChannels(nn.LayerNorm):
     """LayerNorm over the channels of a channels-last map (the neck's LayerNorm2d)."""
 
@@ -375,18 +380,53 @@ class TinyViT(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, out_chans, H / 4, W / 4); (B, 3, 256, 256) -> (B, 256, 64, 64)."""
+        """(B, 3, H, W) -> (B, out_chans, H / 4, W / 4); (B, 3, 256, 256) -> (B, 256, 64, 64).
+
+        Each part runs in the dtype its weights are held in (:meth:`part_dtypes`); the map is cast
+        where two parts differ, and the embedding comes out in the neck's dtype.
+        """
         weight = self.neck_conv2.weight
-        x = pixel_values.to(device=weight.device, dtype=weight.dtype).permute(0, 2, 3, 1)
+        x = pixel_values.to(device=weight.device, dtype=self.patch_embed[0].weight.dtype).permute(0, 2, 3, 1)
         x = linear(self.patch_embed[0], x, gelu=True)
         x = linear(self.patch_embed[1], x)
         for stage in self.stages:
-            x = stage(x)
-        x = self.neck_norm1(linear(self.neck_conv1, x))
+            x = stage(x.to(_dtype_of(stage)))
+        x = self.neck_norm1(linear(self.neck_conv1, x.to(weight.dtype)))
         x = _conv2d(x.permute(0, 3, 1, 2), self.neck_conv2.weight, None, padding=1)
         x = x.permute(0, 2, 3, 1)
         x = self.neck_norm2(x)
         return x.permute(0, 3, 1, 2).contiguous()
+
+    def part_names(self) -> tuple[str, ...]:
+        """The parts that may each run in their own dtype: ``patch_embed``, ``stage0``.. (each with
+        the patch merging that ends it), ``neck``."""
+        return ("patch_embed", *(f"stage{i}" for i in range(len(self.stages))), "neck")
+
+    def part_dtypes(self) -> dict[str, torch.dtype]:
+        """The dtype each part runs in (that of its weights)."""
+        return {name: _dtype_of(*modules) for name, modules in self._parts().items()}
+
+    def with_part_dtypes(self, dtypes: Mapping[str, torch.dtype]) -> TinyViT:
+        """A copy whose named parts (:meth:`part_names`) are held, and run, in the given dtypes; the
+        other parts keep theirs. The weights are rounded from this model's, so a float32 part of a
+        copy of a float32 model is exact."""
+        import copy
+
+        parts = self._parts()
+        unknown = sorted(set(dtypes) - set(parts))
+        if unknown:
+            raise ValueError(f"unknown part(s) {', '.join(unknown)}: use {', '.join(parts)}")
+        model = copy.deepcopy(self)
+        copied = model._parts()
+        for name, dtype in dtypes.items():
+            for module in copied[name]:
+                module.to(dtype)
+        return model
+
+    def _parts(self) -> dict[str, list[nn.Module]]:
+        stages = {f"stage{i}": [stage] for i, stage in enumerate(self.stages)}
+        neck = [self.neck_conv1, self.neck_norm1, self.neck_conv2, self.neck_norm2]
+        return {"patch_embed": [self.patch_embed], **stages, "neck": neck}
 
     # ----------------------------------------------------------------------------- loading
 
