@@ -176,13 +176,14 @@ class VolumeRequest:
 class VolumeOutcome:
     """Per object: a (slices, rows, cols) mask, the (first, last) slice the run covered, its edits
     after the run, the slices its walk asks to check (Propagate) and the slices a correction
-    changed (Correct)."""
+    changed, those more than one slice from its box among them (Correct)."""
 
     masks: list[np.ndarray]
     spans: list[tuple[int, int]]
     edits: list[ObjectEdits] = field(default_factory=list)
     reviews: list[tuple[int, ...]] = field(default_factory=list)
     changed: list[tuple[int, ...]] = field(default_factory=list)
+    far: list[tuple[int, ...]] = field(default_factory=list)
 
 
 def propagation_objects(
@@ -369,7 +370,7 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
     predictor = predictor_for(settings.source, settings.device)
     outcome = VolumeOutcome([], [])
     for k, obj in enumerate(request.objects):
-        index, edits, changed = request.stack.index, obj.edits, ()
+        index, edits, changed, far = request.stack.index, obj.edits, (), ()
         if obj.correct_box is not None:
             steps = correct(
                 predictor, request.stack, obj.labels, obj.label_id, index, obj.correct_box,
@@ -397,7 +398,8 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
             progress = partial(_found, request.found, obj.label_id, progress)
         result = yield from relay(steps, progress)
         if obj.labels is not None:  # a correction: its labels, the slices it changed, the edits
-            mask, edits, changed = result.labels == obj.label_id, result.edits, result.changed
+            mask, edits = result.labels == obj.label_id, result.edits
+            changed, far = result.changed, result.far
             visited += list(changed)
         else:
             mask = result
@@ -406,6 +408,7 @@ def volume_steps(request: VolumeRequest, predictor_for: PredictorFor) -> Job[Vol
         outcome.edits.append(edits)
         outcome.reviews.append(review_slices(walked) if request.action == PROPAGATE else ())
         outcome.changed.append(changed)
+        outcome.far.append(far)
     yield total, total, "Writing labels…"
     return outcome
 
@@ -499,8 +502,7 @@ def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) ->
         keep_review(labels, dict(zip(ids, outcome.reviews, strict=True)))
     empty = [obj.label_id for obj in request.objects if obj.label_id not in written]
     notes = [f"{request.action} found nothing for label(s) {empty}."] if empty else []
-    for obj, changed in zip(request.objects, outcome.changed, strict=True):
-        far = [z for z in changed if abs(z - stack.index) > 1]
+    for obj, far in zip(request.objects, outcome.far, strict=True):
         if far:
             notes.append(
                 f"The correction of {describe_object(labels, obj.label_id)} also changed "
