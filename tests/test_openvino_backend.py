@@ -104,6 +104,22 @@ def test_processes_that_measured_at_once_run_what_the_first_kept(tiny_medsam, tm
     assert list(tmp_path.glob("auto-choices/.*")) == []  # no temporary file left
 
 
+def test_one_thread_workers_and_a_two_thread_cli_read_one_choice(tiny_medsam, tmp_path, monkeypatch):
+    """A cluster's one-thread workers and the CLI on the same machine run one backend: their
+    embeddings must share a store's entries (CI once stored a cohort twice, one copy per backend)."""
+    monkeypatch.setenv(ovx.CACHE_ENV, str(tmp_path))
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(backends, "measure", lambda models, runs=2: {"torch": 2.0, "openvino": 1.0})
+    try:
+        torch.set_num_threads(1)
+        assert backends.choose(tiny_medsam).backend == "openvino"  # measured by a one-thread worker
+        torch.set_num_threads(2)
+        monkeypatch.setattr(backends, "measure", lambda models, runs=2: {"torch": 1.0, "openvino": 2.0})
+        assert backends.choose(tiny_medsam).backend == "openvino"  # read, not measured again
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_auto_is_torch_where_there_is_nothing_to_choose(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert backends.resolve_backend("auto", cpu, torch.float32) == "auto"  # measured once loaded

@@ -8,7 +8,7 @@ cached (``models/onnx_encoder``, ``models/openvino_encoder``).
 where the ``[openvino]`` extra is installed, it times PyTorch's and OpenVINO's float32 encoders of
 the model on this machine once (:func:`measure`: interleaved runs, the fastest of each) and
 remembers the winner (:func:`choice_path`) under a key of the model (its weights, family and
-dtype), the CPU, the thread count and the library versions (:func:`machine_key`), so a later
+dtype), the CPU and the library versions (:func:`machine_key`), so a later
 start reads the choice instead of timing again; processes that measure at the same time (a
 cluster's workers) all run what the first of them kept. Both compute the model's
 float32 mathematics (embeddings equal to float rounding; masks pass the fidelity guard on real CT
@@ -130,8 +130,11 @@ def choice_path(model: LoadedModel) -> Path:
 
 def machine_key(model: LoadedModel) -> str:
     """What a measured choice holds for: the model (:func:`~napari_medsam.models.graph_cache.
-    weights_identity`), the CPU (model and vector flags), PyTorch's thread count and the versions
-    of PyTorch and OpenVINO."""
+    weights_identity`), the CPU (model and vector flags) and the versions of PyTorch and OpenVINO.
+
+    Not PyTorch's thread count: a cluster's one-thread workers and a two-thread CLI or viewer on
+    the same machine must run one backend, or their embeddings would not share a store's entries.
+    """
     from importlib.metadata import version
 
     import torch
@@ -141,7 +144,7 @@ def machine_key(model: LoadedModel) -> str:
     # the installed version, not openvino.__version__: importing OpenVINO costs a start that
     # remembered PyTorch a second or so
     versions = f"torch {torch.__version__}, openvino {version('openvino')}"
-    return "|".join((weights_identity(model), cpu_name(), f"{torch.get_num_threads()} threads", versions))
+    return "|".join((weights_identity(model), cpu_name(), versions))
 
 
 def cpu_name() -> str:
