@@ -8,13 +8,11 @@ import json
 import os
 import shutil
 import tempfile
-import threading
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from fakes import CellGrid
+from fakes import SpyPredictor
 from napari_medsam.base.metrics import dice, iou
 
 __all__ = ["dice", "iou"]  # shared by the tests
@@ -27,6 +25,31 @@ _NAPARI_CONFIG = tempfile.mkdtemp(prefix="napari-medsam-")
 atexit.register(shutil.rmtree, _NAPARI_CONFIG, True)
 os.environ.setdefault("NAPARI_CONFIG", os.path.join(_NAPARI_CONFIG, "napari.yaml"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+#: Fixtures that make a test part of marked groups, whichever fixture asks for them. A cluster
+#: (``test_cohort``'s local one, or ``dask scheduler`` / ``dask worker`` processes) takes seconds
+#: to start, so its tests are also ``slow``; the other ``slow`` tests are marked where they stand.
+MARKED_BY_FIXTURE = {
+    "lite_checkpoint": ("weights",),
+    "make_napari_viewer": ("gui",),
+    "qtbot": ("gui",),
+    "cluster": ("cluster", "slow"),
+    "dask_processes": ("cluster", "slow"),
+}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses the real weights (``lite_checkpoint``, also through ``lite_predictor_model``
+    and ``lite_on``) is marked ``weights``, one that drives Qt ``gui``, one on a dask cluster
+    ``cluster`` and ``slow``."""
+    for item in items:
+        for fixture, markers in MARKED_BY_FIXTURE.items():
+            if fixture not in getattr(item, "fixturenames", ()):
+                continue
+            for marker in markers:
+                if item.get_closest_marker(marker) is None:
+                    item.add_marker(marker)
 
 
 def require_extra(module: str, extra: str) -> None:
@@ -153,6 +176,27 @@ def lite_predictor_model(lite_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def lite_embeddings():
+    """One memory cache of the real LiteMedSAM's embeddings for the session. A cache hit gives
+    exactly the masks of a fresh encoding (every predictor keeps embeddings as float16), so the real
+    volumes that several modules walk are encoded once, by whichever test comes first."""
+    from napari_medsam.engine.cache import EmbeddingCache
+
+    return EmbeddingCache(max_bytes=512 * 2**20)
+
+
+@pytest.fixture(scope="session")
+def lite_store(tmp_path_factory):
+    """One embedding store of the real LiteMedSAM for the whole run, shared by the parallel workers
+    (pytest-xdist's ``gw0``, ``gw1``... have temporary folders side by side): a slice one worker
+    encoded, the others read (a store hit gives exactly the masks of a fresh encoding, as the
+    cache's does)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return root / "lite-embeddings.zarr"
+
+
+@pytest.fixture(scope="session")
 def lite_on(lite_predictor_model, tmp_path_factory):
     """``lite_on(backend)``: the real LiteMedSAM with its encoder on a graph backend ("onnxruntime",
     "openvino"), converted once per session into a temporary cache (``encoder.path.parent``)."""
@@ -194,35 +238,3 @@ def rectangle(r0, c0, r1, c1, *lead):
 def spy():
     """A :class:`SpyPredictor` (box in, filled box out)."""
     return SpyPredictor()
-
-
-class SpyPredictor(CellGrid):
-    """Stands in for MedSamPredictor: a box gives the filled box; clicks a 7 x 7 square each."""
-
-    def __init__(self, family: str = "lite-medsam") -> None:
-        self.family = family
-        self.images: list[tuple[tuple[int, ...], object]] = []
-        self.prompts: list[dict] = []
-        self.gate: threading.Event | None = None  # set_image waits on it when given
-        self.entered = threading.Event()
-
-    def set_image(self, image, window=None):
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(30)
-        self.shape = image.shape[:2]
-        self.image = np.asarray(image)
-        self.images.append((image.shape, window))
-
-    def predict(self, box=None, points=None, point_labels=None, multimask=False, mask_input=None, zoom=None):
-        self.prompts.append({"box": box, "points": points, "labels": point_labels, "multimask": multimask})
-        mask = np.zeros(self.shape, bool)
-        if box is not None:
-            x0, y0, x1, y1 = (round(v) for v in box)
-            mask[y0 : y1 + 1, x0 : x1 + 1] = True
-        for (x, y), label in zip(
-            [] if points is None else points, [] if points is None else point_labels, strict=True
-        ):
-            mask[round(y) - 3 : round(y) + 4, round(x) - 3 : round(x) + 4] = bool(label)
-        return SimpleNamespace(mask=mask, score=0.9, logits=np.zeros((256, 256), np.float32))
-

@@ -1,8 +1,10 @@
-"""The tiers in docs/ARCHITECTURE.md, checked from each module's own import statements.
+"""The rules of docs/ARCHITECTURE.md, checked from each module's own source.
 
 Tiers, bottom up: ``base`` (numpy only), ``models`` (torch), ``engine``, ``io``, ``layers`` (napari
-layers, no Qt), ``_qt`` (the only place for Qt and magicgui) and ``cli``. A module imports only its
-own tier and the ones the table below allows; function-level imports count too.
+layers, no Qt, no viewer), ``_qt`` (the only place for Qt and magicgui) and ``cli``. A module imports
+only its own tier and the ones the table below allows; function-level imports count too. Inside a
+part no two modules reach each other; a family's facts live in ``models/families.py`` only; no
+module of the view grows past :data:`MAX_QT_LINES`; nothing imports the tests' modules.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def parts_imported(path: Path) -> set[str]:
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
+TESTS = Path(__file__).resolve().parent
+#: The longest a module of ``_qt/`` may be: a panel or an action group each, not one big widget.
+MAX_QT_LINES = 400
+#: Where a family's facts live; everywhere else asks ``family_spec`` and never names a family.
+SPECS = PACKAGE / "models" / "families.py"
 PARTS = sorted({part_of(p) for p in MODULES})
 
 
@@ -139,3 +146,132 @@ def test_the_checks_see_imports_inside_functions(tmp_path):
     ]  # fmt: skip
 
 
+
+
+def module_name(path: Path) -> str:
+    """``napari_medsam.io.volumes`` for ``.../napari_medsam/io/volumes.py`` (a package: its ``__init__``)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+NAMES = {module_name(p): p for p in MODULES}
+
+
+def modules_imported(path: Path) -> set[str]:
+    """The package's modules that ``path`` imports; ``from package import module`` is the module."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in NAMES}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in NAMES:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names} & set(NAMES)
+            found |= submodules or {node.module}
+            if len(submodules) < len(node.names):  # names of the package itself, too
+                found.add(node.module)
+    return found - {module_name(path)}
+
+
+def package_of(name: str) -> str:
+    return name if NAMES[name].name == "__init__.py" else name.rpartition(".")[0]
+
+
+def test_no_cycle_between_modules_of_one_package():
+    """A module never reaches itself through the modules of its own package (``io/volumes`` and
+    ``io/dicom_series`` each asking the other what a file is, say)."""
+    edges = {
+        name: {m for m in modules_imported(path) if package_of(m) == package_of(name)}
+        for name, path in NAMES.items()
+    }
+    assert parts_in_cycles(edges) == []
+
+
+def test_the_module_check_sees_submodules_and_their_packages(tmp_path):
+    cli = modules_imported(PACKAGE / "cli" / "__init__.py")
+    assert cli >= {"napari_medsam.cli.batch", "napari_medsam.cli.demo"}
+    assert "napari_medsam.cli" not in modules_imported(PACKAGE / "cli" / "batch.py")
+    assert "napari_medsam.models" in modules_imported(PACKAGE / "models" / "lite_medsam.py")
+
+
+def family_comparisons(path: Path, root: Path = PACKAGE) -> list[str]:
+    """Where ``path`` compares a family (``family ==``, ``model.family in (...)``) or a family's name
+    (``x == "lite-medsam"``), other than with None: ``file:line`` each."""
+    from napari_medsam.models.families import FAMILIES
+
+    def is_family(node: ast.expr) -> bool:
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        names = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        named = any(isinstance(n, ast.Constant) and n.value in FAMILIES for n in names)
+        return name == "family" or name.endswith("_family") or named
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(n, ast.Constant) and n.value is None for n in operands):
+                continue
+            if any(is_family(n) for n in operands):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+        elif isinstance(node, ast.MatchValue) and is_family(node.value):
+            found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_no_family_branch_outside_the_specs():
+    """Every difference between model families is a ``FamilySpec`` field: adding a family is one spec."""
+    assert [hit for path in MODULES if path != SPECS for hit in family_comparisons(path)] == []
+
+
+def test_the_family_check_finds_branches(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        'if model.family == "sam": pass\nif family in ("medsam", "lite-medsam"): pass\n'
+        'if name != "lite-medsam": pass\nif family is None: pass\nif spec.boxes_only: pass\n'
+    )
+    assert family_comparisons(probe, tmp_path) == ["probe.py:1", "probe.py:2", "probe.py:3"]
+
+
+def test_no_module_of_the_view_is_over_its_length():
+    lengths = {p.name: len(p.read_text().splitlines()) for p in MODULES if part_of(p) == "_qt"}
+    assert {name: n for name, n in lengths.items() if n > MAX_QT_LINES} == {}
+
+
+#: What only a viewer has: adding layers to it, its dims and key bindings. ``layers/`` takes layers
+#: (and the viewer's position, read by the widget) and returns requests and results.
+VIEWER_ATTRIBUTES = (
+    "add_shapes", "add_points", "add_labels", "add_image", "add_layer", "bind_key", "keymap", "dims",
+)  # fmt: skip
+
+
+def viewer_uses(path: Path) -> list[str]:
+    """Names of a viewer in ``path``: a name or argument called ``viewer``, or a viewer's attribute."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        name = node.id if isinstance(node, ast.Name) else node.arg if isinstance(node, ast.arg) else None
+        attribute = node.attr if isinstance(node, ast.Attribute) else None
+        if (name and "viewer" in name.lower()) or attribute in VIEWER_ATTRIBUTES:
+            found.append(f"{path.name}:{node.lineno} {name or attribute}")
+    return sorted(found)
+
+
+def test_layers_have_no_viewer_and_no_key_bindings():
+    assert [hit for path in MODULES if part_of(path) == "layers" for hit in viewer_uses(path)] == []
+
+
+def test_the_viewer_check_finds_a_viewer(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def add(viewer, image):\n    return viewer.add_shapes()\n\nlayer.bind_key('t')\n")
+    assert viewer_uses(probe) == [
+        "probe.py:1 viewer", "probe.py:2 add_shapes", "probe.py:2 viewer", "probe.py:4 bind_key",
+    ]  # fmt: skip
+
+
+def test_the_package_never_imports_the_tests():
+    """Stand-ins and helpers live in ``tests/`` (``fakes.py``, ``conftest.py``...): the package never
+    imports them, nor anything named after them."""
+    names = {p.stem for p in TESTS.glob("*.py")} | {"tests"}
+    found = {
+        str(path.relative_to(PACKAGE)): bad
+        for path in MODULES
+        if (bad := [n for n in imports_of(path) if n.split(".")[0] in names])
+    }
+    assert found == {}

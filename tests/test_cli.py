@@ -35,6 +35,7 @@ def phantom_files(tmp_path):
     return tmp_path, truth, box
 
 
+@pytest.mark.slow
 def test_segment_npy_to_png_with_the_bundled_model(phantom_files, capsys):
     folder, truth, box = phantom_files
     out = folder / "mask.png"
@@ -138,6 +139,7 @@ def test_missing_input_file(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_runs_the_demo_on_the_shipped_ct(tmp_path):
     out = tmp_path / "demo.nii.gz"
     done = subprocess.run(
@@ -235,6 +237,7 @@ def test_segment_continues_from_existing_labels_without_touching_them(sample_ct,
     assert not (tmp_path / "x.seg.nrrd").exists()
 
 
+@pytest.mark.slow
 def test_segment_corrects_one_object_from_a_box_on_one_slice(sample_ct, tmp_path, capsys):
     """The right kidney with the liver leaked into slices 3-7: one kidney box on slice 5 fixes it."""
     path, _, _ = sample_ct
@@ -268,6 +271,7 @@ def test_segment_corrects_one_object_from_a_box_on_one_slice(sample_ct, tmp_path
     assert not (tmp_path / "x.seg.nrrd").exists()
 
 
+@pytest.mark.slow
 def test_segment_propagates_lists_the_slices_to_check_and_keeps_the_edits(sample_ct, tmp_path, capsys):
     """``--propagate --review-json``: each object's slices to check (a quarter of its slices at most)
     and per-slice confidence; the key slice is kept with the labels as an anchor. A correction

@@ -27,9 +27,9 @@ from realdata import ORGANS, brain_mr, ct_sm, ct_spleen, lung_nodule, oracle_box
 
 
 @pytest.fixture(scope="module")
-def predictor(lite_predictor_model):
-    """One predictor for the module: each slice (and crop) is encoded once."""
-    return MedSamPredictor(lite_predictor_model)
+def predictor(lite_predictor_model, lite_embeddings, lite_store):
+    """One predictor for the module; each slice (and crop) is encoded once in the session."""
+    return MedSamPredictor(lite_predictor_model, cache=lite_embeddings, store=lite_store)
 
 
 def walked(predictor, image, truth):
@@ -124,6 +124,7 @@ def per_slice_dice(predictor, image, truth, zoom):
     return float(np.mean(out))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("load", [lung_nodule, prostate_lesion])
 def test_a_small_lesion_is_segmented_at_the_models_resolution(predictor, load):
     """A nodule on a 512 px CT slice, a prostate lesion on a 384 px MR slice: a few model-input
@@ -164,6 +165,7 @@ def test_a_large_object_keeps_the_whole_slice_and_a_crop_is_encoded_once(predict
 # -- corrections that never harm: the failures issue 31 names -------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_box_on_the_brain_tumours_first_slice_does_not_make_it_worse(predictor):
     """It went 0.786 -> 0.741 from a box on the tumour's first slice."""
     image, labels = brain_mr()
@@ -176,6 +178,7 @@ def test_a_box_on_the_brain_tumours_first_slice_does_not_make_it_worse(predictor
     assert done.edits.anchors == {first, int(np.argmax(truth.sum(axis=(1, 2))))}
 
 
+@pytest.mark.slow
 def test_a_box_on_the_ct_spleens_last_slice_leaves_the_rest(predictor):
     """Slice 19 lost 0.36 Dice from a box on the spleen's last slice."""
     image, labels = ct_spleen()
@@ -187,6 +190,7 @@ def test_a_box_on_the_ct_spleens_last_slice_leaves_the_rest(predictor):
     assert set(done.changed) <= {last - 1, last, last + 1}
 
 
+@pytest.mark.slow
 def test_a_box_on_the_livers_tip_fixes_the_tip_and_keeps_the_good_slices(predictor):
     """A box on the liver's lowest slice cost slice 12 0.19 Dice (and slices 9-12 a third)."""
     ct, seg = ct_sm()
@@ -197,6 +201,7 @@ def test_a_box_on_the_livers_tip_fixes_the_tip_and_keeps_the_good_slices(predict
     assert dice(done.labels[0] == 1, truth[0]) >= dice(walk.labels[0] == 1, truth[0])
 
 
+@pytest.mark.slow
 def test_a_box_past_a_nodules_end_fills_its_slice_and_no_more(predictor):
     """The walk missed the nodule's first slice: a box there adds that slice, never the ones past it."""
     image, labels = lung_nodule()
@@ -209,6 +214,7 @@ def test_a_box_past_a_nodules_end_fills_its_slice_and_no_more(predictor):
     assert dice(done.labels == 1, truth) > dice(walk.labels == 1, truth)
 
 
+@pytest.mark.slow
 def test_end_here_then_propagate_again_keeps_the_end_and_the_corrected_slice(predictor):
     """After End here and a correction, Propagate again walks within the end, through the corrected
     slice as it is (a fixed point), and keeps both in its edits."""
@@ -232,6 +238,7 @@ def test_end_here_then_propagate_again_keeps_the_end_and_the_corrected_slice(pre
 # -- where a walk is unsure ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_review_list_names_the_walks_doubtful_slices(predictor):
     """The CT spleen from its largest slice: the slices with Dice < 0.7 are listed (measured: its two
     ends), a quarter of the slices at most, most doubtful first."""

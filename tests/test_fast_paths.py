@@ -46,6 +46,7 @@ PROMPTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("multimask", [False, True])
 @pytest.mark.parametrize("prompt", list(PROMPTS))
 def test_fast_decoder_equals_sam_model(prompt, multimask):

@@ -14,10 +14,11 @@ from qtpy.QtGui import QFontMetrics
 
 import test_widget_volume as volume_tests
 from conftest import rectangle
+from fakes import VolumeSpy
 from napari_medsam._qt.widget import MedSamWidget
 from napari_medsam.io.samples import ABDOMINAL_CT
 from napari_medsam.layers.volume import NEEDS_3D
-from test_widget_volume import VolumeSpy, box_around, ellipsoids
+from test_widget_volume import box_around, ellipsoids
 
 #: The fixtures of the volume tests: a viewer with a 3D image and the widget, its stand-in model.
 make_setup, spy, notices = volume_tests.make_setup, volume_tests.spy, volume_tests.notices

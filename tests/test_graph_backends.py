@@ -27,6 +27,7 @@ def backend_module(backend: str):
     return importlib.import_module(f"napari_medsam.models.{module_name}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(GRAPH_BACKENDS))
 def test_tiny_medsam_vit_through_a_graph_backend(backend, tiny_medsam_dir, tmp_path, monkeypatch):
     """A tiny random MedSAM ViT: from_pretrained(backend=...) converts once, then predicts as torch."""
@@ -53,6 +54,7 @@ def test_tiny_medsam_vit_through_a_graph_backend(backend, tiny_medsam_dir, tmp_p
         unload_model()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(GRAPH_BACKENDS))
 def test_lite_medsam_parity_on_real_ct(backend, lite_predictor_model, lite_on):
     """Real weights, real CT: embeddings agree to float32 rounding and the masks of every organ agree."""
@@ -82,6 +84,7 @@ def test_lite_medsam_parity_on_real_ct(backend, lite_predictor_model, lite_on):
     assert np.mean(ious) >= 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(GRAPH_BACKENDS))
 def test_converted_graph_is_cached_and_reused(backend, lite_predictor_model, lite_on, monkeypatch):
     """The second load reads the cached graph: no conversion, the same embeddings."""
@@ -95,6 +98,7 @@ def test_converted_graph_is_cached_and_reused(backend, lite_predictor_model, lit
     assert torch.equal(again(pixels), graph.encoder(pixels))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(GRAPH_BACKENDS))
 def test_damaged_cache_is_rebuilt(backend, tiny_medsam, tmp_path, monkeypatch):
     """Damaged weights in the cache (their SHA-256 no longer matches), then an unreadable sidecar:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Points, Shapes
 
-from conftest import SpyPredictor, rectangle
+from conftest import rectangle
+from fakes import SpyPredictor
 from napari_medsam.base.jobs import run_to_end
 from napari_medsam.base.label_policy import AFTER, BEFORE, assign_label_ids, end_object, slices_past
 from napari_medsam.layers import segment as seg

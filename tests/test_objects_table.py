@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 import slicerio
 
-from conftest import SpyPredictor, rectangle
+from conftest import rectangle
+from fakes import SpyPredictor
 from napari_medsam._qt.widget import MedSamWidget
 from napari_medsam.layers.objects import object_names
 from napari_medsam.layers.prompt_layers import set_features

@@ -53,6 +53,7 @@ def test_models_without_weights_file_are_told_apart_by_their_tensors(tmp_path):
     assert ox.cache_path(one, tmp_path) != ox.cache_path(two, tmp_path)
 
 
+@pytest.mark.slow
 def test_foreign_graph_is_rebuilt(tiny_medsam, tmp_path, exports):
     """Another model's graph under this name, with a sidecar rewritten to match its bytes: still
     exported again, because the key recorded inside the graph is the other model's."""
@@ -84,6 +85,7 @@ def test_backend_errors_say_what_to_use(backend, device, dtype, message):
         resolve_backend(backend, torch.device(device), dtype)
 
 
+@pytest.mark.slow
 def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, exports, lite_onnx):
     """``segment --backend onnxruntime`` runs the real LiteMedSAM encoder through ONNX Runtime
     (the graph ``lite_onnx`` exported, from its cache)."""

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Shapes
 
-from conftest import SpyPredictor
+from fakes import SpyPredictor
+from napari_medsam._qt.new_layers import image_transforms
 from napari_medsam._reader import read_layers
 from napari_medsam._writer import napari_write_labels
 from napari_medsam.base.jobs import run_to_end
@@ -27,7 +28,6 @@ from napari_medsam.io.orientation import layer_kwargs, nearest_axes, radiologica
 from napari_medsam.io.volumes import VolumeGeometry, read_volume
 from napari_medsam.layers import segment as seg
 from napari_medsam.layers.objects import labels_stats
-from napari_medsam.layers.prompt_layers import image_transforms
 from napari_medsam.layers.requests import LayerInputs, RunSettings
 from realdata import CT_SM, DICOM_SERIES, SEG_DICOM, SEG_SM, ct_sm, label_names
 from test_volume_io import write_dicom_series

@@ -11,37 +11,11 @@ import threading
 import numpy as np
 import pytest
 
+from fakes import RecordingPredictor
 from napari_medsam.base.preemption import Preempted, in_background, preemptible, preemption_point
 from napari_medsam.engine.prefetch import Prefetcher
 
 TIMEOUT = 60.0  # only reached when something hangs
-
-
-class RecordingPredictor:
-    """Records which slices ``precompute`` saw (pixel [0, 0] holds the slice id); can block."""
-
-    family = "lite-medsam"
-
-    def __init__(self, block_first: bool = False, fail_on: int | None = None) -> None:
-        self.seen: list[int] = []
-        self.cached: set[int] = set()
-        self.started = threading.Event()
-        self.release = threading.Event()
-        if not block_first:
-            self.release.set()
-        self.fail_on = fail_on
-
-    def precompute(self, image, window=None):
-        slice_id = int(image[0, 0])
-        self.seen.append(slice_id)
-        self.started.set()
-        assert self.release.wait(TIMEOUT)
-        if slice_id == self.fail_on:
-            raise RuntimeError("encoder failed")
-        if slice_id in self.cached:
-            return False
-        self.cached.add(slice_id)
-        return True
 
 
 def labelled_volume(depth=10, offset=0):

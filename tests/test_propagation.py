@@ -4,51 +4,17 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from conftest import dice
-from fakes import CellGrid, threshold_look
+from fakes import BoxFillingPredictor, OnePiecePredictor, ThresholdPredictor
 from napari_medsam.base.boxes import box_union, expand_box, mask_box
 from napari_medsam.base.jobs import relay, run_to_end
-from napari_medsam.engine.propagation import (
-    PREVIOUS_LOGITS_DEFAULT,
-    interpolate_boxes,
-    label_volume,
-    propagate,
-    segment_boxes,
-)
-
-
-class ThresholdPredictor(CellGrid):
-    """Stands in for MedSamPredictor: the 'mask' is the pixels above a threshold inside the box; a
-    cell looks like the object where its mean is above 120 (between the object's 140 and the
-    background's 40), so noise specks or a dimmer neighbour (about 100) look like the background."""
-
-    look = staticmethod(threshold_look(120.0))
-
-    def __init__(self, threshold: float = 90.0, family: str = "lite-medsam") -> None:
-        self.threshold = threshold
-        self.family = family
-        self.image: np.ndarray | None = None
-        self.slices_set: list[np.ndarray] = []
-        self.calls: list[tuple[tuple[float, ...], object]] = []
-        self.call_slices: list[int] = []  # which set_image each call followed
-
-    def set_image(self, image, window=None):
-        self.image = np.asarray(image)
-        self.slices_set.append(self.image)
-
-    def predict(self, box=None, mask_input=None, **kwargs):
-        x0, y0, x1, y1 = box
-        self.calls.append((tuple(box), mask_input))
-        self.call_slices.append(len(self.slices_set))
-        inside = np.zeros(self.image.shape, bool)
-        inside[int(np.ceil(y0)) : int(y1) + 1, int(np.ceil(x0)) : int(x1) + 1] = True
-        mask = (self.image > self.threshold) & inside
-        logits = np.full((256, 256), float(len(self.calls)), np.float32)
-        return type("Prediction", (), {"mask": mask, "score": 1.0, "logits": logits})()
+from napari_medsam.engine.propagation import interpolate_boxes, label_volume, propagate, segment_boxes
+from napari_medsam.models.families import family_spec
 
 
 def ellipsoid_volume(shape=(20, 64, 72), centre=(10.0, 30.0, 36.0), radii=(6.5, 16.0, 20.0), seed=0):
@@ -135,17 +101,6 @@ def test_refinement_grows_the_box_where_the_object_continues_past_it():
             assert box_union(before, after) == tuple(after)
 
 
-class BoxFillingPredictor(ThresholdPredictor):
-    """Like MedSAM given a loose box: the object plus the middle 80 % of the box."""
-
-    def predict(self, box=None, mask_input=None, **kwargs):
-        result = super().predict(box, mask_input)
-        x0, y0, x1, y1 = box
-        dx, dy = (x1 - x0) / 10, (y1 - y0) / 10
-        result.mask[round(y0 + dy) : round(y1 - dy) + 1, round(x0 + dx) : round(x1 - dx) + 1] = True
-        return result
-
-
 def test_margins_do_not_add_up_into_a_leak():
     """A model that fills its box: the prompt is the previous box plus a margin, so the mask may
     grow by that margin per slice, never by a fraction plus pixels compounded on every slice."""
@@ -154,19 +109,6 @@ def test_margins_do_not_add_up_into_a_leak():
     result = run_to_end(propagate(BoxFillingPredictor(), volume, 0, key_box=truth_box(truth[0], 1)))
     widths = [np.ptp(np.flatnonzero(plane.any(axis=0))) for plane in result if plane.any()]
     assert widths[-1] <= 1.3 * widths[0]
-
-
-class OnePiecePredictor(ThresholdPredictor):
-    """Like a box-prompted model: the largest bright piece inside the box, one object."""
-
-    def predict(self, box=None, mask_input=None, **kwargs):
-        from skimage.measure import label
-
-        result = super().predict(box, mask_input)
-        pieces = label(result.mask, connectivity=2)
-        if pieces.max():
-            result.mask = pieces == np.argmax(np.bincount(pieces[result.mask]))
-        return result
 
 
 def test_propagation_stops_where_an_organ_ends_against_a_touching_one():
@@ -218,9 +160,8 @@ def test_a_mask_that_moves_off_the_previous_one_ends_the_direction():
 
     class Jumping(ThresholdPredictor):
         def predict(self, box=None, mask_input=None, **kwargs):
-            result = super().predict(box, mask_input)
-            result.mask = self.image > self.threshold  # finds the object wherever it is
-            return result
+            result = super().predict(box, mask_input=mask_input)
+            return replace(result, mask=self.image > self.threshold)  # finds the object wherever it is
 
     steps = []
     volume, key_box = clean(None, truth), truth_box(truth[0])
@@ -242,8 +183,8 @@ def test_a_walk_stops_where_the_mask_looks_like_the_surroundings_not_the_object(
         """Past the object it outlines the middle of its box (background), scoring 0.95."""
 
         def predict(self, box=None, mask_input=None, **kwargs):
-            result = super().predict(box, mask_input)
-            result.score = 0.95
+            result = super().predict(box, mask_input=mask_input)
+            result = replace(result, score=0.95)
             if not result.mask.any():
                 x0, y0, x1, y1 = (int(v) for v in box)
                 result.mask[y0 + 1 : y1, x0 + 1 : x1] = True
@@ -264,9 +205,8 @@ def test_min_score_ends_a_direction():
 
     class Scoring(ThresholdPredictor):
         def predict(self, box=None, mask_input=None, **kwargs):
-            result = super().predict(box, mask_input)
-            result.score = 0.9 if (self.image > 100).sum() > 300 else 0.6
-            return result
+            result = super().predict(box, mask_input=mask_input)
+            return replace(result, score=0.9 if (self.image > 100).sum() > 300 else 0.6)
 
     kept = np.flatnonzero(((volume > 100).sum(axis=(1, 2))) > 300)
     steps = []
@@ -327,8 +267,8 @@ def test_key_mask_is_kept_and_other_axes_work():
 def test_previous_logits_are_fed_back_only_when_asked():
     volume, truth = ellipsoid_volume()
     box = truth_box(truth[10])
-    assert PREVIOUS_LOGITS_DEFAULT["lite-medsam"] is False
-    assert PREVIOUS_LOGITS_DEFAULT["medsam"] is False
+    assert family_spec("lite-medsam").previous_logits is False
+    assert family_spec("medsam").previous_logits is False
     default = ThresholdPredictor(family="medsam")
     run_to_end(propagate(default, volume, 10, key_box=box))
     assert all(mask_input is None for _, mask_input in default.calls)
@@ -434,7 +374,10 @@ def test_segment_boxes_between_two_key_slices_gives_one_object():
 
 
 # -- the real LiteMedSAM -------------------------------------------------------------------------
-def test_propagation_with_litemedsam_segments_an_ellipsoid(tmp_path, lite_predictor_model):
+@pytest.mark.slow
+def test_propagation_with_litemedsam_segments_an_ellipsoid(
+    tmp_path, lite_predictor_model, lite_embeddings, lite_store
+):
     """A phantom written as NIfTI and as DICOM, box on the middle slice: 3D Dice >= 0.88, at most
     one slice past each end of the ellipsoid."""
     import SimpleITK as sitk
@@ -453,7 +396,7 @@ def test_propagation_with_litemedsam_segments_an_ellipsoid(tmp_path, lite_predic
     np.testing.assert_array_equal(dicom, nifti)
     np.testing.assert_allclose(dicom_geometry.spacing, spacing, atol=1e-6)
 
-    predictor = MedSamPredictor(lite_predictor_model)
+    predictor = MedSamPredictor(lite_predictor_model, cache=lite_embeddings, store=lite_store)
     key = 5
     steps = []
     start = time.perf_counter()
@@ -479,6 +422,7 @@ def test_propagation_with_litemedsam_segments_an_ellipsoid(tmp_path, lite_predic
     np.testing.assert_array_equal(again, result)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="issue 31's walk learns the object's look from its last slices: on this phantom (two organs "

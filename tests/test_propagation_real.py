@@ -21,9 +21,9 @@ from realdata import brain_mr, ct_spleen, oracle_box
 
 
 @pytest.fixture(scope="module")
-def predictor(lite_predictor_model):
-    """One predictor for the module: each slice is encoded once."""
-    return MedSamPredictor(lite_predictor_model)
+def predictor(lite_predictor_model, lite_embeddings, lite_store):
+    """One predictor for the module; each slice is encoded once in the session."""
+    return MedSamPredictor(lite_predictor_model, cache=lite_embeddings, store=lite_store)
 
 
 def walk(predictor, image, truth):
@@ -37,6 +37,7 @@ def walk(predictor, image, truth):
     return result, np.flatnonzero(result.any(axis=(1, 2))), np.flatnonzero(truth.any(axis=(1, 2))), steps
 
 
+@pytest.mark.slow
 def test_a_brain_tumour_is_not_left_after_three_of_its_seven_slices(predictor):
     """It stopped on slice 15 of 11-17 ("low score"); the tumour's slices score low on this MR."""
     image, labels = brain_mr()
@@ -48,6 +49,7 @@ def test_a_brain_tumour_is_not_left_after_three_of_its_seven_slices(predictor):
     assert dice(result, truth) >= 0.75  # measured 0.786, oracle 0.893; was 0.652
 
 
+@pytest.mark.slow
 def test_a_ct_spleen_walk_ends_with_the_spleen(predictor):
     """It ran 3 slices past each end: past them lies soft tissue that looks like the spleen to the
     key slice alone; the walk's object model, learnt slice by slice, tells them apart."""
@@ -57,6 +59,7 @@ def test_a_ct_spleen_walk_ends_with_the_spleen(predictor):
     assert np.sum((masked < present[0]) | (masked > present[-1])) <= 1
 
 
+@pytest.mark.slow
 def test_a_correction_never_makes_right_slices_worse(predictor):
     """The spleen propagated past its ends, then corrected with a box on its most wrong slice: no
     slice that had Dice >= 0.9 loses more than 0.02, and the object as a whole is not worse."""

@@ -60,11 +60,12 @@ def cases():
 
 
 @pytest.fixture(scope="module")
-def predictor(lite_predictor_model):
-    """One float32 LiteMedSAM predictor for the module: each real slice is encoded once."""
-    return MedSamPredictor(lite_predictor_model)
+def predictor(lite_predictor_model, lite_embeddings, lite_store):
+    """One float32 LiteMedSAM predictor for the module; each real slice is encoded once in the session."""
+    return MedSamPredictor(lite_predictor_model, cache=lite_embeddings, store=lite_store)
 
 
+@pytest.mark.slow
 def test_lite_medsam_matches_its_published_inference_on_real_slices(lite_predictor_model, predictor, cases):
     worst = []
     for name, image, boxes in cases:
@@ -76,6 +77,7 @@ def test_lite_medsam_matches_its_published_inference_on_real_slices(lite_predict
     assert len(worst) == len(cases) >= 6
 
 
+@pytest.mark.slow
 def test_default_dtype_keeps_the_masks_on_real_slices(predictor, cases):
     """The default ("auto") must agree with float32: mean IoU >= 0.98, worst >= 0.95.
 
@@ -125,6 +127,7 @@ def outside_and_off(result: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
     return outside, off
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("organ", ["spleen", "stomach", "kidney_right"])
 def test_propagation_from_one_box_follows_the_organ(predictor, organ):
     """One box (reference box + 3 px) on the organ's largest slice, the defaults: 3D Dice close to
@@ -144,6 +147,7 @@ def test_propagation_from_one_box_follows_the_organ(predictor, organ):
     assert outside_and_off(result, truth) == (0, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True, reason="regression of issue 24's rules: one slice past the kidney from its tip"
 )
@@ -167,6 +171,7 @@ def test_propagation_from_an_organs_tip_stops_at_its_end(predictor):
     np.testing.assert_array_equal(labels == 1, result)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="issue 24's corrections keep the old object where a change is not supported: Dice 0.72 < 0.84",

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import napari_medsam
+from fakes import SpyPredictor
 from napari_medsam.base.windows import SOFT_TISSUE, training_window
 from napari_medsam.cli import main
 from napari_medsam.cli.batch import RowResult, _resumable, _write_outputs
@@ -507,7 +508,7 @@ def test_13_a_batch_row_that_hits_a_bug_names_the_log_file_holding_its_traceback
     from napari_medsam.cli import cluster
     from napari_medsam.cli.batch import BatchOptions, segment_image
 
-    class Broken:
+    class Broken(SpyPredictor):  # a bug in the encoder
         def set_image(self, image, window=None):
             raise RuntimeError("boom")
 
@@ -524,6 +525,7 @@ def test_13_a_batch_row_that_hits_a_bug_names_the_log_file_holding_its_traceback
     assert "RuntimeError: boom" in log.read_text()
 
 
+@pytest.mark.slow
 def test_1_segment_killed_over_existing_labels_then_rerun_gives_the_uninterrupted_result(tmp_path):
     """The real command (LiteMedSAM) over yesterday's labels, killed as soon as its output appears."""
     box = ["--box", "40", "22", "100", "80"]  # around the liver on slice 15

@@ -210,6 +210,7 @@ class CountingEncoder(torch.nn.Module):
         return self.encoder(pixels)
 
 
+@pytest.mark.slow
 def test_a_second_run_reads_the_store_and_gives_the_same_masks(tmp_path, lite_predictor_model, tiny_sam_dir):
     from napari_medsam.io.files import read_image
     from napari_medsam.models.loading import load_model

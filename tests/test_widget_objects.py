@@ -15,10 +15,11 @@ from qtpy.QtCore import Qt
 
 import test_widget_volume as volume_tests
 from conftest import dice, rectangle
+from fakes import HeldSpy, VolumeSpy
 from napari_medsam._qt.widget import NEW_OBJECTS, MedSamWidget
 from napari_medsam.io.samples import ABDOMINAL_CT
 from realdata import SEG_SM, oracle_box
-from test_widget_volume import VolumeSpy, box_around, ellipsoids
+from test_widget_volume import box_around, ellipsoids
 
 #: The fixtures of the volume tests: a viewer with a 3D image and the widget, its stand-in model.
 make_setup, spy, notices = volume_tests.make_setup, volume_tests.spy, volume_tests.notices
@@ -52,7 +53,9 @@ def test_propagate_runs_the_selected_object_only_and_the_table_shows_which(make_
     assert dice(labels.data == 2, spleen) > 0.98
     assert dice(labels.data == 1, liver) > 0.98
     spleen_slices = np.flatnonzero(spleen.any(axis=(1, 2)))
-    assert len(spy.encoded) - encoded <= len(spleen_slices) + 2  # its slices and one past each end
+    # its slices, the one past each end that stops the walk, and the one the walk's lookahead
+    # encoded beyond that (the encoder runs a slice ahead of the decoder)
+    assert len(spy.encoded) - encoded <= len(spleen_slices) + 4
     assert all(p["box"][0] > 25 for p in spy.prompts[prompts:])  # every prompt on the spleen's side
 
     w.objects.table.selectRow(0)  # a click on the liver's row selects it for painting too
@@ -176,20 +179,6 @@ def test_the_model_loads_ahead_in_a_thread_and_the_first_segment_says_what_it_wa
     assert len(loads) == 1  # the run took the model loaded ahead
     assert messages[0].startswith("Loading the model lite-medsam")
     assert "Encoding slice 1 of 1" in messages[1]
-
-
-class HeldSpy(VolumeSpy):
-    """A VolumeSpy whose encoder stops before its ``hold_at``-th slice until ``go`` is set."""
-
-    def __init__(self, hold_at: int) -> None:
-        super().__init__()
-        self.hold_at, self.go, self.holding = hold_at, threading.Event(), threading.Event()
-
-    def set_image(self, image, window=None):
-        if len(self.encoded) >= self.hold_at:
-            self.holding.set()
-            assert self.go.wait(30)
-        super().set_image(image, window)
 
 
 def shown(widget) -> int:

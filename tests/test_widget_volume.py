@@ -3,7 +3,6 @@ Interpolate and prefetching. Waits are on signals and conditions, never on clock
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -14,69 +13,11 @@ from napari.utils.interactions import mouse_move_callbacks, mouse_press_callback
 from napari.utils.notifications import notification_manager
 
 from conftest import dice, rectangle
-from fakes import CellGrid, threshold_look
+from fakes import VolumeSpy
 from napari_medsam._qt.widget import ALL_OBJECTS, ALL_SLICES, MedSamWidget
 
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 20_000
-
-
-class VolumeSpy(CellGrid):
-    """Stands in for MedSamPredictor: the mask is the pixels above ``threshold`` inside the box.
-
-    Keeps an embedding cache like the real one (keyed by the slice's data and the window),
-    records every encoder run and every prompt, and can hold the encoder (``gate``).
-    """
-
-    look = staticmethod(threshold_look(120.0))  # objects (140) look unlike background (40) and dim ones
-
-    family = "lite-medsam"
-
-    def __init__(self, threshold: float = 90.0) -> None:
-        self.threshold = threshold
-        self.cache: set[tuple] = set()
-        self.encoded: list[tuple] = []  # cache keys, in encoding order
-        self.prompts: list[dict] = []
-        self.gate: threading.Event | None = None
-        self.entered = threading.Event()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(image, window=None):
-        array = np.ascontiguousarray(image)
-        digest = hashlib.blake2b(array.tobytes(), digest_size=8).hexdigest()
-        return digest, array.shape, None if window is None else (float(window[0]), float(window[1]))
-
-    def _encode(self, image, window):
-        key = self.key(image, window)
-        with self._lock:
-            if key in self.cache:
-                return False
-            self.entered.set()
-            if self.gate is not None:
-                assert self.gate.wait(30)
-            self.cache.add(key)
-            self.encoded.append(key)
-            return True
-
-    def set_image(self, image, window=None):
-        self._encode(image, window)
-        self.image = np.asarray(image)
-
-    def precompute(self, image, window=None):
-        return self._encode(image, window)
-
-    def is_cached(self, image, window=None):
-        return self.key(image, window) in self.cache
-
-    def predict(self, box=None, points=None, point_labels=None, mask_input=None, multimask=False, zoom=None):
-        self.prompts.append({"box": box, "points": points, "mask_input": mask_input})
-        x0, y0, x1, y1 = box
-        inside = np.zeros(self.image.shape, bool)
-        inside[round(y0) : round(y1) + 1, round(x0) : round(x1) + 1] = True
-        mask = (self.image > self.threshold) & inside
-        return SimpleNamespace(mask=mask, score=0.9, logits=np.zeros((256, 256), np.float32))
-
 
 
 def ellipsoids(shape=(12, 48, 56), objects=(((6.0, 24.0, 20.0), (4.6, 12.0, 10.0)),)):

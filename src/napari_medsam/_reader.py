@@ -13,10 +13,11 @@ from napari_medsam.base.object_edits import EDITS_KEY, edits_entry
 from napari_medsam.base.objects import INDEX, NAME, LabelObject, palette_cycle
 from napari_medsam.base.windows import SOFT_TISSUE, looks_like_ct
 from napari_medsam.io.dicom_seg import is_dicom_seg
+from napari_medsam.io.formats import format_of
 from napari_medsam.io.label_files import load_labels, place_labels
 from napari_medsam.io.label_names import read_sidecar
 from napari_medsam.io.orientation import layer_kwargs, to_axial
-from napari_medsam.io.volumes import GEOMETRY_KEY, VolumeGeometry, format_of, read_volume, volume_name
+from napari_medsam.io.volumes import GEOMETRY_KEY, VolumeGeometry, read_volume, volume_name
 
 LayerData = tuple[Any, dict[str, Any], str]
 _LABEL_NAME = re.compile(r"(^|[^a-z])(seg|segmentation|label|labels|labelmap|mask)([^a-z]|$)")

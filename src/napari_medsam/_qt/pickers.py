@@ -15,13 +15,8 @@ from typing import Any
 import napari.layers
 from magicgui.widgets import ComboBox
 
-from napari_medsam.layers.prompt_layers import (
-    LAYER_SUFFIXES,
-    add_boxes_layer,
-    add_clicks_layer,
-    add_labels_layer,
-    fits_image,
-)
+from napari_medsam._qt.new_layers import LAYER_SUFFIXES, add_boxes_layer, add_clicks_layer, add_labels_layer
+from napari_medsam.layers.prompt_layers import fits_image
 from napari_medsam.layers.prompts import spatial_shape
 
 KINDS: dict[str, type] = {

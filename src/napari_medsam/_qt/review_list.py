@@ -8,7 +8,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
-from napari_medsam.layers.review import go_to, review_targets
+from napari_medsam.layers.review import review_targets
 
 #: Buttons shown at most; the rest are counted ("+3 more").
 SHOWN = 6
@@ -36,9 +36,9 @@ class ReviewList:
 
     def refresh(self) -> list[int]:
         """Show the selected object's slices to check; returns their slider positions."""
-        labels = self._labels.value
+        labels, dims = self._labels.value, self._viewer.dims
         targets = [] if labels is None else review_targets(
-            self._viewer, self._image.value, labels, int(labels.selected_label)
+            self._image.value, labels, int(labels.selected_label), dims.point, dims.order, dims.range
         )  # fmt: skip
         for button in self.buttons:
             self._layout.removeWidget(button)
@@ -47,9 +47,13 @@ class ReviewList:
         for n, (step, position, world_axis) in enumerate(targets[:SHOWN]):
             button = QPushButton(str(step))
             button.setToolTip(f"Go to slice {step}")
-            button.clicked.connect(partial(go_to, self._viewer, world_axis, position))
+            button.clicked.connect(partial(self._go_to, world_axis, position))
             self._layout.insertWidget(1 + n, button)
             self.buttons.append(button)
         self.more.setText(f"+{len(targets) - SHOWN} more" if len(targets) > SHOWN else "")
         self.native.setVisible(bool(targets))
         return [step for step, _, _ in targets]
+
+    def _go_to(self, world_axis: int, position: float, *_: object) -> None:
+        """Move the viewer's slider on ``world_axis`` to the world ``position``."""
+        self._viewer.dims.set_point(world_axis, position)

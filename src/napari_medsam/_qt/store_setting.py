@@ -14,7 +14,7 @@ from magicgui.widgets import FileEdit
 from qtpy.QtCore import QSettings
 
 from napari_medsam.engine.model_slot import PredictorFactory
-from napari_medsam.engine.predictor import MedSamPredictor, SlicePredictor
+from napari_medsam.engine.predictor import SlicePredictor
 
 #: Where the settings live instead of the user's configuration folder (tests set it).
 CONFIG_DIR_ENV = "NAPARI_MEDSAM_CONFIG_DIR"
@@ -62,8 +62,7 @@ class StoreSetting:
         return load
 
     def _attach(self, predictor: SlicePredictor) -> SlicePredictor:
-        if isinstance(predictor, MedSamPredictor):  # spies and other predictors have no store
-            predictor.store = self.store
+        predictor.store = self.store
         return predictor
 
     def _on_changed(self, *_: object) -> None:

@@ -21,6 +21,7 @@ from napari_medsam.io.files import check_folder, check_output, overwritten_input
 from napari_medsam.io.formats import WRITE_SUFFIXES, suffix_of
 from napari_medsam.io.stats_files import STATS_SUFFIXES, write_stats
 from napari_medsam.io.volumes import VolumeGeometry
+from napari_medsam.models.families import FAMILIES
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -54,9 +55,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     segment.add_argument("--slice", type=int, help="slice index for volumes")
     segment.add_argument("--axis", type=int, default=0, help="slice axis for volumes (default 0)")
     add_window_options(segment)
-    segment.add_argument(
-        "--family", choices=["medsam", "sam", "lite-medsam"], help="override the model family"
-    )
+    segment.add_argument("--family", choices=FAMILIES, help="override the model family")
     segment.add_argument("--propagate", action="store_true", help="propagate the object through the volume")
     segment.add_argument(
         "--labels",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from napari_medsam.base.jobs import Job
 from napari_medsam.engine.predictor import SlicePredictor
+
+if TYPE_CHECKING:
+    from napari_medsam.engine.predictor import MedSamPredictor
 
 T = TypeVar("T")
 #: Loads a predictor for (model source, device).
@@ -74,8 +77,9 @@ class ModelSlot:
             self._release(old)
 
 
-def load_predictor(source: str, device: str, backend: str = "auto") -> SlicePredictor:
-    """The default factory: ``MedSamPredictor.from_pretrained`` (imports torch)."""
+def load_predictor(source: str, device: str, backend: str = "auto") -> MedSamPredictor:
+    """The default factory: ``MedSamPredictor.from_pretrained`` (imports torch). Its predictors
+    pair with :func:`fetch_weights` and :func:`unload_predictor`."""
     from napari_medsam.engine.predictor import MedSamPredictor
 
     return MedSamPredictor.from_pretrained(source=source, device=device, backend=backend)
@@ -89,10 +93,8 @@ def fetch_weights(source: str) -> Job[None]:
     yield from fetch_steps(source)
 
 
-def unload_predictor(predictor: SlicePredictor) -> None:
-    """The default release: drop the predictor's model from the loaded-model registry."""
-    model = getattr(predictor, "model", None)
-    if model is not None:
-        from napari_medsam.models.loading import unload_model
+def unload_predictor(predictor: MedSamPredictor) -> None:
+    """The default factory's release: drop the predictor's model from the loaded-model registry."""
+    from napari_medsam.models.loading import unload_model
 
-        unload_model(model)
+    unload_model(predictor.model)

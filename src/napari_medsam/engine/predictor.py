@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,17 +37,33 @@ if TYPE_CHECKING:
     import torch
 
     from napari_medsam.engine.store import EmbeddingStore
-    from napari_medsam.models import Family, LoadedModel
+    from napari_medsam.models import LoadedModel
+    from napari_medsam.models.families import Family
 
 logger = logging.getLogger(__name__)
 
 LOW_RES_SIZE = 256
 
 
+@runtime_checkable
 class SlicePredictor(Protocol):
-    """What propagation, prefetching and the widget need of a predictor (``MedSamPredictor`` or a spy)."""
+    """What propagation, prefetching, the widget and the CLI ask of a predictor.
+
+    :class:`MedSamPredictor` is the one implementation; the tests' stand-ins (``tests/fakes.py``)
+    implement the same members, so that no caller ever asks what it talks to.
+
+    - ``family``: the model family (:func:`~napari_medsam.models.families.family_spec`).
+    - ``store``: the embedding store read through after memory (None: none); a predictor without
+      an encoder may ignore it.
+    - ``set_image`` makes a slice current; ``predict`` gives a :class:`Prediction` for prompts on
+      it; ``features``, ``coverage`` and ``cells`` describe it on the embedding's 64 x 64 grid.
+    - ``precompute`` fills the cache for a slice without making it current and says whether an
+      encoder ran; it is thread-safe and leaves the current slice alone (``Lookahead`` and the
+      background ``Prefetcher`` call it from their threads).
+    """
 
     family: str
+    store: Any
 
     def set_image(self, image: np.ndarray, window: Sequence[float] | None = None) -> None: ...
 
@@ -59,7 +75,7 @@ class SlicePredictor(Protocol):
         mask_input: Any = None,
         multimask: bool = False,
         zoom: bool | None = None,
-    ) -> Any: ...
+    ) -> Prediction: ...
 
     def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool: ...
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from napari_medsam.base.preemption import Preempted, preemptible
 from napari_medsam.base.slicing import check_axis, take_slice
-from napari_medsam.engine.predictor import MedSamPredictor, SlicePredictor
+from napari_medsam.engine.predictor import SlicePredictor
 
 logger = logging.getLogger(__name__)
 #: Prefetchers not closed yet: closed (and joined) at interpreter exit, so that no thread is left
@@ -239,9 +239,9 @@ class Lookahead:
     each slice is encoded at most once. :meth:`submit_image` asks for any other image the walk will
     need (e.g. a crop around a small object): requests are encoded one at a time, in the order
     submitted, each after the one before; :meth:`close` waits for all of them. A walk that stops
-    early has encoded one slice past its end. Only a ``MedSamPredictor`` (whose ``precompute`` is
-    thread-safe and leaves the current image alone) is pipelined; with others, and with
-    ``Lookahead.enabled`` False, submitting does nothing.
+    early has encoded one slice past its end (``precompute`` is thread-safe and leaves the current
+    image alone: the ``SlicePredictor`` contract). With ``Lookahead.enabled`` False, submitting
+    does nothing.
     """
 
     #: Switch for A/B measurements (``benchmarks/bench_inference.py``).
@@ -249,7 +249,7 @@ class Lookahead:
 
     def __init__(self, predictor: SlicePredictor, volume: Any, axis: int, window: Any) -> None:
         self.predictor, self.volume, self.axis, self.window = predictor, volume, axis, window
-        self.active = self.enabled and isinstance(predictor, MedSamPredictor)
+        self.active = self.enabled
         self._thread: threading.Thread | None = None  # the last request; it waits for the one before
         #: Requests whose encoder run this lookahead started (precompute returned True).
         self.encoded = 0

@@ -28,13 +28,10 @@ from napari_medsam.base.windows import AUTO, WindowArg, resolve_window
 from napari_medsam.engine.object_model import Evidence, ObjectModel, agreement, objectness
 from napari_medsam.engine.predictor import SlicePredictor
 from napari_medsam.engine.prefetch import Lookahead
+from napari_medsam.models.families import family_spec
 
 logger = logging.getLogger(__name__)
 
-#: Whether propagation feeds the previous slice's low-resolution logits back (``mask_input``) by
-#: family. MedSAM and LiteMedSAM were trained on boxes only. SAM is untested here (no SAM weights
-#: offline), so it stays off until measured.
-PREVIOUS_LOGITS_DEFAULT: dict[str, bool] = {"medsam": False, "lite-medsam": False, "sam": False}
 #: The default pixel margin of a propagated box, as a fraction of the slice's longer side.
 MARGIN_OF_LONGER_SIDE = 0.025
 #: A cell of a slice the user vouched for (key, anchor) counts this many times a walk's own cell.
@@ -349,7 +346,7 @@ def propagate(
     ``anchors`` (slice -> mask; the slices of ``edits.anchors`` the user made or corrected) are
     fixed points: the walk takes them as they are, learns from them and goes on from them.
     With ``use_previous_logits`` the previous low-resolution logits go in as ``mask_input``
-    (default per family, :data:`PREVIOUS_LOGITS_DEFAULT`). ``window`` is passed to ``set_image``
+    (default: the family's, ``FamilySpec.previous_logits``). ``window`` is passed to ``set_image``
     for every slice: ``"auto"`` is MedSAM's training window for the volume
     (:func:`~napari_medsam.base.windows.training_window`), None each slice's own min..max.
     Yields a :class:`SliceStep` per slice; returns a boolean mask of the volume's shape.
@@ -371,7 +368,7 @@ def propagate(
     edits = edits or ObjectEdits()
     anchors = {int(z): np.asarray(m, dtype=bool) for z, m in (anchors or {}).items() if int(z) != key_slice}
     if use_previous_logits is None:
-        use_previous_logits = PREVIOUS_LOGITS_DEFAULT.get(str(predictor.family), False)
+        use_previous_logits = family_spec(predictor.family).previous_logits
     window = resolve_window(window, volume)
     plane = tuple(s for i, s in enumerate(shape) if i != axis)
     if any(m.shape != plane for m in anchors.values()):

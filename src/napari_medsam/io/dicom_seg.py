@@ -20,8 +20,9 @@ import numpy as np
 
 from napari_medsam.base.atomic import atomic_path
 from napari_medsam.base.objects import LabelObject, label_objects
+from napari_medsam.io.formats import is_dicom_file
 from napari_medsam.io.terminology import property_codes
-from napari_medsam.io.volumes import VolumeGeometry, is_dicom_file
+from napari_medsam.io.volumes import VolumeGeometry
 
 #: SOP Class UID of DICOM Segmentation Storage.
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from napari_medsam.io.formats import is_dicom_file
+
 #: Relative tolerance on slice spacing (DICOM positions are written with a few decimals).
 _SPACING_TOLERANCE = 0.01
 
@@ -95,7 +97,6 @@ def _header(path: str) -> object:
 
 def _unreadable_files(folder: str, in_series: set[str]) -> list[str]:
     """Files of ``folder`` that start as DICOM but no series holds and that do not read whole."""
-    from napari_medsam.io.volumes import is_dicom_file
 
     found = []
     series = {os.path.abspath(f) for f in in_series}

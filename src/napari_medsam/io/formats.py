@@ -1,4 +1,5 @@
-"""The one table of file formats: what the reader opens, what the writers write, and the CLI's plain images.
+"""The one table of file formats: what the reader opens, what the writers write, and the CLI's plain images;
+and the one place that decides what a file or folder is (:func:`format_of`, :func:`is_dicom_file`).
 
 ``napari.yaml`` repeats the reader patterns and writer extensions (npe2 reads them without
 importing code); ``tests/test_manifest.py`` holds the two together.
@@ -89,3 +90,37 @@ def check_contents(path: str | os.PathLike) -> None:
             f"{path.name} does not hold what its ending {suffix_of(path)} says: it is {what}; "
             "give it the ending of its format"
         )
+
+
+def format_of(path: str | os.PathLike) -> str | None:
+    """'NIfTI', 'NRRD', 'MetaImage' or 'DICOM' for a path the volume reader opens, else None: the
+    ending, else (a DICOM file without ``.dcm``, a folder) the DICOM preamble."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "DICOM" if is_dicom_folder(path) else None
+    fmt = VOLUME_FORMATS.get(suffix_of(path))
+    if fmt is not None:
+        return fmt
+    if os.path.isfile(path) and is_dicom_file(path):
+        return "DICOM"
+    return None
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True if ``path`` starts with the DICOM preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_dicom_folder(path: str | os.PathLike) -> bool:
+    """True if a file of folder ``path`` is a DICOM file (however many other files come first)."""
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return False
+    files = [e.path for e in entries if e.is_file() and not e.name.startswith(".")]
+    return any(is_dicom_file(f) for f in files)

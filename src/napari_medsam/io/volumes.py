@@ -30,8 +30,8 @@ from napari_medsam.base.atomic import atomic_path
 from napari_medsam.io.formats import (
     ITK_WRITE_SUFFIXES,
     READ_SUFFIXES,
-    VOLUME_FORMATS,
     check_contents,
+    format_of,
     stem_of,
     suffix_of,
 )
@@ -44,10 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GEOMETRY_KEY",
     "VolumeGeometry",
-    "format_of",
     "holds_centre",
-    "is_dicom_file",
-    "is_dicom_folder",
     "read_volume",
     "resample_labels",
     "volume_name",
@@ -247,39 +244,6 @@ class VolumeGeometry:
 
 
 # -- reading --------------------------------------------------------------------------------
-def format_of(path: str | os.PathLike) -> str | None:
-    """'NIfTI', 'NRRD', 'MetaImage' or 'DICOM' for a path this module reads, else None."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return "DICOM" if is_dicom_folder(path) else None
-    fmt = VOLUME_FORMATS.get(suffix_of(path))
-    if fmt is not None:
-        return fmt
-    if os.path.isfile(path) and is_dicom_file(path):
-        return "DICOM"
-    return None
-
-
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True if ``path`` starts with the DICOM preamble (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def is_dicom_folder(path: str | os.PathLike) -> bool:
-    """True if a file of folder ``path`` is a DICOM file (however many other files come first)."""
-    try:
-        entries = sorted(os.scandir(path), key=lambda e: e.name)
-    except OSError:
-        return False
-    files = [e.path for e in entries if e.is_file() and not e.name.startswith(".")]
-    return any(is_dicom_file(f) for f in files)
-
-
 def volume_name(path: str | os.PathLike) -> str:
     """A layer name for ``path``: the file name without its (double) suffix."""
     return stem_of(path)

@@ -20,7 +20,7 @@ REVIEW_KEY = "review"
 
 def object_edits(labels: Any, axis: int) -> dict[int, ObjectEdits]:
     """Label id -> the object's edits along ``axis`` (none when they were made along another)."""
-    return edits_in_entry((getattr(labels, "metadata", None) or {}).get(EDITS_KEY), axis)
+    return edits_in_entry(labels.metadata.get(EDITS_KEY), axis)
 
 
 def keep_edits(labels: Any, axis: int, changes: Mapping[int, ObjectEdits]) -> None:
@@ -30,7 +30,7 @@ def keep_edits(labels: Any, axis: int, changes: Mapping[int, ObjectEdits]) -> No
 
 def review_of(labels: Any) -> dict[int, tuple[int, ...]]:
     """Label id -> the slices its last walk asks to check (array indices along the walk's axis)."""
-    stored = (getattr(labels, "metadata", None) or {}).get(REVIEW_KEY) or {}
+    stored = labels.metadata.get(REVIEW_KEY) or {}
     return {int(i): tuple(r) for i, r in stored.items()}
 
 

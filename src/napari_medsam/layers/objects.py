@@ -23,7 +23,7 @@ MODEL_KEY = "model"
 
 def object_names(labels: Any) -> dict[int, str]:
     """Label id -> name of the objects a Labels layer names."""
-    return names_from_table(getattr(labels, "features", None))
+    return names_from_table(labels.features)
 
 
 def selected_object(labels: Any, action: str) -> int:
@@ -67,7 +67,7 @@ def _name_or_default(name: Any, label_id: int) -> str:
 
 def names_from_features(layer: Any | None, ids_by_row: Mapping[int, int]) -> dict[int, str]:
     """Label id -> the ``name`` feature of the prompt layer rows (a Shapes layer's boxes) that set one."""
-    features = getattr(layer, "features", None)
+    features = None if layer is None else layer.features
     if features is None or NAME not in features:
         return {}
     values = list(features[NAME])
@@ -109,7 +109,7 @@ def labels_stats(
 
     Slices are counted along the axis of the slider nearest the displayed axes (``dims_order``).
     """
-    data = np.asarray(labels.data[0] if getattr(labels, "multiscale", False) else labels.data)
+    data = np.asarray(labels.data[0] if labels.multiscale else labels.data)
     fits = image is not None and not image.rgb and spatial_shape(image) == data.shape
     pixels = np.asarray(image.data[0] if image.multiscale else image.data) if fits else None
     axis = slider_axis(dims_order, world_ndim or data.ndim, data.ndim) if len(dims_order) > 2 else None

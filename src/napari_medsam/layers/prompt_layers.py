@@ -1,4 +1,9 @@
-"""The widget's prompt and output layers: creation, click polarity, the ``label_id`` feature."""
+"""The prompt layers' features, read and written without a viewer: click polarity (``positive``),
+the ``label_id`` written for each prompt, whether a layer fits an image, an image's training window.
+
+The widget creates the layers in the viewer (:mod:`napari_medsam._qt.new_layers`) and binds the
+polarity key (:mod:`napari_medsam._qt.click_polarity`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from napari_medsam.base.objects import NAME, palette_cycle
 from napari_medsam.base.windows import WindowChoice, training_window
 from napari_medsam.io.volumes import GEOMETRY_KEY
 from napari_medsam.layers.prompts import spatial_shape
@@ -17,70 +21,6 @@ POSITIVE = "positive"
 #: Integer feature of the boxes (and clicks) layer: the label id written for the object (0 = new).
 LABEL_ID = "label_id"
 POSITIVE_COLORS = {True: "lime", False: "magenta"}
-#: What the widget's layers are called after their image: ``"<image> boxes"`` and so on.
-LAYER_SUFFIXES = {"boxes": "boxes", "clicks": "clicks", "labels": "MedSAM"}
-
-
-def image_transforms(image: Any) -> dict[str, Any]:
-    """Keyword arguments that give a new layer the image's placement in the world."""
-    return {
-        "scale": image.scale,
-        "translate": image.translate,
-        "rotate": image.rotate,
-        "shear": image.shear,
-        "affine": image.affine,
-        "units": image.units,
-    }
-
-
-def add_boxes_layer(viewer: Any, image: Any) -> Any:
-    """A Shapes layer for box prompts, each box with its ``label_id`` feature shown as text.
-
-    A box's ``name`` feature, when set, names its object.
-    """
-    size = min(spatial_shape(image)[-2:])
-    return viewer.add_shapes(
-        ndim=image.ndim,
-        name=f"{image.name} {LAYER_SUFFIXES['boxes']}",
-        features={LABEL_ID: np.zeros(0, dtype=int), NAME: np.zeros(0, dtype=object)},
-        feature_defaults={LABEL_ID: 0, NAME: ""},
-        edge_color="yellow",
-        face_color="transparent",
-        edge_width=max(1.0, size / 256),
-        text={"string": "{label_id}", "color": "white", "anchor": "upper_left", "size": 14},
-        **image_transforms(image),
-    )
-
-
-def add_clicks_layer(viewer: Any, image: Any, positive: bool = True) -> Any:
-    """A Points layer for click prompts, coloured by their ``positive`` feature."""
-    size = min(spatial_shape(image)[-2:])
-    return viewer.add_points(
-        np.zeros((0, image.ndim)),
-        name=f"{image.name} {LAYER_SUFFIXES['clicks']}",
-        features={POSITIVE: np.zeros(0, dtype=bool), LABEL_ID: np.zeros(0, dtype=int)},
-        feature_defaults={POSITIVE: positive, LABEL_ID: 0},
-        face_color=POSITIVE,
-        face_color_cycle=POSITIVE_COLORS,
-        border_color="black",
-        size=max(3.0, size / 40),
-        **image_transforms(image),
-    )
-
-
-def add_labels_layer(viewer: Any, image: Any, shape: tuple[int, ...]) -> Any:
-    """An empty uint16 Labels layer over the image, in the palette's colours, with its metadata.
-
-    The image's ``metadata`` (its file geometry, DICOM files) goes with the labels, so that
-    they are saved onto the image's grid and series.
-    """
-    return viewer.add_labels(
-        np.zeros(shape, dtype=np.uint16),
-        name=f"{image.name} {LAYER_SUFFIXES['labels']}",
-        colormap=palette_cycle(),
-        metadata=dict(image.metadata),
-        **image_transforms(image),
-    )
 
 
 def prepare_clicks_layer(layer: Any, positive: bool) -> None:
@@ -157,35 +97,6 @@ def set_features(layer: Any, features: Any) -> None:
         elif name == LABEL_ID:
             defaults[name] = 0
     layer.feature_defaults = defaults
-
-
-class ClickPolarity:
-    """Whether the next click is positive: a checkbox, and the clicks layer it sets the default of.
-
-    :meth:`toggle` flips it, or the selected clicks in select mode (the widget binds it to a key).
-    """
-
-    def __init__(self, checkbox: Any) -> None:
-        self._checkbox = checkbox
-        self.layer: Any = None
-        self._checkbox.changed.connect(self._on_checkbox)
-
-    def set_layer(self, layer: Any | None) -> None:
-        """Follow a new clicks layer (given the ``positive`` feature if it lacks it)."""
-        self.layer = layer
-        if layer is not None:
-            prepare_clicks_layer(layer, bool(self._checkbox.value))
-
-    def toggle(self) -> None:
-        """Flip the selected clicks in select mode, else the polarity of the next click."""
-        layer = self.layer
-        if layer is not None and layer.mode == "select" and flip_selected_clicks(layer):
-            return
-        self._checkbox.value = not self._checkbox.value
-
-    def _on_checkbox(self, positive: bool) -> None:
-        if self.layer is not None:
-            set_click_default(self.layer, bool(positive))
 
 
 def fits_image(layer: Any, image: Any) -> bool:

@@ -1,7 +1,7 @@
 """napari prompt layers -> per-slice model prompts: the one home of the coordinate conversions.
 
-Qt-free and napari-free: layers are used through their public methods only (``data``,
-``features``, ``data_to_world``, ``world_to_data``), so plain stand-ins work too.
+Qt-free and napari-free: layers are used through their public attributes and methods only
+(``data``, ``features``, ``data_to_world``, ``world_to_data``...).
 
 Coordinates. napari orders axes ``(..., row, col)``; the models take ``(x, y) = (col, row)``.
 :func:`layer_to_image` is the one place that maps a prompt layer's data coordinates through
@@ -139,7 +139,7 @@ def rowcol_to_xy(rowcol: np.ndarray) -> np.ndarray:
 
 def spatial_shape(image_layer: Any) -> tuple[int, ...]:
     """Spatial shape of an image layer (highest resolution level, RGB axis dropped)."""
-    data = image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
+    data = image_layer.data[0] if image_layer.multiscale else image_layer.data
     return tuple(int(s) for s in data.shape[: image_layer.ndim])
 
 
@@ -303,8 +303,8 @@ def clicks_from_points(
     row, col = plane_axes(dims_order, len(world_point), image_layer.ndim)
     shape = spatial_shape(image_layer)
     data = np.asarray(points_layer.data, dtype=float).reshape(-1, points_layer.ndim)
-    features = getattr(points_layer, "features", None)
-    if features is not None and positive_feature in features:
+    features = points_layer.features
+    if positive_feature in features:
         positive = np.asarray(features[positive_feature], dtype=bool)
     else:
         positive = np.ones(len(data), dtype=bool)

@@ -27,6 +27,7 @@ from napari_medsam.layers.prompts import (
     slider_position,
 )
 from napari_medsam.layers.requests import LayerInputs, RunSettings
+from napari_medsam.models.families import family_spec
 
 #: Loads (or reuses) the predictor for a model source and device; called inside the job.
 PredictorFor = Callable[[str, str], Any]
@@ -155,14 +156,16 @@ def loading_step(source: str) -> Progress:
 def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[SegmentOutcome]:
     """Encode each slice once and predict each object; yields (done, total, message).
 
-    MedSAM-family models get clicks as they are but with a warning when there is no box;
-    a SAM model given a single click proposes three masks and the best-scored one is kept.
+    Models trained on boxes only (``FamilySpec.boxes_only``: MedSAM, LiteMedSAM) get clicks as
+    they are but with a warning when there is no box; any other (SAM) given a single click
+    proposes three masks and the best-scored one is kept.
     """
     planes = [(p, list(objs)) for p, objs in groupby(request.objects, key=lambda o: o.plane)]
     total = 1 + len(planes) + len(request.objects)
     yield loading_step(request.settings.source)
     predictor = predictor_for(request.settings.source, request.settings.device)
     family = str(predictor.family)
+    boxes_only = family_spec(family).boxes_only
     masks: list[np.ndarray] = []
     notes: list[str] = []
     done = 1
@@ -172,7 +175,7 @@ def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[S
         done += 1
         for obj in objects:
             yield done, total, f"Segmenting object {len(masks) + 1} of {len(request.objects)}…"
-            if obj.box_xyxy is None and family != "sam":
+            if obj.box_xyxy is None and boxes_only:
                 notes.append(
                     f"{family} was trained on boxes only: clicks without a box give poor "
                     "masks. Draw a box, or pick a SAM model."
@@ -182,7 +185,7 @@ def segment_steps(request: SegmentRequest, predictor_for: PredictorFor) -> Job[S
                 box=obj.box_xyxy,
                 points=obj.points_xy if obj.has_points else None,
                 point_labels=obj.point_labels if obj.has_points else None,
-                multimask=family == "sam" and single_click,
+                multimask=not boxes_only and single_click,
             )
             masks.append(np.asarray(result.mask, dtype=bool))
             done += 1

@@ -128,7 +128,7 @@ def slice_numbers(inputs: LayerInputs, stack: PlaneStack) -> SliceNumbers:
         in_range = len(inputs.dims_range) > world_axis and inputs.dims_range[world_axis][2]
         steps.append(slider_step(position, inputs.dims_range[world_axis]) if in_range else z)
         world.append(position)
-    unit = "mm" if GEOMETRY_KEY in getattr(image, "metadata", {}) else None
+    unit = "mm" if GEOMETRY_KEY in image.metadata else None
     return SliceNumbers(tuple(steps), tuple(world), unit)
 
 

@@ -1,16 +1,16 @@
-"""Model families served by napari-medsam and the loaded-model bundle the predictor uses."""
+"""The loaded-model bundle the predictor uses; the model families are in :mod:`.families`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from napari_medsam.models.families import Family, FamilySpec, family_spec
 
 if TYPE_CHECKING:
     import torch
     from transformers import SamModel
 
-Family = Literal["medsam", "sam", "lite-medsam"]
-FAMILIES: tuple[Family, ...] = ("medsam", "sam", "lite-medsam")
 #: What runs a model's image encoder (``"auto"`` chooses one: :mod:`napari_medsam.models.backends`).
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 
@@ -34,6 +34,11 @@ class LoadedModel:
     dtype: torch.dtype
     weights: str = ""
     backend: str = "torch"
+
+    @property
+    def spec(self) -> FamilySpec:
+        """The facts of the model's family (input size, pre- and post-processing, prompts)."""
+        return family_spec(self.family)
 
     @property
     def identity(self) -> str:

@@ -182,10 +182,7 @@ def measure(models: dict[str, LoadedModel], runs: int = MEASURE_RUNS) -> dict[st
     each), the models interleaved so that other work on the machine slows them alike."""
     import torch
 
-    from napari_medsam.models.preprocessing import INPUT_SIZE
-
-    first = next(iter(models.values()))
-    size = INPUT_SIZE[first.family]
+    size = next(iter(models.values())).spec.input_size
     pixels = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     best = dict.fromkeys(models, float("inf"))
     with torch.inference_mode():

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from napari_medsam.base.atomic import write_bytes
-from napari_medsam.models.preprocessing import INPUT_SIZE
 from napari_medsam.models.weights import user_cache_dir
 
 if TYPE_CHECKING:
@@ -81,7 +80,7 @@ def cache_key(model: LoadedModel, graph_format: int, **extra: object) -> dict[st
         "format": graph_format,
         "identity": weights_identity(model),
         "family": model.family,
-        "input_size": INPUT_SIZE[model.family],
+        "input_size": model.spec.input_size,
         **extra,
     }
 

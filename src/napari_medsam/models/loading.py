@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from napari_medsam.base.errors import ModelLoadError
-from napari_medsam.models import FAMILIES, Family, LoadedModel
+from napari_medsam.models import LoadedModel
+from napari_medsam.models.families import Family, family_spec
 from napari_medsam.models.weights import LITE_MEDSAM_SHA256, download_steps, local_checkpoint
 
 if TYPE_CHECKING:
@@ -26,10 +27,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The alias of MedSAM ViT-B (the hub's, or the local copy :data:`MEDSAM_PATH_ENV` names).
+MEDSAM_ALIAS = "medsam"
 #: Alias -> (Hugging Face hub id, family). "lite-medsam" is the published LiteMedSAM checkpoint
 #: (installed, a local copy or downloaded once: :mod:`napari_medsam.models.weights`).
 HUB_ALIASES: dict[str, tuple[str, Family]] = {
-    "medsam": ("flaviagiammarino/medsam-vit-base", "medsam"),
+    MEDSAM_ALIAS: ("flaviagiammarino/medsam-vit-base", "medsam"),
     "sam-vit-base": ("facebook/sam-vit-base", "sam"),
     "sam-vit-large": ("facebook/sam-vit-large", "sam"),
     "sam-vit-huge": ("facebook/sam-vit-huge", "sam"),
@@ -66,7 +69,7 @@ def resolve_source(source: str | os.PathLike[str]) -> ModelSource:
     alias = text.lower()
     if alias in (LITE_ALIAS, "litemedsam", "lite_medsam"):
         return ModelSource("lite", LITE_ALIAS, "lite-medsam")
-    if alias == "medsam" and os.environ.get(MEDSAM_PATH_ENV):
+    if alias == MEDSAM_ALIAS and os.environ.get(MEDSAM_PATH_ENV):
         local = resolve_source(os.environ[MEDSAM_PATH_ENV])
         return ModelSource(local.kind, local.target, "medsam")
     if alias in HUB_ALIASES:
@@ -108,8 +111,8 @@ def load_model(
     """
     from napari_medsam.models.devices import resolve_device, resolve_dtype
 
-    if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}: use one of {', '.join(FAMILIES)}")
+    if family is not None:
+        family_spec(family)  # ValueError naming the families
     resolved = resolve_source(source)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -212,12 +215,13 @@ def _load_checkpoint(
     from napari_medsam.models.lite_medsam import is_lite_medsam_state_dict, load_lite_medsam
     from napari_medsam.models.sam_checkpoint import load_segment_anything_checkpoint
 
+    encoder = None if family is None else family_spec(family).encoder
     if _peek_is_lite(path, is_lite_medsam_state_dict):
-        if family not in (None, "lite-medsam"):
+        if encoder not in (None, "TinyViT"):
             raise ValueError(f"{path.name} is a LiteMedSAM checkpoint; it cannot run as family {family!r}")
         logger.info("%s: LiteMedSAM checkpoint (TinyViT encoder)", path.name)
         model = load_lite_medsam(path, device=device, dtype=dtype)
-    elif family == "lite-medsam":
+    elif encoder == "TinyViT":
         raise ValueError(f"{path.name} is not a LiteMedSAM checkpoint (no TinyViT encoder keys)")
     else:
         model = load_segment_anything_checkpoint(path, family=family, device=device, dtype=dtype)
@@ -270,8 +274,8 @@ def _load_pretrained(
     if family is None:
         family = _family_of_folder(Path(folder), sam.config.vision_config.hidden_size)
         logger.info("%s: family %r inferred from its processor config", name, family)
-    if family == "lite-medsam":
-        raise ValueError("a Hugging Face SAM folder cannot run as 'lite-medsam' (no TinyViT encoder)")
+    if family_spec(family).encoder != "ViT":
+        raise ValueError(f"a Hugging Face SAM folder cannot run as {family!r} (its encoder is a ViT)")
     sam = sam.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return LoadedModel(family, sam, SamImageEncoder(sam), name, device, dtype)
 
@@ -347,4 +351,4 @@ def is_available_offline(source: str | os.PathLike[str]) -> bool:
 
 def default_source() -> str:
     """MedSAM ViT-B when its weights are already on this machine, else LiteMedSAM."""
-    return "medsam" if is_available_offline("medsam") else LITE_ALIAS
+    return MEDSAM_ALIAS if is_available_offline(MEDSAM_ALIAS) else LITE_ALIAS

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from napari_medsam.base.errors import ModelLoadError, import_extra
 from napari_medsam.models import graph_cache
-from napari_medsam.models.preprocessing import INPUT_SIZE
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -153,14 +152,15 @@ class _VisionEmbeddings(nn.Module):
 
 
 def export_module(model: LoadedModel) -> nn.Module:
-    """The module exported for ``model``'s family: TinyViT itself, or the ``SamModel``'s ViT."""
-    return model.encoder if model.family == "lite-medsam" else _VisionEmbeddings(model.sam).eval()
+    """The module exported for ``model``'s family (its spec's ``encoder``): TinyViT itself, or the
+    ``SamModel``'s ViT."""
+    return model.encoder if model.spec.encoder == "TinyViT" else _VisionEmbeddings(model.sam).eval()
 
 
 def _export(model: LoadedModel, key: str) -> bytes:
     onnx = import_extra("onnx", PURPOSE, "onnx")
     import_extra("onnxscript", PURPOSE, "onnx")  # torch.onnx.export(dynamo=True) imports it itself
-    size = INPUT_SIZE[model.family]
+    size = model.spec.input_size
     module = export_module(model)
     trainable = [p for p in module.parameters() if p.requires_grad]
     # the exporter's noise (torchvision absent, its own deprecations) is not the user's business

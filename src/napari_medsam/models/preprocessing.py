@@ -1,8 +1,10 @@
-"""Intensity windowing and each model family's resize, prompt scaling and mask output.
+"""Intensity windowing and the procedures of each family's resize, prompt scaling and mask output.
 
-The three families differ on purpose (see MEDSAM_FACTS): MedSAM stretches the slice to 1024 x 1024,
-SAM and LiteMedSAM keep the aspect and pad; MedSAM thresholds after upsampling the sigmoid, LiteMedSAM
-upsamples the logits before the sigmoid, SAM upsamples logits and thresholds them at 0.
+Which family runs which procedure is its :class:`~napari_medsam.models.families.FamilySpec`; the
+functions here look it up and never compare a family's name. The families differ on purpose (see
+MEDSAM_FACTS): MedSAM stretches the slice to 1024 x 1024, SAM and LiteMedSAM keep the aspect and
+pad; MedSAM thresholds after upsampling the sigmoid, LiteMedSAM upsamples the logits before the
+sigmoid, SAM upsamples logits and thresholds them at 0.
 """
 
 from __future__ import annotations
@@ -12,19 +14,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_medsam.models.families import family_spec
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import torch
-
-    from napari_medsam.models import Family
 
 #: Bump when any step below changes, so cached embeddings of the old procedure are not reused.
 PREPROCESSING_VERSION = 2
 
 SAM_PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 SAM_PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
-INPUT_SIZE: dict[str, int] = {"medsam": 1024, "sam": 1024, "lite-medsam": 256}
 
 
 @dataclass(frozen=True)
@@ -89,42 +90,62 @@ def _resize_channels(rgb: np.ndarray, resize_2d: Callable[[np.ndarray], np.ndarr
     return np.stack([resize_2d(rgb[..., c]) for c in range(rgb.shape[-1])], axis=-1)
 
 
-def model_input(rgb: np.ndarray, family: Family) -> tuple[np.ndarray, InputGeometry]:
-    """Turn an (H, W, 3) uint8 slice into the family's (3, S, S) float32 model input."""
+def _bicubic(channel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """MedSAM: scikit-image's bicubic resize with anti-aliasing (values kept, float)."""
     from skimage.transform import resize
 
-    original = (int(rgb.shape[0]), int(rgb.shape[1]))
-    size = INPUT_SIZE[family]
-    if family == "medsam":
-        # MedSAM: stretch to 1024 x 1024 (aspect not kept), bicubic with anti-aliasing, back to
-        # uint8, then min-max to [0, 1]; no mean/std normalisation, no padding.
-        shape = (size, size)
-        resized = _resize_channels(
-            rgb, lambda c: resize(c, shape, order=3, preserve_range=True, anti_aliasing=True)
-        )
-        pixels = _min_max(resized.astype(np.uint8))
-    elif family == "lite-medsam":
-        # LiteMedSAM, as its published inference (CVPR24_LiteMedSAM_infer): longest side to 256
-        # with OpenCV's INTER_AREA on the uint8 slice (an upscale for slices under 256 px, where
-        # INTER_AREA is close to nearest neighbour), min-max to [0, 1], zero-padded bottom/right.
-        import cv2
+    return resize(channel, shape, order=3, preserve_range=True, anti_aliasing=True)
 
-        shape = _resized_shape(original, size)
-        resized = _resize_channels(
-            rgb, lambda c: cv2.resize(np.ascontiguousarray(c), shape[::-1], interpolation=cv2.INTER_AREA)
-        )
-        pixels = _pad_square(_min_max(resized), size)
-    elif family == "sam":
-        # SAM: longest side to 1024 (bilinear, anti-aliased), ImageNet mean/std, zero pad.
-        shape = _resized_shape(original, size)
-        resized = _resize_channels(
-            rgb, lambda c: resize(c, shape, order=1, preserve_range=True, anti_aliasing=True)
-        )
-        normalised = (np.round(resized).astype(np.float32) - SAM_PIXEL_MEAN) / SAM_PIXEL_STD
-        pixels = _pad_square(normalised, size)
-    else:
-        raise ValueError(f"unknown model family {family!r}")
-    geometry = InputGeometry(family, original, shape, size)
+
+def _bilinear(channel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """SAM: scikit-image's bilinear resize with anti-aliasing (values kept, float)."""
+    from skimage.transform import resize
+
+    return resize(channel, shape, order=1, preserve_range=True, anti_aliasing=True)
+
+
+def _area(channel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """LiteMedSAM: OpenCV's INTER_AREA on the uint8 slice (an upscale for slices under 256 px,
+    where INTER_AREA is close to nearest neighbour)."""
+    import cv2
+
+    return cv2.resize(np.ascontiguousarray(channel), shape[::-1], interpolation=cv2.INTER_AREA)
+
+
+def _uint8_min_max(resized: np.ndarray) -> np.ndarray:
+    """Back to uint8 (truncating), then min-max to [0, 1]; no mean/std normalisation."""
+    return _min_max(resized.astype(np.uint8))
+
+
+def _rounded_imagenet(resized: np.ndarray) -> np.ndarray:
+    """Rounded to grey levels, then ImageNet's mean and standard deviation."""
+    return (np.round(resized).astype(np.float32) - SAM_PIXEL_MEAN) / SAM_PIXEL_STD
+
+
+#: A spec's ``resize``: (one channel, (rows, cols)) -> that channel resized.
+RESIZES: dict[str, Callable[[np.ndarray, tuple[int, int]], np.ndarray]] = {
+    "bicubic": _bicubic,
+    "bilinear": _bilinear,
+    "area": _area,
+}
+#: A spec's ``normalise``: the resized (h, w, c) slice -> float model input before padding.
+NORMALISES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "uint8 min-max": _uint8_min_max,
+    "rounded ImageNet": _rounded_imagenet,
+}
+
+
+def model_input(rgb: np.ndarray, family: str) -> tuple[np.ndarray, InputGeometry]:
+    """Turn an (H, W, 3) uint8 slice into the family's (3, S, S) float32 model input."""
+    spec = family_spec(family)
+    original = (int(rgb.shape[0]), int(rgb.shape[1]))
+    size = spec.input_size
+    shape = _resized_shape(original, size) if spec.keeps_aspect else (size, size)
+    resize = RESIZES[spec.resize]
+    pixels = NORMALISES[spec.normalise](_resize_channels(rgb, lambda c: resize(c, shape)))
+    if spec.keeps_aspect:
+        pixels = _pad_square(pixels, size)
+    geometry = InputGeometry(spec.name, original, shape, size)
     channels_first = np.broadcast_to(pixels, (size, size, 3)).transpose(2, 0, 1)
     return np.ascontiguousarray(channels_first, dtype=np.float32), geometry
 
@@ -132,17 +153,17 @@ def model_input(rgb: np.ndarray, family: Family) -> tuple[np.ndarray, InputGeome
 def prompt_scale(geometry: InputGeometry) -> tuple[float, float]:
     """The (x, y) factors from image pixels to model-input pixels."""
     (height, width), (new_h, new_w) = geometry.original, geometry.resized
-    if geometry.family == "lite-medsam":
+    if family_spec(geometry.family).prompt_scale == "longest side":
         ratio = geometry.input_size / max(height, width)
         return ratio, ratio
     return new_w / width, new_h / height
 
 
 def scale_box(box_xyxy: np.ndarray, geometry: InputGeometry) -> np.ndarray:
-    """Scale an (x0, y0, x1, y1) box to model-input pixels (LiteMedSAM truncates, as published)."""
+    """Scale an (x0, y0, x1, y1) box to model-input pixels (truncated where the family's spec says)."""
     sx, sy = prompt_scale(geometry)
     scaled = np.asarray(box_xyxy, dtype=np.float64) * np.array([sx, sy, sx, sy])
-    if geometry.family == "lite-medsam":
+    if family_spec(geometry.family).truncate_boxes:
         scaled = np.trunc(scaled)
     return scaled
 
@@ -153,25 +174,46 @@ def scale_points(points_xy: np.ndarray, geometry: InputGeometry) -> np.ndarray:
     return np.asarray(points_xy, dtype=np.float64) * np.array([sx, sy])
 
 
-def masks_from_logits(low_res: torch.Tensor, geometry: InputGeometry) -> torch.Tensor:
-    """Turn (M, 256, 256) low-resolution logits into (M, H, W) boolean masks, family by family."""
+def _sigmoid_then_upsample(logits: torch.Tensor, geometry: InputGeometry) -> torch.Tensor:
+    """MedSAM: the sigmoid of the 256 x 256 logits, bilinear up to (H, W), then > 0.5."""
     import torch
     import torch.nn.functional as F
 
-    logits = low_res.float()[:, None]
-    height, width = geometry.original
-    if geometry.family == "medsam":
-        probs = F.interpolate(
-            torch.sigmoid(logits), size=(height, width), mode="bilinear", align_corners=False
-        )
-        return probs[:, 0] > 0.5
+    probs = F.interpolate(torch.sigmoid(logits), size=geometry.original, mode="bilinear", align_corners=False)
+    return probs[:, 0] > 0.5
+
+
+def _upsample_crop_resize(logits: torch.Tensor, geometry: InputGeometry) -> torch.Tensor:
+    """SAM: logits up to the input size, cropped of the padding, resized to (H, W), then > 0."""
+    import torch.nn.functional as F
+
     side = geometry.input_size
-    if geometry.family == "sam":
-        logits = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
-        crop = logits[..., : geometry.resized[0], : geometry.resized[1]]
-        upsampled = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
-        return upsampled[:, 0] > 0.0
-    # lite-medsam: the 256 x 256 logits are at input scale already; crop the padding, upsample, sigmoid.
+    logits = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
     crop = logits[..., : geometry.resized[0], : geometry.resized[1]]
-    upsampled = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
+    upsampled = F.interpolate(crop, size=geometry.original, mode="bilinear", align_corners=False)
+    return upsampled[:, 0] > 0.0
+
+
+def _crop_upsample_sigmoid(logits: torch.Tensor, geometry: InputGeometry) -> torch.Tensor:
+    """LiteMedSAM: the 256 x 256 logits are at input scale already; crop the padding, upsample to
+    (H, W), then the sigmoid > 0.5."""
+    import torch
+    import torch.nn.functional as F
+
+    crop = logits[..., : geometry.resized[0], : geometry.resized[1]]
+    upsampled = F.interpolate(crop, size=geometry.original, mode="bilinear", align_corners=False)
     return torch.sigmoid(upsampled)[:, 0] > 0.5
+
+
+#: A spec's ``mask_output``: ((M, 1, 256, 256) float logits, geometry) -> (M, H, W) bool masks.
+MASK_OUTPUTS: dict[str, Callable[[torch.Tensor, InputGeometry], torch.Tensor]] = {
+    "sigmoid, upsample": _sigmoid_then_upsample,
+    "upsample, crop, resize, > 0": _upsample_crop_resize,
+    "crop, upsample, sigmoid": _crop_upsample_sigmoid,
+}
+
+
+def masks_from_logits(low_res: torch.Tensor, geometry: InputGeometry) -> torch.Tensor:
+    """Turn (M, 256, 256) low-resolution logits into (M, H, W) boolean masks, as the family's spec says."""
+    output = MASK_OUTPUTS[family_spec(geometry.family).mask_output]
+    return output(low_res.float()[:, None], geometry)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from napari_medsam.base.errors import ModelLoadError
-from napari_medsam.models import Family, LoadedModel
+from napari_medsam.models import LoadedModel
 from napari_medsam.models.checkpoints import (
     GAUSSIAN_KEY,
     GAUSSIAN_TARGETS,
@@ -30,6 +30,7 @@ from napari_medsam.models.checkpoints import (
     require,
     state_dict_mismatches,
 )
+from napari_medsam.models.families import Family, families_with, family_spec
 from napari_medsam.models.fast_vit import SamImageEncoder
 
 if TYPE_CHECKING:
@@ -375,8 +376,8 @@ def load_segment_anything_checkpoint(
         raise FileNotFoundError(f"No checkpoint file at {path}")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a folder; expected a segment-anything .pth file.")
-    if family not in (None, "sam", "medsam"):
-        raise ValueError(f"family must be 'sam', 'medsam' or None, not {family!r}")
+    if family is not None and family_spec(family).encoder != "ViT":
+        raise ValueError(f"family must be one of {', '.join(families_with('ViT'))} or None, not {family!r}")
     state_dict = read_state_dict(path)
     _reject_lite_medsam(state_dict)
     state_dict = dict(_with_original_names(state_dict))
