@@ -86,7 +86,7 @@ def test_backend_errors_say_what_to_use(backend, device, dtype, message):
 
 
 @pytest.mark.slow
-def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, exports, lite_onnx):
+def test_cli_backend_option_reaches_the_encoder(tmp_path, monkeypatch, lite_onnx, exports):
     """``segment --backend onnxruntime`` runs the real LiteMedSAM encoder through ONNX Runtime
     (the graph ``lite_onnx`` exported, from its cache)."""
     import argparse
