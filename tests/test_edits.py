@@ -40,6 +40,15 @@ def walked(predictor, image, truth):
     return editor, walk
 
 
+def corrected_at_an_end(predictor, image, truth, end: str):
+    """The one-box walk, then a correction with the reference box + 3 px on the object's ``end``
+    ("first" or "last") slice: (the walk, the corrected result, that slice)."""
+    editor, walk = walked(predictor, image, truth)
+    present = np.flatnonzero(truth.any(axis=(1, 2)))
+    z = int(present[0] if end == "first" else present[-1])
+    return walk, run_to_end(editor.correct(walk.labels, 1, z, oracle_box(truth[z]), walk.edits)), z
+
+
 def slice_dices(mask, truth):
     return {int(z): dice(mask[z], truth[z]) for z in np.flatnonzero(truth.any(axis=(1, 2)))}
 
@@ -170,9 +179,7 @@ def test_a_box_on_the_brain_tumours_first_slice_does_not_make_it_worse(predictor
     """It went 0.786 -> 0.741 from a box on the tumour's first slice."""
     image, labels = brain_mr()
     truth = labels == 1
-    editor, walk = walked(predictor, image, truth)
-    first = int(np.flatnonzero(truth.any(axis=(1, 2)))[0])
-    done = run_to_end(editor.correct(walk.labels, 1, first, oracle_box(truth[first]), walk.edits))
+    walk, done, first = corrected_at_an_end(predictor, image, truth, "first")
     assert dice(done.labels == 1, truth) >= dice(walk.labels == 1, truth)
     assert_harmless(walk.labels == 1, done.labels == 1, truth, first)
     assert done.edits.anchors == {first, int(np.argmax(truth.sum(axis=(1, 2))))}
@@ -183,9 +190,7 @@ def test_a_box_on_the_ct_spleens_last_slice_leaves_the_rest(predictor):
     """Slice 19 lost 0.36 Dice from a box on the spleen's last slice."""
     image, labels = ct_spleen()
     truth = labels == 1
-    editor, walk = walked(predictor, image, truth)
-    last = int(np.flatnonzero(truth.any(axis=(1, 2)))[-1])
-    done = run_to_end(editor.correct(walk.labels, 1, last, oracle_box(truth[last]), walk.edits))
+    walk, done, last = corrected_at_an_end(predictor, image, truth, "last")
     assert_harmless(walk.labels == 1, done.labels == 1, truth, last)
     assert set(done.changed) <= {last - 1, last, last + 1}
 
@@ -206,10 +211,8 @@ def test_a_box_past_a_nodules_end_fills_its_slice_and_no_more(predictor):
     """The walk missed the nodule's first slice: a box there adds that slice, never the ones past it."""
     image, labels = lung_nodule()
     truth = labels == 1
-    editor, walk = walked(predictor, image, truth)
-    first = int(np.flatnonzero(truth.any(axis=(1, 2)))[0])
+    walk, done, first = corrected_at_an_end(predictor, image, truth, "first")
     assert not (walk.labels[first] == 1).any()  # (measured: the walk stops one slice short)
-    done = run_to_end(editor.correct(walk.labels, 1, first, oracle_box(truth[first]), walk.edits))
     assert done.changed == (first,)
     assert dice(done.labels == 1, truth) > dice(walk.labels == 1, truth)
 
