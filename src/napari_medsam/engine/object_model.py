@@ -8,6 +8,10 @@ slice of the same scan: > 0 where a cell looks more like the object than like wh
 in this scan. PerSAM's one-shot location prior (the target's mean embedding against every cell)
 is the unfitted special case; the discriminant also learns which directions of the embedding
 tell this object from this scan's neighbours, and it follows the object's look slice by slice.
+
+The matrix products and the solve run in PyTorch, on the threads the model already runs on: numpy's
+BLAS would start a second pool of threads, and on a machine with few cores the two pools fight
+(a walk measured 2.4x slower with two threads each; docs/propagation.md, issue 31).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 #: Shrinkage of the pooled covariance towards its mean variance (a ridge): the cells of a few
 #: slices are too few and too correlated for a full 256 x 256 estimate.
@@ -34,7 +39,8 @@ class _Moments:
     @classmethod
     def of(cls, rows: np.ndarray, weight: float) -> _Moments:
         rows = np.asarray(rows, dtype=np.float32)  # the products in float32, their sums kept in float64
-        outer = (rows.T @ rows).astype(np.float64)
+        matrix = torch.from_numpy(np.ascontiguousarray(rows))
+        outer = (matrix.T @ matrix).double().numpy()
         return cls(weight * len(rows), weight * rows.sum(axis=0, dtype=np.float64), weight * outer)
 
     def __add__(self, other: _Moments) -> _Moments:
@@ -106,14 +112,17 @@ class ObjectModel:
         if not np.any(gap):  # the two look alike: nothing to tell them apart by
             return None
         ridge = max(SHRINKAGE * np.trace(within) / len(within), 1e-9 * float(gap @ gap))
-        direction = np.linalg.solve(within + ridge * np.eye(len(within)), gap)
+        system = torch.from_numpy(within + ridge * np.eye(len(within)))
+        direction = torch.linalg.solve(system, torch.from_numpy(gap)).numpy()
         offset = float(direction @ (mean_in + mean_out) / 2)
-        spread = float(np.sqrt(max(direction @ within @ direction, 1e-12)))
+        spread = float(np.sqrt(max(np.einsum("i,ij,j->", direction, within, direction), 1e-12)))
         return cls(direction.astype(np.float32), offset, spread)
 
     def score(self, cells: np.ndarray) -> np.ndarray:
         """Each cell's score (64, 64): in units of the classes' spread, > 0 more like the object."""
-        return (cells @ self.direction - self.offset) / self.spread
+        flat = cells.reshape(-1, cells.shape[-1]).astype(np.float32)  # a copy: the cells may be read-only
+        along = (torch.from_numpy(flat) @ torch.from_numpy(self.direction)).numpy().reshape(cells.shape[:-1])
+        return (along - self.offset) / self.spread
 
 
 def objectness(scores: np.ndarray, coverage: np.ndarray) -> float | None:
