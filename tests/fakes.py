@@ -1,7 +1,7 @@
 """Stand-ins for MedSamPredictor: every one implements its protocol (``engine.predictor.SlicePredictor``,
 checked by ``test_fakes.py``), so that production code never needs to ask what it talks to.
 
-Each keeps the current image and answers ``coverage``, ``cells`` and ``features`` from a 64 x 64
+Each keeps the current image and answers ``coverage`` and ``cells`` from a 64 x 64
 grid of it, as the real predictor answers them from its embedding: a cell's vector is a *look*
 of the mean intensity of the pixels it covers (:class:`CellGrid`). ``predict`` returns the real
 :class:`~napari_medsam.engine.predictor.Prediction`.
@@ -45,7 +45,7 @@ def same_look(means: np.ndarray) -> np.ndarray:
 
 
 class CellGrid:
-    """``coverage``, ``cells`` and ``features`` of the image in ``self.image`` (2D), through ``self.look``."""
+    """``coverage`` and ``cells`` of the image in ``self.image`` (2D), through ``self.look``."""
 
     image: np.ndarray
     look: Callable[[np.ndarray], np.ndarray] = staticmethod(same_look)
@@ -57,12 +57,6 @@ class CellGrid:
         plane = np.asarray(self.image, np.float32)
         plane = plane if plane.ndim == 2 else plane.mean(axis=-1)
         return self.look(cv2.resize(plane, (CELLS, CELLS), interpolation=cv2.INTER_AREA))
-
-    def features(self, mask: np.ndarray) -> np.ndarray | None:
-        weights = self.coverage(mask)
-        if weights.sum() <= 0:
-            return None
-        return np.tensordot(self.cells(), weights, axes=([0, 1], [0, 1])) / weights.sum()
 
 
 def _logits(value: float = 0.0) -> np.ndarray:

@@ -146,8 +146,6 @@ def test_the_checks_see_imports_inside_functions(tmp_path):
     ]  # fmt: skip
 
 
-
-
 def module_name(path: Path) -> str:
     """``napari_medsam.io.volumes`` for ``.../napari_medsam/io/volumes.py`` (a package: its ``__init__``)."""
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -185,7 +183,7 @@ def test_no_cycle_between_modules_of_one_package():
     assert parts_in_cycles(edges) == []
 
 
-def test_the_module_check_sees_submodules_and_their_packages(tmp_path):
+def test_the_module_check_sees_submodules_and_their_packages():
     cli = modules_imported(PACKAGE / "cli" / "__init__.py")
     assert cli >= {"napari_medsam.cli.batch", "napari_medsam.cli.demo"}
     assert "napari_medsam.cli" not in modules_imported(PACKAGE / "cli" / "batch.py")
@@ -194,7 +192,8 @@ def test_the_module_check_sees_submodules_and_their_packages(tmp_path):
 
 def family_comparisons(path: Path, root: Path = PACKAGE) -> list[str]:
     """Where ``path`` compares a family (``family ==``, ``model.family in (...)``) or a family's name
-    (``x == "lite-medsam"``), other than with None: ``file:line`` each."""
+    (``x == "lite-medsam"``), other than with None, or looks a fact up by family (``SIZES[model.
+    family]``, ``table.get(family)``, a dict keyed by a family's name): ``file:line`` each."""
     from napari_medsam.models.families import FAMILIES
 
     def is_family(node: ast.expr) -> bool:
@@ -203,16 +202,23 @@ def family_comparisons(path: Path, root: Path = PACKAGE) -> list[str]:
         named = any(isinstance(n, ast.Constant) and n.value in FAMILIES for n in names)
         return name == "family" or name.endswith("_family") or named
 
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    def branches_on_family(node: ast.AST) -> bool:
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
-            if any(isinstance(n, ast.Constant) and n.value is None for n in operands):
-                continue
-            if any(is_family(n) for n in operands):
-                found.append(f"{path.relative_to(root)}:{node.lineno}")
-        elif isinstance(node, ast.MatchValue) and is_family(node.value):
-            found.append(f"{path.relative_to(root)}:{node.lineno}")
+            none = any(isinstance(n, ast.Constant) and n.value is None for n in operands)
+            return not none and any(is_family(n) for n in operands)
+        if isinstance(node, ast.MatchValue):
+            return is_family(node.value)
+        if isinstance(node, ast.Subscript):  # SIZES[model.family]
+            return is_family(node.slice)
+        if isinstance(node, ast.Dict):  # {"sam": 1024}
+            return any(key is not None and is_family(key) for key in node.keys)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            return bool(node.args) and is_family(node.args[0])  # SIZES.get(family)
+        return False
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = [f"{path.relative_to(root)}:{node.lineno}" for node in ast.walk(tree) if branches_on_family(node)]
     return found
 
 
@@ -226,8 +232,10 @@ def test_the_family_check_finds_branches(tmp_path):
     probe.write_text(
         'if model.family == "sam": pass\nif family in ("medsam", "lite-medsam"): pass\n'
         'if name != "lite-medsam": pass\nif family is None: pass\nif spec.boxes_only: pass\n'
+        'size = SIZES[model.family]\nsize = SIZES.get(family, 0)\nSIZES = {"sam": 1024}\n'
+        "spec = family_spec(model.family)\n"
     )
-    assert family_comparisons(probe, tmp_path) == ["probe.py:1", "probe.py:2", "probe.py:3"]
+    assert family_comparisons(probe, tmp_path) == [f"probe.py:{n}" for n in (1, 2, 3, 6, 7, 8)]
 
 
 def test_no_module_of_the_view_is_over_its_length():
@@ -275,3 +283,40 @@ def test_the_package_never_imports_the_tests():
         if (bad := [n for n in imports_of(path) if n.split(".")[0] in names])
     }
     assert found == {}
+
+
+def predictor_probes(path: Path, root: Path = PACKAGE) -> list[str]:
+    """Where ``path`` asks what kind of predictor it holds: ``isinstance(x, SomePredictor)``, or
+    ``hasattr`` / ``getattr(..., default)`` on a name that holds a predictor: ``file:line`` each."""
+
+    def named(node: ast.expr) -> str:
+        return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+
+    def probes(node: ast.AST) -> bool:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 2):
+            return False
+        function, (subject, what, *rest) = node.func.id, node.args
+        if function == "isinstance":
+            kinds = what.elts if isinstance(what, ast.Tuple) else [what]
+            return any(named(kind).endswith("Predictor") for kind in kinds)
+        asks = function == "hasattr" or (function == "getattr" and bool(rest))
+        return asks and "predictor" in named(subject).lower()
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = sorted(node.lineno for node in ast.walk(tree) if probes(node))
+    return [f"{path.relative_to(root)}:{line}" for line in found]
+
+
+def test_the_package_never_asks_what_predictor_it_holds():
+    """Every predictor, real or the tests' stand-ins, implements ``SlicePredictor``: nothing asks which."""
+    assert [hit for path in MODULES for hit in predictor_probes(path)] == []
+
+
+def test_the_predictor_check_finds_probes(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "if isinstance(p, MedSamPredictor): pass\nif hasattr(self.predictor, 'cells'): pass\n"
+        "x = getattr(predictor, 'store', None)\nif isinstance(p, (int, engine.SpyPredictor)): pass\n"
+        "if isinstance(p, np.ndarray): pass\ny = getattr(predictor, name)\n"
+    )
+    assert predictor_probes(probe, tmp_path) == ["probe.py:1", "probe.py:2", "probe.py:3", "probe.py:4"]

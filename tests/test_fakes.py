@@ -37,4 +37,3 @@ def test_every_stand_in_implements_the_protocol_and_gives_predictions(cls):
     assert prediction.mask.shape == image.shape
     assert prediction.mask[20, 24]
     assert predictor.cells().shape[:2] == (fakes.CELLS, fakes.CELLS)
-    assert predictor.features(prediction.mask) is not None

@@ -56,7 +56,7 @@ class SlicePredictor(Protocol):
     - ``store``: the embedding store read through after memory (None: none); a predictor without
       an encoder may ignore it.
     - ``set_image`` makes a slice current; ``predict`` gives a :class:`Prediction` for prompts on
-      it; ``features``, ``coverage`` and ``cells`` describe it on the embedding's 64 x 64 grid.
+      it; ``coverage`` and ``cells`` describe it on the embedding's 64 x 64 grid.
     - ``precompute`` fills the cache for a slice without making it current and says whether an
       encoder ran; it is thread-safe and leaves the current slice alone (``Lookahead`` and the
       background ``Prefetcher`` call it from their threads).
@@ -78,8 +78,6 @@ class SlicePredictor(Protocol):
     ) -> Prediction: ...
 
     def precompute(self, image: np.ndarray, window: Sequence[float] | None = None) -> bool: ...
-
-    def features(self, mask: np.ndarray) -> np.ndarray | None: ...
 
     def coverage(self, mask: np.ndarray) -> np.ndarray: ...
 
@@ -288,21 +286,6 @@ class MedSamPredictor:
                 array.flags.writeable = False
                 self._cells = (embedding, array)
             return self._cells[1]
-
-    def features(self, mask: np.ndarray) -> np.ndarray | None:
-        """The current image's embedding averaged over ``mask`` (H, W): one vector per mask (None if empty).
-
-        Each embedding cell counts by the fraction of it the mask covers (:meth:`coverage`), so a
-        mask smaller than a cell still has features. The model's own view of what the mask holds,
-        comparable between slices of one volume on any modality.
-        """
-        weights = self.coverage(mask)
-        total = float(weights.sum())
-        if total <= 0:
-            return None
-        embedding, _ = self._current("features")
-        vectors = embedding[0].float().cpu().numpy()
-        return np.tensordot(vectors, weights, axes=([1, 2], [0, 1])) / total
 
     def _current(self, verb: str) -> tuple[torch.Tensor, InputGeometry]:
         with self._lock:

@@ -249,20 +249,19 @@ class Lookahead:
 
     def __init__(self, predictor: SlicePredictor, volume: Any, axis: int, window: Any) -> None:
         self.predictor, self.volume, self.axis, self.window = predictor, volume, axis, window
-        self.active = self.enabled
         self._thread: threading.Thread | None = None  # the last request; it waits for the one before
         #: Requests whose encoder run this lookahead started (precompute returned True).
         self.encoded = 0
 
     def submit(self, z: int) -> None:
         """Encode slice ``z`` in the background, after the requests before it (outside the volume: none)."""
-        if self.active and 0 <= z < np.shape(self.volume)[self.axis]:
+        if self.enabled and 0 <= z < np.shape(self.volume)[self.axis]:
             self._queue(lambda: take_slice(self.volume, z, self.axis), self.window, f"slice {z}")
 
     def submit_image(self, image: np.ndarray, window: Sequence[float] | None = None) -> None:
         """Encode ``image`` (e.g. a crop of a slice, in ``window``) in the background, after the
         requests before it; a later ``set_image`` of the same pixels and window finds it cached."""
-        if self.active:
+        if self.enabled:
             self._queue(lambda: image, window, f"an image of shape {np.shape(image)}")
 
     def _queue(self, image: Callable[[], np.ndarray], window: Any, what: str) -> None:

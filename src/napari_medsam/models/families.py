@@ -3,7 +3,7 @@
 The rest of the package asks the spec (``family_spec(model.family)``, ``LoadedModel.spec``) and
 never compares a family's name: adding a family is one spec here (its procedures, when new, in
 :mod:`napari_medsam.models.preprocessing`) and a loader (``docs/ARCHITECTURE.md``, "Where to
-add"). The facts are those of each family's published inference (``MEDSAM_FACTS``); the tests hold
+add"). The facts are those of each family's published inference (docs/preprocessing.md); the tests hold
 each family's preprocessing against an independent re-statement of it.
 
 Pure data: this module imports nothing of the package, so anything may import it.
@@ -50,7 +50,6 @@ class FamilySpec:
     """
 
     name: Family
-    title: str
     input_size: int
     keeps_aspect: bool
     resize: Resize
@@ -65,7 +64,6 @@ class FamilySpec:
 
 MEDSAM = FamilySpec(
     name="medsam",
-    title="MedSAM",
     input_size=1024,
     keeps_aspect=False,  # stretched to 1024 x 1024, as MedSAM was trained
     resize="bicubic",
@@ -79,7 +77,6 @@ MEDSAM = FamilySpec(
 )
 SAM = FamilySpec(
     name="sam",
-    title="SAM",
     input_size=1024,
     keeps_aspect=True,
     resize="bilinear",
@@ -93,7 +90,6 @@ SAM = FamilySpec(
 )
 LITE_MEDSAM = FamilySpec(
     name="lite-medsam",
-    title="LiteMedSAM",
     input_size=256,
     keeps_aspect=True,
     resize="area",  # OpenCV's INTER_AREA on the uint8 slice, as CVPR24_LiteMedSAM_infer

@@ -35,6 +35,7 @@ from napari_medsam.models.checkpoints import (
     require,
     state_dict_mismatches,
 )
+from napari_medsam.models.families import LITE_MEDSAM
 from napari_medsam.models.tinyvit import TinyViT
 from napari_medsam.models.weights import (
     LITE_MEDSAM_SHA256,
@@ -47,16 +48,12 @@ if TYPE_CHECKING:
     from transformers import SamConfig, SamModel
 
 __all__ = [
-    "LITE_MEDSAM_INPUT_SIZE",
     "is_lite_medsam_state_dict",
     "lite_medsam_sam_config",
     "load_lite_medsam",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Side of LiteMedSAM's square model input (longest side resized to it, zero padded).
-LITE_MEDSAM_INPUT_SIZE = 256
 
 # Keys that only LiteMedSAM's TinyViT has (a SAM ViT has image_encoder.blocks.* instead).
 _LITE_KEYS = (
@@ -91,14 +88,14 @@ def lite_medsam_sam_config(state_dict: Mapping[str, Tensor]) -> SamConfig:
     from transformers import SamConfig, SamVisionConfig
 
     prompt, decoder = prompt_decoder_configs(
-        state_dict, LITE_MEDSAM_INPUT_SIZE, patch_size=4, model="LiteMedSAM"  # 64 x 64 embedding
+        state_dict, LITE_MEDSAM.input_size, patch_size=4, model="LiteMedSAM"  # 64 x 64 embedding
     )
     vision = SamVisionConfig(
         hidden_size=32,
         num_hidden_layers=1,
         num_attention_heads=1,
         mlp_dim=32,
-        image_size=LITE_MEDSAM_INPUT_SIZE,
+        image_size=LITE_MEDSAM.input_size,
         patch_size=16,
         use_abs_pos=False,
         use_rel_pos=False,

@@ -2,7 +2,7 @@
 
 Which family runs which procedure is its :class:`~napari_medsam.models.families.FamilySpec`; the
 functions here look it up and never compare a family's name. The families differ on purpose (see
-MEDSAM_FACTS): MedSAM stretches the slice to 1024 x 1024, SAM and LiteMedSAM keep the aspect and
+docs/preprocessing.md): MedSAM stretches the slice to 1024 x 1024, SAM and LiteMedSAM keep the aspect and
 pad; MedSAM thresholds after upsampling the sigmoid, LiteMedSAM upsamples the logits before the
 sigmoid, SAM upsamples logits and thresholds them at 0.
 """
