@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from napari_medsam.base.pixels import check_image
 from napari_medsam.base.windows import check_window
-from napari_medsam.engine.predictor import Prediction
+from napari_medsam.engine.predictor import Prediction, cell_coverage
 from napari_medsam.models.preprocessing import (
     masks_from_logits,
     model_input,
@@ -38,6 +38,7 @@ class PlainPredictor:
         self.encoder = encoder.float().eval()
         self.embedding: Tensor | None = None
         self.geometry = None
+        self.store = None  # no embedding store: every slice is encoded
 
     def set_image(self, image: np.ndarray, window: Sequence[float] | None = None) -> None:
         pixels, geometry = model_input(to_rgb_uint8(check_image(image), check_window(window)), self.family)
@@ -49,9 +50,13 @@ class PlainPredictor:
         self.set_image(image, window)
         return True
 
-    def features(self, mask: np.ndarray) -> None:
-        """None: the official script computes no features (a walk's "unlike" stop stays off)."""
-        return None
+    def coverage(self, mask: np.ndarray) -> np.ndarray:
+        """The cells' coverage by ``mask``, as napari-medsam's predictor gives it (the walk needs it)."""
+        return cell_coverage(mask, self.geometry, self.embedding.shape[-1])
+
+    def cells(self) -> np.ndarray:
+        """The embedding as one float32 vector per cell (64, 64, 256)."""
+        return np.ascontiguousarray(self.embedding[0].float().numpy().transpose(1, 2, 0))
 
     def predict(
         self, box: Sequence[float] | None = None, mask_input: object = None, **_: object

@@ -37,3 +37,26 @@ def test_every_stand_in_implements_the_protocol_and_gives_predictions(cls):
     assert prediction.mask.shape == image.shape
     assert prediction.mask[20, 24]
     assert predictor.cells().shape[:2] == (fakes.CELLS, fakes.CELLS)
+
+
+def test_the_benchmarks_official_procedure_walks_a_volume(tiny_medsam, monkeypatch):
+    """``benchmarks/baselines.PlainPredictor`` (the published inference, timed against ours by
+    bench_inference) implements the protocol, so its propagation rows run: a walk asks every
+    predictor for ``coverage`` and ``cells``."""
+    from pathlib import Path
+
+    from napari_medsam.base.jobs import run_to_end
+    from napari_medsam.engine.propagation import propagate
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from baselines import PlainPredictor
+
+    plain = PlainPredictor("medsam", tiny_medsam.sam, tiny_medsam.encoder)
+    assert isinstance(plain, SlicePredictor)
+    volume = np.full((5, 40, 48), 40, np.int16)
+    volume[:, 10:30, 12:36] = 140
+    steps = []
+    walk = propagate(plain, volume, 2, key_box=(12.0, 10.0, 36.0, 30.0), window=(0.0, 200.0))
+    run_to_end(walk, steps.append)
+    assert {step.slice_index for step in steps} >= {2}
+    assert plain.coverage(np.ones((40, 48), bool)).shape == plain.cells().shape[:2]

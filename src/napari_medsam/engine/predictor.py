@@ -84,6 +84,22 @@ class SlicePredictor(Protocol):
     def cells(self) -> np.ndarray: ...
 
 
+def cell_coverage(mask: np.ndarray, geometry: InputGeometry, cells: int) -> np.ndarray:
+    """The fraction of each of the ``cells`` x ``cells`` embedding cells that ``mask`` (the image's
+    (H, W)) covers, in 0..1, in the model input's placement of the image (``geometry``: resized,
+    padded), so cells of the padding are 0 and a mask smaller than a cell covers a fraction of one."""
+    import torch
+    import torch.nn.functional as F
+
+    area = np.asarray(mask, dtype=np.float32)
+    if area.shape != geometry.original:
+        raise ValueError(f"mask has shape {area.shape}, the image {geometry.original}")
+    (new_h, new_w), size = geometry.resized, geometry.input_size
+    resized = F.interpolate(torch.from_numpy(area)[None, None], size=(new_h, new_w), mode="area")
+    padded = F.pad(resized, (0, size - new_w, 0, size - new_h))
+    return F.avg_pool2d(padded, size // cells)[0, 0].numpy()
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One object's mask at the image's resolution, its predicted IoU and its low-resolution logits.
@@ -265,17 +281,8 @@ class MedSamPredictor:
         In the model input's placement of the current slice (resized, padded), so cells of the
         padding are 0 and a mask smaller than a cell still covers a fraction of one.
         """
-        import torch
-        import torch.nn.functional as F
-
         embedding, geometry = self._current("coverage")
-        area = np.asarray(mask, dtype=np.float32)
-        if area.shape != geometry.original:
-            raise ValueError(f"mask has shape {area.shape}, the image {geometry.original}")
-        (new_h, new_w), size = geometry.resized, geometry.input_size
-        resized = F.interpolate(torch.from_numpy(area)[None, None], size=(new_h, new_w), mode="area")
-        padded = F.pad(resized, (0, size - new_w, 0, size - new_h))
-        return F.avg_pool2d(padded, size // embedding.shape[-1])[0, 0].numpy()
+        return cell_coverage(mask, geometry, embedding.shape[-1])
 
     def cells(self) -> np.ndarray:
         """The current slice's embedding as one float32 vector per cell: (64, 64, 256), read-only."""
