@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 #: Shrinkage of the pooled covariance towards its mean variance (a ridge): the cells of a few
 #: slices are too few and too correlated for a full 256 x 256 estimate.
@@ -38,6 +37,8 @@ class _Moments:
 
     @classmethod
     def of(cls, rows: np.ndarray, weight: float) -> _Moments:
+        import torch  # not at import: the plugin's modules load without PyTorch (napari starts faster)
+
         rows = np.asarray(rows, dtype=np.float32)  # the products in float32, their sums kept in float64
         matrix = torch.from_numpy(np.ascontiguousarray(rows))
         outer = (matrix.T @ matrix).double().numpy()
@@ -111,6 +112,8 @@ class ObjectModel:
         gap = mean_in - mean_out
         if not np.any(gap):  # the two look alike: nothing to tell them apart by
             return None
+        import torch
+
         ridge = max(SHRINKAGE * np.trace(within) / len(within), 1e-9 * float(gap @ gap))
         system = torch.from_numpy(within + ridge * np.eye(len(within)))
         direction = torch.linalg.solve(system, torch.from_numpy(gap)).numpy()
@@ -120,6 +123,8 @@ class ObjectModel:
 
     def score(self, cells: np.ndarray) -> np.ndarray:
         """Each cell's score (64, 64): in units of the classes' spread, > 0 more like the object."""
+        import torch
+
         flat = cells.reshape(-1, cells.shape[-1]).astype(np.float32)  # a copy: the cells may be read-only
         along = (torch.from_numpy(flat) @ torch.from_numpy(self.direction)).numpy().reshape(cells.shape[:-1])
         return (along - self.offset) / self.spread
