@@ -377,34 +377,3 @@ def test_segment_pressed_while_the_volume_encodes_starts_at_once_and_closing_sto
 
     _, plain = segment_slice_2(model.encoder, prefetch=False)
     np.testing.assert_array_equal(labels, plain.labels_layer.data)
-
-
-def test_lookahead_encodes_extra_images_in_the_order_submitted(tiny_sam_dir):
-    """Besides the next slice, a walk may ask the lookahead for other images (e.g. a crop around a
-    small object): each is encoded once, in the order submitted, and a later set_image finds it."""
-    from napari_medsam.engine.predictor import MedSamPredictor
-    from napari_medsam.engine.prefetch import Lookahead
-    from napari_medsam.models.loading import load_model
-
-    predictor = MedSamPredictor(load_model(tiny_sam_dir, device="cpu", dtype="float32"))
-    volume = np.random.default_rng(1).normal(0, 100, (4, 48, 64)).astype(np.float32)
-    crop = np.ascontiguousarray(volume[2, 8:40, 10:50])
-    asked: list[tuple[tuple[int, ...], bool]] = []  # (image shape, encoder ran), in the order run
-    precompute = predictor.precompute
-
-    def recording(image, window=None):
-        ran = precompute(image, window)
-        asked.append((np.shape(image), ran))
-        return ran
-
-    predictor.precompute = recording  # type: ignore[method-assign]
-    window = (-150.0, 150.0)
-    with Lookahead(predictor, volume, 0, window) as ahead:
-        ahead.submit(2)
-        ahead.submit_image(crop, window)
-        ahead.submit(9)  # outside the volume: nothing
-        ahead.submit(2)  # asked for again: found in the cache
-    assert asked == [((48, 64), True), ((32, 40), True), ((48, 64), False)]
-    assert ahead.encoded == 2
-    assert predictor.is_cached(volume[2], window)
-    assert predictor.is_cached(crop, window)

@@ -88,9 +88,9 @@ def _labels_layer(
     labels: np.ndarray, geometry: VolumeGeometry, objects: list[LabelObject], path: str, name: str
 ) -> LayerData:
     kwargs = {**layer_kwargs(geometry, source=path), "name": name, **_named_objects(objects)}
-    edits = {o.label: o.edits for o in objects}
-    if any(e.as_json() for e in edits.values()):  # the objects' anchors and ends, as saved
-        kwargs["metadata"] = {**kwargs.get("metadata", {}), EDITS_KEY: edits_entry(edits)}
+    entry = edits_entry({o.label: o.edits for o in objects})
+    if entry["objects"]:  # the objects' anchors and ends, as saved
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), EDITS_KEY: entry}
     return (labels, kwargs, "labels")
 
 

@@ -75,7 +75,7 @@ class ObjectEdits:
 
 def edits_entry(edits: Mapping[int, ObjectEdits], axis: int = 0) -> dict[str, Any]:
     """The ``metadata[EDITS_KEY]`` entry of ``edits`` (label id -> edits) along ``axis``."""
-    return {"axis": int(axis), "objects": {int(i): e.as_json() for i, e in edits.items() if e.as_json()}}
+    return {"axis": int(axis), "objects": {int(i): j for i, e in edits.items() if (j := e.as_json())}}
 
 
 def edits_in_entry(entry: Mapping[str, Any] | None, axis: int = 0) -> dict[int, ObjectEdits]:

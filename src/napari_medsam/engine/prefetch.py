@@ -229,19 +229,17 @@ class Prefetcher:
 
 
 class Lookahead:
-    """Encode what a walk through a volume will ask for next while the caller decodes the current slice.
+    """Encode the next slice of a walk through a volume while the caller decodes the current one.
 
     ``propagate`` calls :meth:`submit` with the slice it will ask for next, right after
     ``set_image`` of the current one: the encoder (a worker thread, through
     ``predictor.precompute``) then runs beside the decoder's refinement retries, and the next
     ``set_image`` finds the embedding in the cache, or waits for the encode in progress (the
     predictor encodes one slice at a time and a second caller for it then hits the cache). So
-    each slice is encoded at most once. :meth:`submit_image` asks for any other image the walk will
-    need (e.g. a crop around a small object): requests are encoded one at a time, in the order
-    submitted, each after the one before; :meth:`close` waits for all of them. A walk that stops
-    early has encoded one slice past its end (``precompute`` is thread-safe and leaves the current
-    image alone: the ``SlicePredictor`` contract). With ``Lookahead.enabled`` False, submitting
-    does nothing.
+    each slice is encoded at most once. One slice is in flight at a time; :meth:`close` waits for
+    it. A walk that stops early has encoded one slice past its end (``precompute`` is thread-safe
+    and leaves the current image alone: the ``SlicePredictor`` contract). With
+    ``Lookahead.enabled`` False, :meth:`submit` does nothing.
     """
 
     #: Switch for A/B measurements (``benchmarks/bench_inference.py``).
@@ -249,41 +247,27 @@ class Lookahead:
 
     def __init__(self, predictor: SlicePredictor, volume: Any, axis: int, window: Any) -> None:
         self.predictor, self.volume, self.axis, self.window = predictor, volume, axis, window
-        self._thread: threading.Thread | None = None  # the last request; it waits for the one before
-        #: Requests whose encoder run this lookahead started (precompute returned True).
+        self._thread: threading.Thread | None = None
+        #: Slices whose encoder run this lookahead started (precompute returned True).
         self.encoded = 0
 
     def submit(self, z: int) -> None:
-        """Encode slice ``z`` in the background, after the requests before it (outside the volume: none)."""
-        if self.enabled and 0 <= z < np.shape(self.volume)[self.axis]:
-            self._queue(lambda: take_slice(self.volume, z, self.axis), self.window, f"slice {z}")
-
-    def submit_image(self, image: np.ndarray, window: Sequence[float] | None = None) -> None:
-        """Encode ``image`` (e.g. a crop of a slice, in ``window``) in the background, after the
-        requests before it; a later ``set_image`` of the same pixels and window finds it cached."""
-        if self.enabled:
-            self._queue(lambda: image, window, f"an image of shape {np.shape(image)}")
-
-    def _queue(self, image: Callable[[], np.ndarray], window: Any, what: str) -> None:
-        before = self._thread
-        self._thread = threading.Thread(
-            target=self._encode, args=(before, image, window, what), name="napari-medsam-lookahead"
-        )
+        """Encode slice ``z`` in the background (after the one in flight; outside the volume: nothing)."""
+        if not self.enabled or not 0 <= z < np.shape(self.volume)[self.axis]:
+            return
+        self.close()
+        self._thread = threading.Thread(target=self._encode, args=(z,), name="napari-medsam-lookahead")
         self._thread.start()
 
-    def _encode(
-        self, before: threading.Thread | None, image: Callable[[], np.ndarray], window: Any, what: str
-    ) -> None:
-        if before is not None:
-            before.join()  # one encoder run at a time, in the order submitted
+    def _encode(self, z: int) -> None:
         try:
-            if self.predictor.precompute(image(), window):
+            if self.predictor.precompute(take_slice(self.volume, z, self.axis), self.window):
                 self.encoded += 1
-        except Exception:  # the caller's own set_image of it then reports the problem
-            logger.debug("lookahead encoding of %s failed", what, exc_info=True)
+        except Exception:  # the caller's own set_image of this slice then reports the problem
+            logger.debug("lookahead encoding of slice %d failed", z, exc_info=True)
 
     def close(self) -> None:
-        """Wait for every request submitted."""
+        """Wait for the slice in flight."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None

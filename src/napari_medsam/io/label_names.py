@@ -45,8 +45,8 @@ def write_sidecar(path: str | os.PathLike, objects: Sequence[LabelObject]) -> Pa
     entries = []
     for o in objects:
         entry: dict = {"label": o.label, "name": o.name, "color": [round(c, 4) for c in o.color]}
-        if o.edits.as_json():
-            entry["edits"] = o.edits.as_json()
+        if edits := o.edits.as_json():
+            entry["edits"] = edits
         entries.append(entry)
     return write_text(sidecar_path(path), json.dumps({"labels": entries}, indent=2) + "\n")
 

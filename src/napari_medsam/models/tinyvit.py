@@ -303,9 +303,9 @@ class _Stage(nn.Module):
         return x
 
 
-def _dtype_of(*modules: nn.Module) -> torch.dtype:
-    """The dtype of the first module's weights (a part's modules share one)."""
-    return next(modules[0].parameters()).dtype
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s weights."""
+    return next(module.parameters()).dtype
 
 
 class _LayerNormChannels(nn.LayerNorm):
@@ -382,7 +382,7 @@ class TinyViT(nn.Module):
     def forward(self, pixel_values: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, out_chans, H / 4, W / 4); (B, 3, 256, 256) -> (B, 256, 64, 64).
 
-        Each part runs in the dtype its weights are held in (:meth:`part_dtypes`); the map is cast
+        Each part runs in the dtype its weights are held in (:meth:`with_part_dtypes`); the map is cast
         where two parts differ, and the embedding comes out in the neck's dtype.
         """
         weight = self.neck_conv2.weight
@@ -401,10 +401,6 @@ class TinyViT(nn.Module):
         """The parts that may each run in their own dtype: ``patch_embed``, ``stage0``.. (each with
         the patch merging that ends it), ``neck``."""
         return ("patch_embed", *(f"stage{i}" for i in range(len(self.stages))), "neck")
-
-    def part_dtypes(self) -> dict[str, torch.dtype]:
-        """The dtype each part runs in (that of its weights)."""
-        return {name: _dtype_of(*modules) for name, modules in self._parts().items()}
 
     def with_part_dtypes(self, dtypes: Mapping[str, torch.dtype]) -> TinyViT:
         """A copy whose named parts (:meth:`part_names`) are held, and run, in the given dtypes; the
