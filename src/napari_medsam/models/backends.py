@@ -20,6 +20,7 @@ passed the guard on every real slice: docs/speed.md).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -124,8 +125,12 @@ def choices_dir() -> Path:
 
 def choice_path(model: LoadedModel) -> Path:
     """The file of ``model``'s choice on this machine."""
-    digest = hashlib.sha256(machine_key(model).encode()).hexdigest()[:32]
-    return choices_dir() / f"{model.family}-{digest}.json"
+    return _choice_file(model.family, machine_key(model))
+
+
+def _choice_file(family: str, key: str) -> Path:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return choices_dir() / f"{family}-{digest}.json"
 
 
 def machine_key(model: LoadedModel) -> str:
@@ -147,6 +152,7 @@ def machine_key(model: LoadedModel) -> str:
     return "|".join((weights_identity(model), cpu_name(), versions))
 
 
+@functools.cache
 def cpu_name() -> str:
     """The CPU's model name and its vector and matrix flags (what decides its GEMM rates)."""
     name, flags = platform.processor() or platform.machine(), ""
@@ -167,11 +173,15 @@ def cpu_name() -> str:
 
 def remembered_choice(model: LoadedModel) -> str | None:
     """The backend measured faster for ``model`` on this machine (None: not measured yet)."""
+    return _remembered(model.family, machine_key(model))
+
+
+def _remembered(family: str, key: str) -> str | None:
     try:
-        record = json.loads(choice_path(model).read_text())
+        record = json.loads(_choice_file(family, key).read_text())
     except (OSError, ValueError):  # none yet, or one being written this moment
         return None
-    if not isinstance(record, dict) or record.get("key") != machine_key(model):
+    if not isinstance(record, dict) or record.get("key") != key:
         return None
     backend = record.get("backend")
     return backend if backend in AUTO_CANDIDATES else None
@@ -201,7 +211,8 @@ def choose(model: LoadedModel) -> LoadedModel:
     built (e.g. the conversion fails) is left out, with a warning, and PyTorch runs."""
     from napari_medsam.base.errors import ModelLoadError
 
-    remembered = remembered_choice(model)
+    key = machine_key(model)  # the weights' identity, the CPU, the versions: worked out once
+    remembered = _remembered(model.family, key)
     if remembered is not None:
         try:
             return with_encoder_backend(model, remembered)
@@ -220,7 +231,7 @@ def choose(model: LoadedModel) -> LoadedModel:
     backend = min(seconds, key=seconds.__getitem__)
     logger.info("%s: %s encodes fastest here (%s)", model.name, backend,
                 ", ".join(f"{n} {1e3 * s:.0f} ms" for n, s in seconds.items()))  # fmt: skip
-    record = {"key": machine_key(model), "backend": backend, "seconds": seconds,
+    record = {"key": key, "backend": backend, "seconds": seconds,
               "measured": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
     return candidates[_remember(model, record)]
 
@@ -228,7 +239,8 @@ def choose(model: LoadedModel) -> LoadedModel:
 def _remember(model: LoadedModel, record: dict[str, object]) -> str:
     """Keep ``record`` unless another process kept one first (processes that measured at the same
     time, e.g. a cluster's workers, then all run what the first kept); returns the backend kept."""
-    path = choice_path(model)
+    key = str(record["key"])
+    path = _choice_file(model.family, key)
     tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,7 +248,7 @@ def _remember(model: LoadedModel, record: dict[str, object]) -> str:
         os.link(tmp, path)  # whole or not at all, and never over a file already there
     except FileExistsError:
         for _ in range(20):  # the first one's file may be a moment from complete
-            kept = remembered_choice(model)
+            kept = _remembered(model.family, key)
             if kept is not None:
                 return kept
             time.sleep(0.05)
