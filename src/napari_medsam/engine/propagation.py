@@ -211,6 +211,7 @@ class Tracker:
         self.recent: deque[Evidence] = deque(maxlen=rules.memory)
         self.use_previous_logits = use_previous_logits
         self._model: tuple[ObjectModel | None] | None = None  # fitted on what it has learnt so far
+        self._scored: tuple[np.ndarray, ObjectModel, np.ndarray] | None = None  # cells, model, scores
 
     def model(self) -> ObjectModel | None:
         """The object model from the trusted slices and the walk's last ones (None: not enough)."""
@@ -219,6 +220,14 @@ class Tracker:
         if self._model is None:
             self._model = (ObjectModel.fit([*self.trusted, *self.recent]),)
         return self._model[0]
+
+    def _scores(self, model: ObjectModel) -> np.ndarray:
+        """``model``'s score of each cell of the current slice; the last one is kept, so a slice's
+        visit and the learning from it that follows score the slice once."""
+        cells = self.predictor.cells()
+        if self._scored is None or self._scored[0] is not cells or self._scored[1] is not model:
+            self._scored = (cells, model, model.score(cells))
+        return self._scored[2]
 
     def visit(self, previous: np.ndarray, previous_logits: np.ndarray | None = None) -> Visit:
         """The mask of the current slice (``predictor.set_image`` done) that follows ``previous``."""
@@ -231,7 +240,7 @@ class Tracker:
         if model is None:
             new, box, score, logits, raw_any = candidates[0]
             return Visit(new, box, score, logits, raw_any, None, None)
-        scores = model.score(predictor.cells())
+        scores = self._scores(model)
         reach = candidates[0][1]
         for candidate in candidates[1:]:
             reach = box_union(reach, candidate[1])
@@ -257,7 +266,7 @@ class Tracker:
         if self.rules.unlike is None or not self.rules.memory:
             return
         model = self.model()
-        like = None if model is None else model.score(self.predictor.cells()) > 0
+        like = None if model is None else self._scores(model) > 0
         self.recent.append(evidence(self.predictor, mask, object_like=like))
         self._model = None
 
