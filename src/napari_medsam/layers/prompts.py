@@ -171,6 +171,27 @@ def slider_step(position: float, axis_range: Sequence[float]) -> int:
     return round((position - start) / step) if step else 0
 
 
+def slider_positions(
+    image_layer: Any,
+    world_point: Sequence[float],
+    axis: int,
+    indices: Iterable[int],
+    dims_range: Sequence[Sequence[float]],
+) -> list[tuple[int, float]]:
+    """(slider position, world position) of each array index in ``indices`` along ``image_layer``'s
+    data ``axis``, the other axes at the viewer's ``world_point``; the slider position is the index
+    itself where the viewer has no slider range for that axis."""
+    point = np.asarray(image_layer.world_to_data(np.asarray(world_point, dtype=float)), dtype=float)
+    world_axis = axis + len(world_point) - image_layer.ndim
+    in_range = len(dims_range) > world_axis and dims_range[world_axis][2]
+    out = []
+    for z in indices:
+        point[axis] = z
+        position = float(np.asarray(image_layer.data_to_world(point))[world_axis])
+        out.append((slider_step(position, dims_range[world_axis]) if in_range else int(z), position))
+    return out
+
+
 def slider_position(
     world: Sequence[float], dims_order: Sequence[int], dims_range: Sequence[Sequence[float]]
 ) -> int | None:

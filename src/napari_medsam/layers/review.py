@@ -6,10 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from napari_medsam.layers.edits import review_of
-from napari_medsam.layers.prompts import slider_axis, slider_step
+from napari_medsam.layers.prompts import slider_axis, slider_positions
 
 
 def review_targets(
@@ -31,10 +29,5 @@ def review_targets(
     if axis is None:
         return []
     world_axis = axis + ndim - image.ndim
-    point = np.asarray(image.world_to_data(np.asarray(world_point, dtype=float)), dtype=float)
-    out = []
-    for z in slices:
-        point[axis] = z
-        position = float(np.asarray(image.data_to_world(point))[world_axis])
-        out.append((slider_step(position, dims_range[world_axis]), position, world_axis))
-    return out
+    positions = slider_positions(image, world_point, axis, slices, dims_range)
+    return [(step, position, world_axis) for step, position in positions]

@@ -35,7 +35,7 @@ from napari_medsam.layers.prompts import (
     boxes_from_shapes,
     current_plane,
     slider_axis,
-    slider_step,
+    slider_positions,
     spatial_shape,
 )
 from napari_medsam.layers.requests import ALL_OBJECTS, NEW_OBJECTS, SELECTED_OBJECT, LayerInputs, RunSettings
@@ -119,17 +119,10 @@ class SliceNumbers:
 def slice_numbers(inputs: LayerInputs, stack: PlaneStack) -> SliceNumbers:
     """The :class:`SliceNumbers` of ``stack``, from the image's transform and the viewer's slider ranges."""
     image = inputs.image
-    point = np.asarray(image.world_to_data(np.asarray(inputs.world_point, dtype=float)), dtype=float)
-    world_axis = stack.axis + len(inputs.world_point) - image.ndim
-    steps, world = [], []
-    for z in range(stack.shape[0]):
-        point[stack.axis] = z
-        position = float(np.asarray(image.data_to_world(point))[world_axis])
-        in_range = len(inputs.dims_range) > world_axis and inputs.dims_range[world_axis][2]
-        steps.append(slider_step(position, inputs.dims_range[world_axis]) if in_range else z)
-        world.append(position)
+    indices = range(stack.shape[0])
+    positions = slider_positions(image, inputs.world_point, stack.axis, indices, inputs.dims_range)
     unit = "mm" if GEOMETRY_KEY in image.metadata else None
-    return SliceNumbers(tuple(steps), tuple(world), unit)
+    return SliceNumbers(tuple(p[0] for p in positions), tuple(p[1] for p in positions), unit)
 
 
 def step_text(step: SliceStep, numbers: SliceNumbers) -> str:
