@@ -227,16 +227,13 @@ def check_outputs(
     dicom = geometry is not None and bool(geometry.source_files)
     check_output(Path(args.output), inputs, dimensions=3 if whole or (is_volume and volume_file) else 2,
                  dicom_series=dicom)  # fmt: skip
-    if args.stats:
-        check_folder(Path(args.stats))
-        if overwritten_inputs([Path(args.stats)], inputs):
-            raise ValueError(f"--stats {args.stats} would replace the input image; write it to another file")
-    if args.review_json:
-        if not args.propagate:
-            raise ValueError("--review-json lists the slices of a walk to check: it needs --propagate")
-        check_folder(Path(args.review_json))
-        if overwritten_inputs([Path(args.review_json)], inputs):
-            raise ValueError(f"--review-json {args.review_json} would replace the input; write it elsewhere")
+    if args.review_json and not args.propagate:
+        raise ValueError("--review-json lists the slices of a walk to check: it needs --propagate")
+    for flag, path in (("--stats", args.stats), ("--review-json", args.review_json)):
+        if path:
+            check_folder(Path(path))
+            if overwritten_inputs([Path(path)], inputs):
+                raise ValueError(f"{flag} {path} would replace the input image; write it to another file")
     if is_volume:
         reached = None if args.propagate or args.correct is not None else [args.slice]
         check_finite_slices(image, args.axis, reached)
@@ -278,12 +275,13 @@ def run_segment(args: argparse.Namespace) -> int:
     existing, kept = None, []
     if args.labels:
         existing, kept = existing_labels(Path(args.labels), image.shape, geometry)
+    kept_edits = {o.label: o.edits for o in kept}
     if args.correct is not None:
         check_correction(args, existing)
     if args.end is not None:
         check_outputs(args, image, geometry, is_volume=True)
         output = ended(args, existing)
-        before = next((o.edits for o in kept if o.label == args.end), ObjectEdits())
+        before = kept_edits.get(args.end, ObjectEdits())
         names, colors, edits = kept_with(kept, {args.end: before.ended(args.slice, args.side)})
         write_mask(Path(args.output), output, geometry, names=names, colors=colors, edits=edits)
         return 0
@@ -306,7 +304,7 @@ def run_segment(args: argparse.Namespace) -> int:
     volume_file = suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")
     changes: dict[int, ObjectEdits] = {}
     if args.correct is not None:
-        before = next((o.edits for o in kept if o.label == args.correct), ObjectEdits())
+        before = kept_edits.get(args.correct, ObjectEdits())
         output, changes[args.correct] = corrected(args, predictor, image, existing, choice.window, before)
     elif is_volume and (args.propagate or existing is not None or volume_file):
         steps: list[Any] = []
