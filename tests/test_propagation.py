@@ -247,6 +247,19 @@ def test_an_empty_key_mask_gives_an_empty_result_without_walking():
     assert len(predictor.slices_set) == 1
 
 
+def test_an_anchor_slice_where_the_object_was_erased_fixes_nothing():
+    """The widget passes every anchor slice's mask: one the user erased since (empty) is no fixed
+    point (a walk once crashed on it, having no box to go on from); the walk goes on as without it."""
+    volume = np.full((9, 48, 48), 40, np.int16)
+    volume[1:8, 12:36, 12:36] = 140
+    walk = dict(key_box=(12, 12, 35, 35), window=(0.0, 200.0))
+    empty = {6: np.zeros((48, 48), bool)}
+    erased = run_to_end(propagate(ThresholdPredictor(), volume, 4, anchors=empty, **walk))
+    plain = run_to_end(propagate(ThresholdPredictor(), volume, 4, **walk))
+    np.testing.assert_array_equal(erased, plain)
+    assert np.flatnonzero(plain.any(axis=(1, 2))).tolist() == list(range(1, 8))
+
+
 def test_key_mask_is_kept_and_other_axes_work():
     volume, truth = ellipsoid_volume()
     volume = clean(volume, truth)

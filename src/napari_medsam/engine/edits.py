@@ -70,7 +70,7 @@ class ObjectEditor:
         labels = np.asarray(labels)
         edits = (edits or ObjectEdits()).anchored(key_slice)
         old_z = np.moveaxis(labels == label_id, self.axis, 0)
-        anchors = {z: old_z[z] for z in edits.anchors if z != key_slice and old_z[z].any()}
+        anchors = {z: old_z[z] for z in edits.anchors}
         steps: list[SliceStep] = []
 
         def kept(step: SliceStep) -> SliceStep:

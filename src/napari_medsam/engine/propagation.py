@@ -353,7 +353,8 @@ def propagate(
        user set (``edits``, ``END``). The slice that stopped a direction is left out.
 
     ``anchors`` (slice -> mask; the slices of ``edits.anchors`` the user made or corrected) are
-    fixed points: the walk takes them as they are, learns from them and goes on from them.
+    fixed points: the walk takes them as they are, learns from them and goes on from them; an
+    empty one (the object erased there since) is none.
     With ``use_previous_logits`` the previous low-resolution logits go in as ``mask_input``
     (default: the family's, ``FamilySpec.previous_logits``). ``window`` is passed to ``set_image``
     for every slice: ``"auto"`` is MedSAM's training window for the volume
@@ -376,6 +377,7 @@ def propagate(
         raise ValueError(f"max_slices must be >= 0 or None, got {max_slices}")
     edits = edits or ObjectEdits()
     anchors = {int(z): np.asarray(m, dtype=bool) for z, m in (anchors or {}).items() if int(z) != key_slice}
+    anchors = {z: m for z, m in anchors.items() if m.any()}  # an erased object's slice fixes nothing
     if use_previous_logits is None:
         use_previous_logits = family_spec(predictor.family).previous_logits
     window = resolve_window(window, volume)
