@@ -90,6 +90,23 @@ def test_edits_record_anchors_and_ends_and_travel_as_json():
         ObjectEdits.from_json({"anchors": ["x"]})
 
 
+def test_the_slices_to_check_count_along_the_walks_axis():
+    """A walk's review list holds array indices along its axis: read along another axis (the user
+    turned the view), it names no slices instead of others; a walk along it replaces the old list."""
+    from types import SimpleNamespace
+
+    from napari_medsam.layers.edits import keep_review, review_of
+
+    labels = SimpleNamespace(metadata={})
+    keep_review(labels, 0, {1: [12, 7], 2: [3]})
+    keep_review(labels, 0, {2: [5]})
+    assert review_of(labels, 0) == {1: (12, 7), 2: (5,)}
+    assert review_of(labels, 2) == {}
+    keep_review(labels, 2, {1: [40]})
+    assert review_of(labels, 2) == {1: (40,)}
+    assert review_of(labels, 0) == {}
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".seg.nrrd"])
 def test_edits_are_kept_with_the_labels_files(tmp_path, suffix):
     from napari_medsam.io.label_files import load_labels, save_labels

@@ -3,9 +3,9 @@
 ``metadata["edits"]`` holds each object's :class:`~napari_medsam.base.object_edits.ObjectEdits`
 (its anchor slices and ends) with the slice axis they count along; the writer saves them with the
 labels and the reader puts them back, so a later session walks and corrects the same way.
-``metadata["review"]`` holds the slices the last walk of each object asks the user to check.
-Edits made along another axis than the current one are not applied (a sagittal walk knows nothing
-of axial anchors).
+``metadata["review"]`` holds the slices the last walk of each object asks the user to check, with
+the axis they count along too. Edits and reviews made along another axis than the current one are
+not applied (a sagittal walk knows nothing of axial anchors, a sagittal view of axial slices).
 """
 
 from __future__ import annotations
@@ -28,13 +28,17 @@ def keep_edits(labels: Any, axis: int, changes: Mapping[int, ObjectEdits]) -> No
     labels.metadata[EDITS_KEY] = edits_entry(object_edits(labels, axis) | dict(changes), axis)
 
 
-def review_of(labels: Any) -> dict[int, tuple[int, ...]]:
-    """Label id -> the slices its last walk asks to check (array indices along the walk's axis)."""
+def review_of(labels: Any, axis: int) -> dict[int, tuple[int, ...]]:
+    """Label id -> the slices its last walk along ``axis`` asks to check (array indices along it;
+    none for walks along another axis)."""
     stored = labels.metadata.get(REVIEW_KEY) or {}
-    return {int(i): tuple(r) for i, r in stored.items()}
+    if int(stored.get("axis", -1)) != int(axis):
+        return {}
+    return {int(i): tuple(r) for i, r in (stored.get("objects") or {}).items()}
 
 
-def keep_review(labels: Any, reviews: Mapping[int, Sequence[int]]) -> None:
-    """Record the slices to check of the objects just walked."""
+def keep_review(labels: Any, axis: int, reviews: Mapping[int, Sequence[int]]) -> None:
+    """Record the slices to check of the objects just walked along ``axis``, replacing reviews of
+    walks along another axis."""
     new = {int(i): tuple(int(z) for z in r) for i, r in reviews.items()}
-    labels.metadata[REVIEW_KEY] = review_of(labels) | new
+    labels.metadata[REVIEW_KEY] = {"axis": int(axis), "objects": review_of(labels, axis) | new}

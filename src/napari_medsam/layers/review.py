@@ -18,15 +18,16 @@ def review_targets(
     dims_order: Sequence[int],
     dims_range: Sequence[Sequence[float]],
 ) -> list[tuple[int, float, int]]:
-    """(slider position, world position, world axis) of each slice the last walk of ``label_id`` asks to
-    check, most doubtful first; empty without a walk, an image or a slider. ``world_point``,
-    ``dims_order`` and ``dims_range`` are the viewer's (``dims.point``, ``dims.order``, ``dims.range``)."""
-    slices = review_of(labels).get(int(label_id), ())
-    if image is None or not slices:
+    """(slider position, world position, world axis) of each slice the last walk of ``label_id`` asks
+    to check, most doubtful first; empty without a walk along the slider's axis, an image or a
+    slider. ``world_point``, ``dims_order`` and ``dims_range`` are the viewer's (``dims.point``,
+    ``dims.order``, ``dims.range``)."""
+    if image is None:
         return []
     order, ndim = tuple(dims_order), len(dims_order)
     axis = slider_axis(order, ndim, image.ndim)
-    if axis is None:
+    slices = () if axis is None else review_of(labels, axis).get(int(label_id), ())
+    if not slices:
         return []
     world_axis = axis + ndim - image.ndim
     positions = slider_positions(image, world_point, axis, slices, dims_range)

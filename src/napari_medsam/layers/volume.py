@@ -492,7 +492,7 @@ def write_volume(labels: Any, request: VolumeRequest, outcome: VolumeOutcome) ->
     ids = [obj.label_id for obj in request.objects]
     keep_edits(labels, stack.axis, {i: e for i, e in zip(ids, outcome.edits, strict=True) if i in written})
     if request.action == PROPAGATE:
-        keep_review(labels, dict(zip(ids, outcome.reviews, strict=True)))
+        keep_review(labels, stack.axis, dict(zip(ids, outcome.reviews, strict=True)))
     empty = [obj.label_id for obj in request.objects if obj.label_id not in written]
     notes = [f"{request.action} found nothing for label(s) {empty}."] if empty else []
     for obj, far in zip(request.objects, outcome.far, strict=True):
