@@ -298,6 +298,14 @@ def test_segment_propagates_lists_the_slices_to_check_and_keeps_the_edits(sample
     assert "corrected object 1 on" in capsys.readouterr().out
     _, _, (corrected,) = load_labels(fixed)
     assert corrected.edits == ObjectEdits(frozenset({15, 16}))
+    # a walk added to --labels is listed under the id it has in the output, after the kept objects
+    more = tmp_path / "more.nii.gz"
+    args = segment_args(path, boxes[1:2], "--labels", str(fixed), "--propagate", "--review-json", str(review))
+    assert main([*args, "-o", str(more)]) == 0
+    (entry,) = json.loads(review.read_text())["objects"]
+    added, _, _ = load_labels(more)
+    assert entry["label"] == 2
+    assert set(entry["review"]) & set(np.flatnonzero((added == 2).any(axis=(1, 2))))
     assert main([*segment_args(path, boxes[:1], "--review-json", str(review)), "-o", str(out)]) == 1
     assert "needs --propagate" in capsys.readouterr().err
 

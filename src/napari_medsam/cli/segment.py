@@ -194,8 +194,11 @@ def corrected(
     return done.labels, done.edits
 
 
-def print_reviews(args: argparse.Namespace, steps: list[Any], names: dict[int, str]) -> None:
-    """Print (and with ``--review-json`` write) each propagated object's slices to check."""
+def print_reviews(
+    args: argparse.Namespace, steps: list[Any], names: dict[int, str], ids: dict[int, int]
+) -> None:
+    """Print (and with ``--review-json`` write) each propagated object's slices to check; the
+    ``n``-th walk's object has label ``ids[n]`` in the output (``--labels`` objects come first)."""
     from napari_medsam.engine.review import review_slices
 
     walks: list[list[Any]] = []
@@ -204,7 +207,8 @@ def print_reviews(args: argparse.Namespace, steps: list[Any], names: dict[int, s
             walks.append([])
         walks[-1].append(step)
     entries = []
-    for label, walk in enumerate(walks, start=1):
+    for number, walk in enumerate(walks, start=1):
+        label = ids.get(number, number)
         review = review_slices(walk)
         confidence = {s.slice_index: round(s.confidence, 3) for s in walk if s.confidence is not None}
         name = names.get(label, default_name(label))
@@ -303,23 +307,22 @@ def run_segment(args: argparse.Namespace) -> int:
     boxes = args.box or [None]
     volume_file = suffix_of(args.output) in (*WRITE_SUFFIXES, ".npy", ".tif", ".tiff")
     changes: dict[int, ObjectEdits] = {}
+    steps: list[Any] = []  # the walks' steps, for the slices to check
     if args.correct is not None:
         before = kept_edits.get(args.correct, ObjectEdits())
         output, changes[args.correct] = corrected(args, predictor, image, existing, choice.window, before)
     elif is_volume and (args.propagate or existing is not None or volume_file):
-        steps: list[Any] = []
         output = volume_labels(
             predictor, image, args.slice, boxes, choice.window, propagate=args.propagate, axis=args.axis,
             points=points, point_labels=labels, callback=steps.append,
         )  # fmt: skip
-        if args.propagate:
-            print_reviews(args, steps, names)
         changes = {i: ObjectEdits().anchored(args.slice) for i in present_ids(output)}
     else:
         masks = [mask for mask, _ in key_predictions(predictor, plane, choice.window, boxes, points, labels)]
         output = stack_labels(masks, plane.shape[:2])
     colors: dict[int, Any] = {}
     edits = changes
+    ids: dict[int, int] = {}  # the new objects' ids in the output, where --labels objects come first
     if existing is not None:
         if args.correct is None:
             output, ids = add_objects(existing, output)
@@ -330,6 +333,8 @@ def run_segment(args: argparse.Namespace) -> int:
             names = {}
         kept_names, colors, edits = kept_with(kept, changes)
         names = kept_names | names
+    if args.propagate and steps:
+        print_reviews(args, steps, names, ids)
     write_mask(Path(args.output), output, geometry, names=names, colors=colors, model=args.model, edits=edits)
     if args.stats:
         pixels = image if output.shape == image.shape else plane if output.shape == plane.shape else None
