@@ -1,6 +1,8 @@
 """Editing one object of a label volume: Propagate, Correct and End here with what the user vouched for.
 
-The one path the widget, the CLI and scripts share. An :class:`ObjectEditor` holds the predictor,
+The scripting API of these actions (the benchmarks and tests drive it; the widget, through
+``layers/volume``, and the CLI call the same engine functions, ``propagate``, ``correct`` and
+``end_object``, with the same edits). An :class:`ObjectEditor` holds the predictor,
 the volume and its window; each action takes the labels and the object's
 :class:`~napari_medsam.base.object_edits.ObjectEdits` and returns new ones, never changing its
 input: Propagate walks with the anchors as fixed points and within the ends
